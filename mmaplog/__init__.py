@@ -1,0 +1,52 @@
+"""mmaplog: crash-safe, compressed and encrypted logging through a file-backed mmap cache.
+
+A Python take on Tencent Mars xlog: :class:`MmapHandler` keeps every record in a
+``MAP_SHARED`` cache file until it is in the log, so a ``kill -9`` loses nothing.
+"""
+
+from __future__ import annotations
+
+from ._reader import Record, read_records
+from .exceptions import (
+    CacheLockedError,
+    ConfigError,
+    CorruptionError,
+    DecryptionError,
+    KeyMismatchError,
+    MmapLogError,
+    NeedKeyError,
+    UnsupportedVersionError,
+)
+from .handler import MmapHandler, XlogFormatter
+from .recover import recover
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CacheLockedError",
+    "ConfigError",
+    "CorruptionError",
+    "DecryptionError",
+    "KeyMismatchError",
+    "MmapHandler",
+    "MmapLogError",
+    "NeedKeyError",
+    "Record",
+    "UnsupportedVersionError",
+    "XlogFormatter",
+    "__version__",
+    "generate_keypair",
+    "read_records",
+    "recover",
+]
+
+
+def generate_keypair() -> tuple[str, str]:
+    """Return a new ``(private_key_pem, public_key_base64)`` pair for encrypted logs.
+
+    Give the public key to :class:`MmapHandler` (``public_key=``); keep the private
+    key off the device: only it can decode the logs.
+    """
+    from ._crypto import generate_keypair as _generate
+
+    return _generate()

@@ -1,0 +1,434 @@
+"""The mmap cache: the one module that maps memory.
+
+A cache file is a header page and two block slots, pre-allocated and mapped with
+``MAP_SHARED``, so what is written into it belongs to the kernel's page cache and
+outlives the process. The writer fills one slot with a block (template header,
+then one chunk per record, then the commit store); a full slot is *sealed* and
+handed to the flusher, which appends it to the log file and only then *releases*
+the slot. See ``docs/design.md`` for why a kill at any step loses nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import stat
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import _format as fmt
+from ._codec import StreamCompressor, compress_bound
+from ._logfile import day_bounds, open_no_follow
+
+PAGE = mmap.PAGESIZE
+NSLOTS = 2
+MIN_BUFFER = 16 * 1024
+MAX_BUFFER = 64 * 1024 * 1024
+
+EMPTY, OPEN, SEALED, MOVING = range(4)
+
+APPENDED, DROPPED, OVERSIZE = range(3)
+
+
+class SealerProtocol:
+    """What the writer needs of an encryption session (see ``_crypto.Sealer``)."""
+
+    ephemeral_public: bytes
+
+    def seal(self, seq: int, index: int, plaintext: bytes, aad: bytes) -> bytes:
+        raise NotImplementedError
+
+
+def geometry(buffer_size: int) -> tuple[int, int]:
+    """Return ``(slot_size, file_size)`` for a buffer of ``buffer_size`` bytes."""
+    slot = -(-(buffer_size // NSLOTS) // PAGE) * PAGE
+    return slot, fmt.CACHE_HEADER_SIZE + NSLOTS * slot
+
+
+def cache_names(prefix: str, limit: int = 64) -> list[str]:
+    """The cache file names a prefix may use, in the order they are tried."""
+    return [f"{prefix}.mmap"] + [f"{prefix}.{i}.mmap" for i in range(1, limit)]
+
+
+def try_lock(fd: int) -> bool:
+    """Take the exclusive lock of a cache file without waiting."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def open_locked(path: str, file_mode: int, *, create: bool) -> int | None:
+    """Open and lock a cache file; None when a live process holds it."""
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    fd = open_no_follow(path, flags, file_mode)
+    try:
+        if not try_lock(fd):
+            os.close(fd)
+            return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_image(fd: int) -> bytes:
+    """Read a whole cache file without mapping it (a reader never risks SIGBUS)."""
+    size = os.fstat(fd).st_size
+    parts = []
+    pos = 0
+    while pos < size:
+        part = os.pread(fd, min(size - pos, 1 << 20), pos)
+        if not part:
+            break
+        parts.append(part)
+        pos += len(part)
+    return b"".join(parts)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    # Every page of the mapping must have disk blocks behind it before it is touched:
+    # a store into a hole on a full disk is a SIGBUS, which Python cannot survive.
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, size)
+    else:  # macOS: write the zeros for real
+        zeros = bytes(1 << 16)
+        pos = 0
+        while pos < size:
+            pos += os.pwrite(fd, zeros[: min(len(zeros), size - pos)], pos)
+        os.fsync(fd)
+
+
+@dataclass(slots=True)
+class SealedBlock:
+    """A block the writer has finished with, waiting to be moved into the log."""
+
+    slot: int
+    template: fmt.BlockHeader
+    count: int
+    last_time_us: int
+    raw: list[bytes] = field(default_factory=list)
+
+
+class Cache:
+    """An open, locked, mapped cache file and the writer that fills its slots.
+
+    All writer state is guarded by ``lock``; the flusher takes sealed blocks with
+    :meth:`take_sealed` and gives slots back with :meth:`release`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        fd: int,
+        *,
+        buffer_size: int,
+        log_dir: str,
+        prefix: str,
+        codec: int,
+        level: int | None,
+        sealer: SealerProtocol | None,
+        wake: Callable[[], None],
+    ) -> None:
+        self.path = path
+        self.fd = fd
+        self.codec = codec
+        self.level = level
+        self.sealer = sealer
+        self._wake = wake
+        self.slot_size, self.file_size = geometry(buffer_size)
+        self.threshold = max(1, buffer_size // 3)
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.session = os.urandom(8)
+        self.pid = os.getpid()
+        self.mapped = False
+        self.warning: str | None = None
+        self._next_seq = 0
+        self._states = [EMPTY] * NSLOTS
+        self._sealed: list[SealedBlock] = []
+        self._active = -1
+        self.dropped = 0
+        self._drop_first_us = 0
+        self._drop_last_us = 0
+        self._buf: mmap.mmap | bytearray = self._map(fd, log_dir, prefix)
+        self._reset_block_state()
+
+    # -- mapping -----------------------------------------------------------------
+
+    def _map(self, fd: int, log_dir: str, prefix: str) -> mmap.mmap | bytearray:
+        size = self.file_size
+        header = fmt.pack_cache_header(
+            fmt.CacheInfo(
+                version=fmt.FORMAT_VERSION,
+                nslots=NSLOTS,
+                header_size=fmt.CACHE_HEADER_SIZE,
+                slot_size=self.slot_size,
+                created_us=time.time_ns() // 1000,
+                pid=self.pid,
+                log_dir=log_dir,
+                prefix=prefix,
+            )
+        )
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", self.path)
+            if st.st_size != size:
+                os.ftruncate(fd, size)
+            _preallocate(fd, size)
+            if os.fstat(fd).st_size < size:  # never map past the end of the file
+                raise OSError(errno.EIO, "cache file shorter than its mapping", self.path)
+            # Start from zeros: a previous run's data was moved out before this.
+            zeros = bytes(self.slot_size)
+            for i in range(NSLOTS):
+                os.pwrite(fd, zeros, fmt.CACHE_HEADER_SIZE + i * self.slot_size)
+            os.pwrite(fd, header, 0)
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, ValueError) as exc:
+            self.warning = (
+                f"mmaplog: cannot map the cache {self.path} ({exc}); records are kept in "
+                "memory and are lost if the process dies before they are flushed"
+            )
+            buf = bytearray(size)
+            buf[: len(header)] = header
+            return buf
+        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+            try:
+                mm.madvise(mmap.MADV_WILLNEED)
+            except OSError:
+                pass
+        self.mapped = True
+        return mm
+
+    # -- the writer (under self.lock) ---------------------------------------------
+
+    def _reset_block_state(self) -> None:
+        self._active = -1
+        self._pos = 0
+        self._limit = 0
+        self._payload_start = 0
+        self._commit_at = 0
+        self._count = 0
+        self._last_us = 0
+        self._day_start = 0
+        self._day_end = 0
+        self._raw: list[bytes] = []
+        self._template: fmt.BlockHeader | None = None
+        self._compressor: StreamCompressor | None = None
+        self._seed = 0
+        self._aad = b""
+
+    def _free_slot(self) -> int:
+        for i, state in enumerate(self._states):
+            if state == EMPTY:
+                return i
+        return -1
+
+    def _open_block(self, slot: int, time_us: int) -> None:
+        seq = self._next_seq
+        self._next_seq += 1
+        flags = self.codec | fmt.FLAG_STREAM
+        ext = b""
+        if self.sealer is not None:
+            flags |= fmt.FLAG_ENCRYPTED
+            ext = self.sealer.ephemeral_public
+        template = fmt.BlockHeader(
+            flags=flags,
+            session=self.session,
+            seq=seq,
+            pid=self.pid,
+            payload_len=0,
+            first_time_us=time_us,
+            last_time_us=0,
+            count=0,
+            raw_len=0,
+            payload_crc=0,
+            extension=ext,
+        )
+        base = fmt.CACHE_HEADER_SIZE + slot * self.slot_size
+        hdr = fmt.pack_header(template)
+        buf = self._buf
+        fmt.COMMIT.pack_into(buf, base, 0, 0, 0)
+        buf[base + fmt.SLOT_BLOCK_OFFSET : base + fmt.SLOT_BLOCK_OFFSET + len(hdr)] = hdr
+        self._states[slot] = OPEN
+        self._active = slot
+        self._commit_at = base
+        self._payload_start = base + fmt.SLOT_BLOCK_OFFSET + len(hdr)
+        self._pos = self._payload_start
+        self._limit = base + self.slot_size
+        self._count = 0
+        self._last_us = time_us
+        self._day_start, self._day_end = day_bounds(time_us)
+        self._raw = []
+        self._template = template
+        self._compressor = StreamCompressor(self.codec, self.level)
+        self._seed = fmt.chunk_seed(self.session, seq)
+        self._aad = fmt.block_aad(self.session, seq, flags)
+
+    def _seal_active(self) -> None:
+        slot = self._active
+        if slot < 0:
+            return
+        if self._count == 0:
+            self._zero_slot(slot)
+            self._states[slot] = EMPTY
+        else:
+            assert self._template is not None
+            self._states[slot] = SEALED
+            self._sealed.append(
+                SealedBlock(slot, self._template, self._count, self._last_us, self._raw)
+            )
+        self._reset_block_state()
+
+    @property
+    def capacity(self) -> int:
+        """The largest chunk a slot can take."""
+        ext = len(self.sealer.ephemeral_public) if self.sealer else 0
+        return self.slot_size - fmt.SLOT_BLOCK_OFFSET - fmt.BLOCK_HEADER_SIZE - ext
+
+    def append(self, raw: bytes, time_us: int, timeout: float) -> int:
+        """Write one encoded record into the cache; return APPENDED, DROPPED or OVERSIZE.
+
+        Waits up to ``timeout`` seconds for a free slot when both are full.
+        """
+        need = compress_bound(len(raw)) + fmt.CHUNK_HEADER.size + 16
+        with self.lock:
+            if need > self.capacity:
+                return OVERSIZE
+            if (
+                self._active < 0
+                or self._pos + need > self._limit
+                or not self._day_start <= time_us < self._day_end
+            ):
+                self._seal_active()
+                if not self._wait_for_slot(timeout):
+                    self._count_drop(time_us)
+                    return DROPPED
+                self._open_block(self._free_slot(), time_us)
+                if self.dropped:
+                    self._write_drop_note(time_us)
+            self._write(raw, time_us)
+            if self._pos - self._payload_start >= self.threshold and EMPTY in self._states:
+                self._seal_active()
+                self._wake()
+        return APPENDED
+
+    def _write(self, raw: bytes, time_us: int) -> None:
+        assert self._compressor is not None
+        body = self._compressor.chunk(raw)
+        if self.sealer is not None:
+            body = self.sealer.seal(self._template.seq, self._count, body, self._aad)  # type: ignore[union-attr]
+        pos = self._pos
+        end = pos + fmt.CHUNK_HEADER.size + len(body)
+        buf = self._buf
+        buf[pos:end] = fmt.CHUNK_HEADER.pack(len(body), zlib.crc32(body, self._seed)) + body
+        self._count += 1
+        if time_us > self._last_us:
+            self._last_us = time_us
+        # The commit store: one small write after the chunk is complete.
+        fmt.COMMIT.pack_into(buf, self._commit_at, end - self._payload_start, self._count, self._last_us)
+        self._pos = end
+        self._raw.append(raw)
+
+    def _wait_for_slot(self, timeout: float) -> bool:
+        if EMPTY in self._states:
+            return True
+        self._wake()
+        deadline = time.monotonic() + timeout
+        while EMPTY not in self._states:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.cond.wait(left)
+        return True
+
+    def _count_drop(self, time_us: int) -> None:
+        if not self.dropped:
+            self._drop_first_us = time_us
+        self.dropped += 1
+        self._drop_last_us = time_us
+
+    def _write_drop_note(self, time_us: int) -> None:
+        first = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._drop_first_us / 1e6))
+        last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._drop_last_us / 1e6))
+        text = (
+            f"mmaplog: {self.dropped} records dropped between {first} and {last}: "
+            "the cache was full because the log files could not be written"
+        ).encode()
+        self.dropped = 0
+        self._write(fmt.encode_record(time_us, 40, fmt.KIND_NOTE, text), time_us)
+
+    def seal(self) -> None:
+        """Seal the block being written, if it holds anything."""
+        with self.lock:
+            self._seal_active()
+
+    def has_pending(self) -> bool:
+        with self.lock:
+            return self._count > 0 or bool(self._sealed)
+
+    # -- the flusher's side ----------------------------------------------------------
+
+    def take_sealed(self) -> SealedBlock | None:
+        """Hand the oldest sealed block to the flusher (the slot stays reserved)."""
+        with self.lock:
+            if not self._sealed:
+                return None
+            block = self._sealed.pop(0)
+            self._states[block.slot] = MOVING
+            return block
+
+    def give_back(self, block: SealedBlock) -> None:
+        """Return a block the flusher could not write; it is retried first next time."""
+        with self.lock:
+            self._states[block.slot] = SEALED
+            self._sealed.insert(0, block)
+
+    def release(self, block: SealedBlock) -> None:
+        """Free the slot of a block that is now safely in the log file."""
+        self._zero_slot(block.slot)
+        with self.lock:
+            self._states[block.slot] = EMPTY
+            self.cond.notify_all()
+
+    def _zero_slot(self, slot: int) -> None:
+        base = fmt.CACHE_HEADER_SIZE + slot * self.slot_size
+        buf = self._buf
+        magic_at = base + fmt.SLOT_BLOCK_OFFSET
+        buf[magic_at : magic_at + 4] = b"\0\0\0\0"  # empty from here on, for recovery
+        buf[base : base + self.slot_size] = bytes(self.slot_size)
+
+    def msync(self) -> None:
+        if isinstance(self._buf, mmap.mmap):
+            self._buf.flush()
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap and unlock. Pending blocks must have been moved out before."""
+        buf = self._buf
+        if isinstance(buf, mmap.mmap) and not buf.closed:
+            buf.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def abandon(self) -> None:
+        """Forget the cache without touching it (in a forked child: it is the parent's)."""
+        buf = self._buf
+        if isinstance(buf, mmap.mmap) and not buf.closed:
+            buf.close()  # unmaps only this process's view
+        if self.fd >= 0:
+            os.close(self.fd)  # the parent's descriptor keeps the lock
+            self.fd = -1
+        self._sealed = []

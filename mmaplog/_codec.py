@@ -1,0 +1,145 @@
+"""Compression for mmaplog: per-record stream flushes and whole-block frames.
+
+Writers use :class:`StreamCompressor` (one stream per block, flushed after every
+record so the cache decodes after any record) and :func:`compress_whole` (the
+flusher re-compresses a full block at once, which compresses far better).
+Readers use :class:`StreamDecompressor` and :func:`decompress_whole`; both bound
+their output, so a crafted block cannot make the reader allocate without limit.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import zstandard
+
+from ._format import COMP_NONE, COMP_ZLIB, COMP_ZSTD
+from .exceptions import CorruptionError
+
+DEFAULT_LEVELS = {COMP_NONE: 0, COMP_ZLIB: 5, COMP_ZSTD: 1}
+"""Levels of the per-record stream in the cache: the emit path, so fast ones."""
+WHOLE_LEVELS = {COMP_NONE: 0, COMP_ZLIB: 9, COMP_ZSTD: 6}
+"""Default levels of the whole-block re-compression on the flusher thread."""
+
+# Input is fed to a decompressor in slices this large, so one call's output is
+# bounded (zstd expands at most ~32768:1, deflate ~1032:1).
+_FEED = 256
+
+
+def compress_bound(n: int) -> int:
+    """An upper bound on the bytes one flushed record of ``n`` raw bytes can take."""
+    return n + (n >> 7) + 64
+
+
+class StreamCompressor:
+    """Compress records one by one into a single stream, flushed after each record."""
+
+    __slots__ = ("_compress", "_flush", "_mode")
+
+    def __init__(self, codec: int, level: int | None = None) -> None:
+        lvl = DEFAULT_LEVELS[codec] if level is None else level
+        if codec == COMP_ZSTD:
+            obj = zstandard.ZstdCompressor(level=lvl).compressobj()
+            self._compress = obj.compress
+            self._flush = obj.flush
+            self._mode: int | None = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+        elif codec == COMP_ZLIB:
+            zobj = zlib.compressobj(lvl, zlib.DEFLATED, -15)
+            self._compress = zobj.compress
+            self._flush = zobj.flush
+            self._mode = zlib.Z_SYNC_FLUSH
+        else:
+            self._compress = bytes
+            self._flush = _empty
+            self._mode = None
+
+    def chunk(self, raw: bytes) -> bytes:
+        """Return the stream bytes that carry ``raw``, complete and decodable."""
+        return self._compress(raw) + self._flush(self._mode)
+
+
+def _empty(_mode: int | None = None) -> bytes:
+    return b""
+
+
+def compress_whole(codec: int, raw: bytes, level: int | None = None) -> bytes:
+    """Compress a whole block at once."""
+    lvl = WHOLE_LEVELS[codec] if level is None else level
+    if codec == COMP_ZSTD:
+        return zstandard.ZstdCompressor(level=lvl, write_content_size=True).compress(raw)
+    if codec == COMP_ZLIB:
+        obj = zlib.compressobj(lvl, zlib.DEFLATED, -15)
+        return obj.compress(raw) + obj.flush()
+    return raw
+
+
+def decompress_whole(codec: int, payload: bytes, raw_len: int, *, where: str) -> bytes:
+    """Decompress a whole-form payload that must yield exactly ``raw_len`` bytes."""
+    try:
+        if codec == COMP_ZSTD:
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload))
+            out = reader.read(raw_len + 1)
+        elif codec == COMP_ZLIB:
+            out = zlib.decompressobj(-15).decompress(payload, raw_len + 1)
+        else:
+            out = payload
+    except (zstandard.ZstdError, zlib.error) as exc:
+        raise CorruptionError(f"{where}: cannot decompress: {exc}") from None
+    if len(out) != raw_len:
+        raise CorruptionError(
+            f"{where}: decompressed to {len(out)}{'+' if len(out) > raw_len else ''} bytes, "
+            f"expected {raw_len}"
+        )
+    return out
+
+
+class StreamDecompressor:
+    """Decompress the chunks of one stream-form block, chunk by chunk, with a bound."""
+
+    __slots__ = ("_codec", "_limit", "_obj", "_total")
+
+    def __init__(self, codec: int, limit: int) -> None:
+        self._codec = codec
+        self._limit = limit
+        self._total = 0
+        self._obj: zstandard.ZstdDecompressionObj | zlib._Decompress | None
+        if codec == COMP_ZSTD:
+            self._obj = zstandard.ZstdDecompressor().decompressobj()
+        elif codec == COMP_ZLIB:
+            self._obj = zlib.decompressobj(-15)
+        else:
+            self._obj = None
+
+    def feed(self, body: bytes | memoryview, *, where: str) -> bytes:
+        """Return the raw bytes carried by the next chunk."""
+        if self._obj is None:
+            out = bytes(body)
+            self._count(len(out), where)
+            return out
+        parts = []
+        try:
+            if self._codec == COMP_ZLIB:
+                z = self._obj
+                assert isinstance(z, type(zlib.decompressobj()))
+                data = bytes(body)
+                while data:
+                    part = z.decompress(data, self._limit - self._total + 1)
+                    self._count(len(part), where)
+                    parts.append(part)
+                    data = z.unconsumed_tail
+            else:
+                zs = self._obj
+                view = memoryview(body)
+                for i in range(0, len(view), _FEED):
+                    part = zs.decompress(view[i : i + _FEED])
+                    self._count(len(part), where)
+                    parts.append(part)
+        except (zstandard.ZstdError, zlib.error) as exc:
+            raise CorruptionError(f"{where}: cannot decompress: {exc}") from None
+        return b"".join(parts)
+
+    def _count(self, n: int, where: str) -> None:
+        self._total += n
+        if self._total > self._limit:
+            raise CorruptionError(f"{where}: decompresses past the limit of {self._limit} bytes")

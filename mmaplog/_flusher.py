@@ -1,0 +1,154 @@
+"""Moving sealed blocks from the cache into the log files.
+
+The :class:`Flusher` is a daemon thread, shaped like ``QueueListener``: it waits
+on an event, woken when a block is sealed, every ``interval`` seconds, and by
+``flush()``/``close()``. Each move is: re-compress the block whole (and seal it
+once when encrypted), append it with one ``write()``, and only then release its
+slot. A failed write leaves the block in the cache and is retried with back-off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from . import _format as fmt
+from ._cache import Cache, SealedBlock, SealerProtocol
+from ._codec import compress_whole
+from ._logfile import LogFiles
+
+WHOLE_BLOCK_INDEX = 0xFFFFFFFF
+_BACKOFF_MIN = 0.05
+_BACKOFF_MAX = 5.0
+
+
+def build_block(
+    template: fmt.BlockHeader,
+    raw: bytes,
+    count: int,
+    last_time_us: int,
+    *,
+    level: int | None,
+    sealer: SealerProtocol | None,
+) -> bytes:
+    """Return the whole-form block for ``raw`` (the records of one block)."""
+    flags = template.flags & ~fmt.FLAG_STREAM
+    payload = compress_whole(template.compression, raw, level)
+    if sealer is not None:
+        aad = fmt.block_aad(template.session, template.seq, flags)
+        payload = sealer.seal(template.seq, WHOLE_BLOCK_INDEX, payload, aad)
+    header = replace(
+        template, flags=flags, last_time_us=last_time_us, count=count, raw_len=len(raw)
+    )
+    return fmt.encode_block(header, payload)
+
+
+class Flusher:
+    """Moves sealed blocks of one cache into its log files."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        logs: LogFiles,
+        *,
+        interval: float,
+        level: int | None,
+        on_error: Callable[[str], None],
+    ) -> None:
+        self.cache = cache
+        self.logs = logs
+        self.interval = interval
+        self.level = level
+        self._on_error = on_error
+        self._event = threading.Event()
+        self._io_lock = threading.Lock()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._failing = False
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="mmaplog-flusher", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def stop(self) -> None:
+        """Stop the thread after it has moved what is sealed."""
+        self._stopping = True
+        self._event.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+        self._thread = None
+
+    def _run(self) -> None:
+        backoff = _BACKOFF_MIN
+        next_tick = time.monotonic() + self.interval
+        while True:
+            timeout = max(0.0, next_tick - time.monotonic())
+            if self._failing:
+                timeout = min(timeout, backoff)
+            self._event.wait(timeout)
+            self._event.clear()
+            if time.monotonic() >= next_tick:
+                self.cache.seal()
+                next_tick = time.monotonic() + self.interval
+            if self.drain():
+                backoff = _BACKOFF_MIN
+            else:
+                backoff = min(_BACKOFF_MAX, backoff * 2)
+            if self._stopping:
+                return
+
+    def drain(self) -> bool:
+        """Move every sealed block, oldest first; False if a write failed."""
+        with self._io_lock:
+            while True:
+                block = self.cache.take_sealed()
+                if block is None:
+                    self._set_ok()
+                    return True
+                try:
+                    self._move(block)
+                except Exception as exc:
+                    self.cache.give_back(block)
+                    self._set_failing(exc)
+                    return False
+
+    def _move(self, block: SealedBlock) -> None:
+        data = build_block(
+            block.template,
+            b"".join(block.raw),
+            block.count,
+            block.last_time_us,
+            level=self.level,
+            sealer=self.cache.sealer,
+        )
+        self.logs.append(data, block.template.first_time_us)
+        self.cache.release(block)
+
+    def write_direct(self, block: bytes, first_time_us: int) -> None:
+        """Append a block built elsewhere (an oversize record), in order with the moves."""
+        with self._io_lock:
+            self.logs.append(block, first_time_us)
+
+    def _set_failing(self, exc: Exception) -> None:
+        msg = f"mmaplog: cannot write the log file ({exc}); blocks stay in the cache and are retried"
+        self.last_error = msg
+        if not self._failing:
+            self._failing = True
+            self._on_error(msg)
+
+    def _set_ok(self) -> None:
+        if self._failing:
+            self._failing = False
+            self._on_error("mmaplog: the log file can be written again; the cache is moving")

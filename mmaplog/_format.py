@@ -1,0 +1,582 @@
+"""The mmaplog byte formats: records, chunks, blocks and the cache image.
+
+Pure functions over bytes: nothing here opens a file, maps memory or reads the
+clock. ``docs/format.md`` is the normative description; ``tests/test_format.py``
+checks these constants against it.
+
+Layers, innermost first::
+
+    record   <I q B B> text_len, time_us, level, kind + UTF-8 text
+    chunk    <I I>     body_len, crc32(body, seed) + body        (stream form only)
+    block    64-byte header [+ extension] + payload
+    cache    4096-byte cache header + N slots, each: commit area + block header + chunks
+
+A block's payload is either in *stream form* (a sequence of chunks, each the
+per-record flush of one compressor stream, as written into the cache) or in
+*whole form* (all records of the block compressed at once, as the flusher
+writes them into the log file).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .exceptions import CorruptionError, UnsupportedVersionError
+
+if TYPE_CHECKING:
+    import mmap
+
+    Buffer = bytes | mmap.mmap
+
+__all__ = [
+    "BLOCK_HEADER",
+    "BLOCK_MAGIC",
+    "CACHE_HEADER",
+    "CACHE_HEADER_SIZE",
+    "CACHE_MAGIC",
+    "CHUNK_HEADER",
+    "COMMIT",
+    "FORMAT_VERSION",
+    "RECORD_HEADER",
+    "BlockHeader",
+    "CacheInfo",
+    "Damage",
+    "RawRecord",
+    "ScannedBlock",
+]
+
+# -- limits: every length read from disk is checked against these before use --
+MAX_RECORD_TEXT = 16 * 1024 * 1024
+"""Largest text a record may carry; the handler truncates longer ones with a marker."""
+MAX_BLOCK_PAYLOAD = 64 * 1024 * 1024
+"""Largest payload a block may have on disk."""
+MAX_BLOCK_RAW = 80 * 1024 * 1024
+"""Largest decompressed size of one block (bounds the decoder's memory)."""
+MAX_HEADER_EXTENSION = 256
+
+FORMAT_VERSION = 1
+
+# -- record --------------------------------------------------------------------
+#   0  u32 text_len   4  i64 time (µs since the epoch)   12 u8 level   13 u8 kind
+RECORD_HEADER = struct.Struct("<IqBB")
+KIND_TEXT = 0
+"""A rendered log line."""
+KIND_JSON = 1
+"""A JSON object rendered by a structured logger."""
+KIND_NOTE = 2
+"""A line written by mmaplog itself (for example a count of dropped records)."""
+_KINDS = (KIND_TEXT, KIND_JSON, KIND_NOTE)
+
+# -- chunk (stream form) --------------------------------------------------------
+#   0  u32 body_len   4  u32 crc32(body, seed)   8  body
+CHUNK_HEADER = struct.Struct("<II")
+
+# -- block header ---------------------------------------------------------------
+#    0 4s magic "MMLB"     4 u8  version      5 u8  flags      6 u16 header_len
+#    8 8s session id      16 u64 seq         24 u32 pid        28 u32 payload_len
+#   32 i64 first_time µs  40 i64 last_time µs
+#   48 u32 count          52 u32 raw_len     56 u32 payload_crc 60 u32 header_crc
+#   64 extension (header_len - 64 bytes): the ephemeral public key when encrypted
+# header_crc = crc32(bytes 0..60 + extension)
+BLOCK_MAGIC = b"MMLB"
+BLOCK_HEADER = struct.Struct("<4sBBH8sQIIqqIIII")
+BLOCK_HEADER_SIZE = BLOCK_HEADER.size
+assert BLOCK_HEADER_SIZE == 64
+
+COMP_NONE = 0
+COMP_ZLIB = 1
+COMP_ZSTD = 2
+FLAG_COMPRESSION_MASK = 0x03
+FLAG_ENCRYPTED = 0x04
+FLAG_STREAM = 0x08
+FLAG_RECOVERED = 0x10
+_FLAGS_KNOWN = FLAG_COMPRESSION_MASK | FLAG_ENCRYPTED | FLAG_STREAM | FLAG_RECOVERED
+_AAD_FLAGS = FLAG_COMPRESSION_MASK | FLAG_ENCRYPTED | FLAG_STREAM
+ENCRYPTION_EXTENSION = 32
+
+COMPRESSION_NAMES = {COMP_NONE: None, COMP_ZLIB: "zlib", COMP_ZSTD: "zstd"}
+COMPRESSION_CODES = {v: k for k, v in COMPRESSION_NAMES.items()}
+
+# -- cache image ------------------------------------------------------------------
+#    0 4s magic "MMLC"   4 u8 version    5 u8 nslots     6 u16 reserved
+#    8 u32 header_size  12 u32 slot_size 16 i64 created µs 24 u32 pid
+#   28 u16 log_dir_len  30 u16 prefix_len 32 u32 crc32(bytes 0..32 + strings)
+#   36 log_dir (UTF-8) + prefix (UTF-8); the rest of the page is zero
+# slot i starts at header_size + i * slot_size:
+#    0 COMMIT <I I q> payload_len, count, last_time µs   (the commit store)
+#   16 block header template (dynamic fields zero) + chunks
+CACHE_MAGIC = b"MMLC"
+CACHE_HEADER = struct.Struct("<4sBBHIIqIHHI")
+CACHE_HEADER_SIZE = 4096
+COMMIT = struct.Struct("<IIq")
+SLOT_BLOCK_OFFSET = 16
+MAX_CACHE_STRINGS = CACHE_HEADER_SIZE - CACHE_HEADER.size
+MAX_SLOTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record as stored: time in µs since the epoch, level, kind and text bytes."""
+
+    time_us: int
+    level: int
+    kind: int
+    text: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHeader:
+    """The fields of a block header."""
+
+    flags: int
+    session: bytes
+    seq: int
+    pid: int
+    payload_len: int
+    first_time_us: int
+    last_time_us: int
+    count: int
+    raw_len: int
+    payload_crc: int
+    extension: bytes = b""
+    version: int = FORMAT_VERSION
+
+    @property
+    def header_len(self) -> int:
+        return BLOCK_HEADER_SIZE + len(self.extension)
+
+    @property
+    def compression(self) -> int:
+        return self.flags & FLAG_COMPRESSION_MASK
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENCRYPTED)
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.flags & FLAG_STREAM)
+
+    @property
+    def recovered(self) -> bool:
+        return bool(self.flags & FLAG_RECOVERED)
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """A byte range ``[start, end)`` of an input that could not be read, and why."""
+
+    start: int
+    end: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedBlock:
+    """A block found in a log file whose header and payload checksums hold."""
+
+    offset: int
+    header: BlockHeader
+    payload: bytes
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.header.header_len + self.header.payload_len
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    """The header of a cache file."""
+
+    version: int
+    nslots: int
+    header_size: int
+    slot_size: int
+    created_us: int
+    pid: int
+    log_dir: str
+    prefix: str
+
+
+# -- records -----------------------------------------------------------------------
+
+
+def encode_record(time_us: int, level: int, kind: int, text: bytes) -> bytes:
+    """Return the stored form of one record."""
+    return RECORD_HEADER.pack(len(text), time_us, level & 0xFF, kind) + text
+
+
+def iter_records(raw: bytes | memoryview, *, where: str = "records") -> Iterator[RawRecord]:
+    """Yield the records packed in ``raw``.
+
+    Raises :class:`CorruptionError` at the first record whose framing is wrong; the
+    records before it have been yielded.
+    """
+    view = memoryview(raw)
+    size = len(view)
+    pos = 0
+    hsize = RECORD_HEADER.size
+    unpack = RECORD_HEADER.unpack_from
+    while pos < size:
+        if size - pos < hsize:
+            raise CorruptionError(
+                f"{where}: record at offset {pos}: {size - pos} bytes left, "
+                f"a record header needs {hsize}",
+                pos,
+            )
+        text_len, time_us, level, kind = unpack(view, pos)
+        if kind not in _KINDS:
+            raise CorruptionError(f"{where}: record at offset {pos}: unknown kind {kind}", pos)
+        end = pos + hsize + text_len
+        if text_len > MAX_RECORD_TEXT or end > size:
+            raise CorruptionError(
+                f"{where}: record at offset {pos}: text length {text_len} runs past "
+                f"the end ({size - pos - hsize} bytes left)",
+                pos,
+            )
+        yield RawRecord(time_us, level, kind, bytes(view[pos + hsize : end]))
+        pos = end
+
+
+# -- chunks ------------------------------------------------------------------------
+
+
+def chunk_seed(session: bytes, seq: int) -> int:
+    """The CRC seed binding a block's chunks to that block (stale chunks fail it)."""
+    return zlib.crc32(session + seq.to_bytes(8, "little"))
+
+
+def block_aad(session: bytes, seq: int, flags: int) -> bytes:
+    """The associated data sealed with a block's encrypted chunks or payload.
+
+    It binds them to their session, sequence number and form, so nothing can be
+    spliced between blocks; the recovered flag is left out since recovery sets it.
+    """
+    return session + seq.to_bytes(8, "little") + bytes([flags & _AAD_FLAGS])
+
+
+def encode_chunk(body: bytes, seed: int) -> bytes:
+    """Return ``body`` framed as a chunk."""
+    return CHUNK_HEADER.pack(len(body), zlib.crc32(body, seed)) + body
+
+
+def walk_chunks(payload: bytes | memoryview, seed: int) -> tuple[list[memoryview], int]:
+    """Return the valid chunk bodies at the start of ``payload`` and where they end.
+
+    The walk stops at the first chunk that is zero, runs past the end, or fails its
+    checksum: in a cache that is the torn or unwritten tail.
+    """
+    view = memoryview(payload)
+    size = len(view)
+    pos = 0
+    bodies: list[memoryview] = []
+    hsize = CHUNK_HEADER.size
+    unpack = CHUNK_HEADER.unpack_from
+    crc32 = zlib.crc32
+    while size - pos >= hsize:
+        body_len, crc = unpack(view, pos)
+        end = pos + hsize + body_len
+        if body_len == 0 or end > size:
+            break
+        body = view[pos + hsize : end]
+        if crc32(body, seed) != crc:
+            break
+        bodies.append(body)
+        pos = end
+    return bodies, pos
+
+
+# -- block headers -------------------------------------------------------------------
+
+
+def _header_crc(fixed: bytes | memoryview, extension: bytes | memoryview) -> int:
+    return zlib.crc32(extension, zlib.crc32(fixed[:60]))
+
+
+def pack_header(h: BlockHeader) -> bytes:
+    """Return the bytes of a block header, checksum included."""
+    fixed = BLOCK_HEADER.pack(
+        BLOCK_MAGIC,
+        h.version,
+        h.flags,
+        h.header_len,
+        h.session,
+        h.seq,
+        h.pid,
+        h.payload_len,
+        h.first_time_us,
+        h.last_time_us,
+        h.count,
+        h.raw_len,
+        h.payload_crc,
+        0,
+    )
+    crc = _header_crc(fixed, h.extension)
+    return fixed[:60] + crc.to_bytes(4, "little") + h.extension
+
+
+def encode_block(h: BlockHeader, payload: bytes) -> bytes:
+    """Return a complete block: ``h`` with its payload length and checksum filled in."""
+    from dataclasses import replace
+
+    full = replace(h, payload_len=len(payload), payload_crc=zlib.crc32(payload))
+    return pack_header(full) + payload
+
+
+def parse_header(data: Buffer, offset: int = 0) -> BlockHeader:
+    """Parse and check the block header at ``offset``.
+
+    Raises :class:`CorruptionError` when the bytes are not a valid header (an
+    :class:`UnsupportedVersionError` for a newer format version).
+    """
+    avail = len(data) - offset
+    if avail < BLOCK_HEADER_SIZE:
+        raise CorruptionError(
+            f"block at offset {offset}: header needs {BLOCK_HEADER_SIZE} bytes, {avail} left",
+            offset,
+        )
+    (
+        magic,
+        version,
+        flags,
+        header_len,
+        session,
+        seq,
+        pid,
+        payload_len,
+        first,
+        last,
+        count,
+        raw_len,
+        payload_crc,
+        stored_crc,
+    ) = BLOCK_HEADER.unpack_from(data, offset)
+    if magic != BLOCK_MAGIC:
+        raise CorruptionError(
+            f"block at offset {offset}: bad magic (expected {BLOCK_MAGIC!r}, got {magic!r})",
+            offset,
+        )
+    ext_len = header_len - BLOCK_HEADER_SIZE
+    if ext_len < 0 or ext_len > MAX_HEADER_EXTENSION or ext_len > avail - BLOCK_HEADER_SIZE:
+        raise CorruptionError(f"block at offset {offset}: bad header length {header_len}", offset)
+    fixed = data[offset : offset + 60]
+    ext = data[offset + BLOCK_HEADER_SIZE : offset + header_len]
+    computed = _header_crc(fixed, ext)
+    if computed != stored_crc:
+        raise CorruptionError(
+            f"block at offset {offset}: header checksum mismatch "
+            f"(stored 0x{stored_crc:08x}, computed 0x{computed:08x})",
+            offset,
+        )
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"block at offset {offset}: format version {version} is not supported "
+            f"(this mmaplog reads version {FORMAT_VERSION})",
+            offset,
+        )
+    if flags & ~_FLAGS_KNOWN or (flags & FLAG_COMPRESSION_MASK) not in COMPRESSION_NAMES:
+        raise CorruptionError(f"block at offset {offset}: unknown flags 0x{flags:02x}", offset)
+    if bool(flags & FLAG_ENCRYPTED) != (ext_len == ENCRYPTION_EXTENSION):
+        raise CorruptionError(
+            f"block at offset {offset}: header length {header_len} does not fit its flags",
+            offset,
+        )
+    if payload_len > MAX_BLOCK_PAYLOAD or raw_len > MAX_BLOCK_RAW:
+        raise CorruptionError(
+            f"block at offset {offset}: payload length {payload_len} / raw length "
+            f"{raw_len} over the limit",
+            offset,
+        )
+    return BlockHeader(
+        flags=flags,
+        session=session,
+        seq=seq,
+        pid=pid,
+        payload_len=payload_len,
+        first_time_us=first,
+        last_time_us=last,
+        count=count,
+        raw_len=raw_len,
+        payload_crc=payload_crc,
+        extension=bytes(ext),
+        version=version,
+    )
+
+
+def scan_blocks(data: Buffer, start: int = 0) -> Iterator[ScannedBlock | Damage]:
+    """Yield every intact block of a log file image, and a :class:`Damage` for each gap.
+
+    ``data`` is ``bytes`` or a read-only ``mmap``. After damage the scan
+    resynchronises on the next header whose checksums hold, so every intact block
+    is found. A block cut short by the end of the data is reported as a torn tail.
+    """
+    size = len(data)
+    pos = start
+    bad_from: int | None = None
+    bad_reason = ""
+    magic = BLOCK_MAGIC
+    while pos < size:
+        if data[pos : pos + 4] == magic:
+            try:
+                h: BlockHeader | None = parse_header(data, pos)
+            except CorruptionError as exc:
+                h = None
+                reason = str(exc)
+            if h is not None:
+                body_start = pos + h.header_len
+                end = body_start + h.payload_len
+                if end > size:
+                    reason = (
+                        f"block at offset {pos}: torn tail (payload needs "
+                        f"{h.payload_len} bytes, {size - body_start} left)"
+                    )
+                else:
+                    payload = data[body_start:end]
+                    crc = zlib.crc32(payload)
+                    if crc == h.payload_crc:
+                        if bad_from is not None:
+                            yield Damage(bad_from, pos, bad_reason)
+                            bad_from = None
+                        yield ScannedBlock(pos, h, payload)
+                        pos = end
+                        continue
+                    reason = (
+                        f"block at offset {pos}: payload checksum mismatch "
+                        f"(stored 0x{h.payload_crc:08x}, computed 0x{crc:08x})"
+                    )
+        else:
+            reason = f"offset {pos}: not a block header"
+        if bad_from is None:
+            bad_from = pos
+            bad_reason = reason
+        nxt = data.find(magic, pos + 1)
+        pos = size if nxt < 0 else nxt
+    if bad_from is not None:
+        yield Damage(bad_from, size, bad_reason)
+
+
+# -- cache image ---------------------------------------------------------------------
+
+
+def pack_cache_header(info: CacheInfo) -> bytes:
+    """Return the cache header page."""
+    log_dir = info.log_dir.encode("utf-8", "surrogateescape")
+    prefix = info.prefix.encode("utf-8", "surrogateescape")
+    if len(log_dir) + len(prefix) > MAX_CACHE_STRINGS:
+        raise ValueError("log_dir and prefix are too long to record in the cache header")
+    fixed = CACHE_HEADER.pack(
+        CACHE_MAGIC,
+        info.version,
+        info.nslots,
+        0,
+        info.header_size,
+        info.slot_size,
+        info.created_us,
+        info.pid,
+        len(log_dir),
+        len(prefix),
+        0,
+    )
+    strings = log_dir + prefix
+    crc = zlib.crc32(strings, zlib.crc32(fixed[:32]))
+    page = fixed[:32] + crc.to_bytes(4, "little") + strings
+    return page + bytes(info.header_size - len(page))
+
+
+def parse_cache_header(data: bytes | memoryview) -> CacheInfo:
+    """Parse and check a cache header; raises :class:`CorruptionError` if it is not one."""
+    view = memoryview(data)
+    if len(view) < CACHE_HEADER.size:
+        raise CorruptionError(
+            f"cache header: {len(view)} bytes, expected at least {CACHE_HEADER.size}", 0
+        )
+    (magic, version, nslots, _r, header_size, slot_size, created, pid, dlen, plen, crc) = (
+        CACHE_HEADER.unpack_from(view, 0)
+    )
+    if magic != CACHE_MAGIC:
+        raise CorruptionError(
+            f"cache header: bad magic (expected {CACHE_MAGIC!r}, got {bytes(magic)!r})", 0
+        )
+    if dlen + plen > MAX_CACHE_STRINGS:
+        raise CorruptionError(f"cache header: string lengths {dlen}+{plen} over the limit", 0)
+    strings = view[CACHE_HEADER.size : CACHE_HEADER.size + dlen + plen]
+    computed = zlib.crc32(strings, zlib.crc32(view[:32]))
+    if computed != crc:
+        raise CorruptionError(
+            f"cache header: checksum mismatch (stored 0x{crc:08x}, computed 0x{computed:08x})", 0
+        )
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"cache header: format version {version} is not supported "
+            f"(this mmaplog reads version {FORMAT_VERSION})",
+            0,
+        )
+    if not 1 <= nslots <= MAX_SLOTS or header_size != CACHE_HEADER_SIZE or slot_size < 1024:
+        raise CorruptionError(
+            f"cache header: bad geometry ({nslots} slots of {slot_size} bytes, "
+            f"header {header_size})",
+            0,
+        )
+    text = bytes(strings)
+    return CacheInfo(
+        version=version,
+        nslots=nslots,
+        header_size=header_size,
+        slot_size=slot_size,
+        created_us=created,
+        pid=pid,
+        log_dir=text[:dlen].decode("utf-8", "surrogateescape"),
+        prefix=text[dlen:].decode("utf-8", "surrogateescape"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SlotContent:
+    """What a cache slot holds: its block header template and the valid chunks."""
+
+    index: int
+    template: BlockHeader
+    payload: bytes
+    count: int
+    last_time_us: int
+    committed_len: int
+
+
+def read_slot(image: bytes | memoryview, info: CacheInfo, index: int) -> SlotContent | None:
+    """Return the content of slot ``index`` of a cache image, or None when it is empty.
+
+    The chunk walk, not the commit word, decides what is kept: a chunk whose
+    checksum holds was written whole, even if the commit store after it was not.
+    Raises :class:`CorruptionError` when the slot holds something that is not a
+    block template.
+    """
+    view = memoryview(image)
+    base = info.header_size + index * info.slot_size
+    end = min(len(view), base + info.slot_size)
+    if end - base < SLOT_BLOCK_OFFSET + BLOCK_HEADER_SIZE:
+        return None
+    slot = view[base:end]
+    if bytes(slot[SLOT_BLOCK_OFFSET : SLOT_BLOCK_OFFSET + 4]) != BLOCK_MAGIC:
+        return None
+    committed, count, last = COMMIT.unpack_from(slot, 0)
+    try:
+        template = parse_header(slot, SLOT_BLOCK_OFFSET)
+    except CorruptionError as exc:
+        raise CorruptionError(f"cache slot {index}: {exc}", base + SLOT_BLOCK_OFFSET) from None
+    body = slot[SLOT_BLOCK_OFFSET + template.header_len :]
+    bodies, walked = walk_chunks(body, chunk_seed(template.session, template.seq))
+    if count != len(bodies) or last < template.first_time_us:
+        # The commit store was torn or is behind the chunks: the chunks decide.
+        last = template.first_time_us if count != len(bodies) else last
+    return SlotContent(
+        index=index,
+        template=template,
+        payload=bytes(body[:walked]),
+        count=len(bodies),
+        last_time_us=last,
+        committed_len=committed,
+    )

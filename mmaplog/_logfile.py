@@ -1,0 +1,155 @@
+"""The dated log files: naming, appending whole blocks, and finding blocks already there.
+
+Each block goes into ``<log_dir>/<prefix>_<YYYYMMDD>.mmlog`` for the local date
+of its first record, with one ``write()`` on a descriptor opened with
+``O_APPEND``, so blocks of several processes never interleave.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import os
+import re
+import stat
+
+from . import _format as fmt
+
+SUFFIX = ".mmlog"
+_TAIL_SCAN = 32 * 1024 * 1024
+
+
+def day_of(time_us: int) -> str:
+    """The local date of a time in µs, as ``YYYYMMDD``."""
+    return _dt.datetime.fromtimestamp(time_us / 1e6).strftime("%Y%m%d")
+
+
+def day_bounds(time_us: int) -> tuple[int, int]:
+    """The local day holding ``time_us``, as ``[start, end)`` in µs."""
+    d = _dt.datetime.fromtimestamp(time_us / 1e6).date()
+    start = _dt.datetime.combine(d, _dt.time.min)
+    end = _dt.datetime.combine(d + _dt.timedelta(days=1), _dt.time.min)
+    return int(start.timestamp() * 1e6), int(end.timestamp() * 1e6)
+
+
+def log_file_re(prefix: str) -> re.Pattern[str]:
+    """Matches the names of ``prefix``'s log files; groups: date, part."""
+    return re.compile(re.escape(prefix) + r"_(\d{8})(?:_(\d+))?" + re.escape(SUFFIX) + r"\Z")
+
+
+def open_no_follow(path: str, flags: int, mode: int) -> int:
+    """Open ``path`` without following a symlink at it, refusing anything but a regular file."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class LogFiles:
+    """Appends blocks to one prefix's dated log files."""
+
+    __slots__ = ("_day", "_fd", "durable", "file_mode", "log_dir", "prefix")
+
+    def __init__(self, log_dir: str, prefix: str, *, file_mode: int = 0o600, durable: bool = False):
+        self.log_dir = log_dir
+        self.prefix = prefix
+        self.file_mode = file_mode
+        self.durable = durable
+        self._fd = -1
+        self._day = ""
+
+    def path_for_day(self, day: str) -> str:
+        return os.path.join(self.log_dir, f"{self.prefix}_{day}{SUFFIX}")
+
+    def append(self, block: bytes, first_time_us: int) -> str:
+        """Append one whole block to the file of its day; return that file's path.
+
+        Raises ``OSError`` when the block could not be written whole; a part that
+        did get written is cut off again where that is safe.
+        """
+        day = day_of(first_time_us)
+        path = self.path_for_day(day)
+        if day != self._day or self._fd < 0:
+            self.close()
+            created = not os.path.lexists(path)
+            self._fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.file_mode)
+            self._day = day
+            if created and self.durable:
+                _fsync_dir(self.log_dir)
+        fd = self._fd
+        n = os.write(fd, block)
+        if n != len(block):
+            # A short write (disk full): take the torn part back if nobody wrote after it.
+            end = os.fstat(fd).st_size
+            if 0 < n <= end and _ends_with_prefix(fd, end, block[:n]):
+                os.ftruncate(fd, end - n)
+            raise OSError(errno.ENOSPC, f"short write ({n} of {len(block)} bytes)", path)
+        if self.durable:
+            os.fsync(fd)
+        return path
+
+    def contains(self, session: bytes, seq: int, first_time_us: int) -> bool:
+        """Whether a block ``(session, seq)`` is already in the log files of its day."""
+        day = day_of(first_time_us)
+        pattern = log_file_re(self.prefix)
+        try:
+            names = os.listdir(self.log_dir)
+        except FileNotFoundError:
+            return False
+        for name in names:
+            m = pattern.match(name)
+            if not m or m.group(1) != day:
+                continue
+            if _file_has_block(os.path.join(self.log_dir, name), session, seq):
+                return True
+        return False
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._day = ""
+
+
+def _file_has_block(path: str, session: bytes, seq: int) -> bool:
+    try:
+        fd = open_no_follow(path, os.O_RDONLY, 0)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - _TAIL_SCAN)
+        data = os.pread(fd, size - start, start)
+    finally:
+        os.close(fd)
+    first = data.find(fmt.BLOCK_MAGIC) if start else 0
+    if first < 0:
+        return False
+    for item in fmt.scan_blocks(data, first):
+        if (
+            isinstance(item, fmt.ScannedBlock)
+            and item.header.session == session
+            and item.header.seq == seq
+        ):
+            return True
+    return False
+
+
+def _ends_with_prefix(fd: int, end: int, part: bytes) -> bool:
+    return os.pread(fd, len(part), end - len(part)) == part
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,264 @@
+"""Reading records back: log files, folders of them, and cache files.
+
+Composes the pure format, codec and crypto modules over bytes it is handed or
+reads itself. Damage never stops a read: the intact blocks are all decoded and
+every skipped byte range is reported to ``on_damage``.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import _format as fmt
+from ._codec import StreamDecompressor, decompress_whole
+from .exceptions import (
+    CorruptionError,
+    DecryptionError,
+    KeyMismatchError,
+    MmapLogError,
+    NeedKeyError,
+)
+
+if TYPE_CHECKING:
+    from ._crypto import Opener
+
+WHOLE_BLOCK_INDEX = 0xFFFFFFFF
+_LOG_NAME = re.compile(r"^(?P<prefix>.+)_(?P<day>\d{8})(?:_(?P<part>\d+))?\.mmlog$")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record read back from a log."""
+
+    time: float
+    """Seconds since the epoch, as ``LogRecord.created``."""
+    level: int
+    text: str
+    kind: int = fmt.KIND_TEXT
+    pid: int = 0
+    session: str = ""
+    seq: int = 0
+    recovered: bool = False
+    source: str = ""
+
+    @property
+    def levelname(self) -> str:
+        return logging.getLevelName(self.level)
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """Not a record: a line telling the reader something about the log (a crash)."""
+
+    text: str
+    source: str = ""
+
+
+DamageCallback = Callable[[str, fmt.Damage], None]
+
+
+class Reader:
+    """Decodes mmaplog data, with an optional private key."""
+
+    def __init__(
+        self,
+        private_key: Any = None,
+        on_damage: DamageCallback | None = None,
+        *,
+        markers: bool = False,
+    ) -> None:
+        self._opener: Opener | None = None
+        if private_key is not None:
+            from ._crypto import Opener, load_private_key
+
+            key = private_key
+            if isinstance(key, (str, bytes)):
+                key = load_private_key(key)
+            self._opener = Opener(key)
+        self._on_damage = on_damage
+        self.markers = markers
+        self.damaged = False
+        self.key_mismatch = False
+        self._opened_sessions: set[bytes] = set()
+        self._last_recovered: tuple[str, bytes] | None = None
+
+    # -- reporting -----------------------------------------------------------------
+
+    def _damage(self, source: str, start: int, end: int, reason: str) -> None:
+        self.damaged = True
+        if self._on_damage is not None:
+            self._on_damage(source, fmt.Damage(start, end, reason))
+
+    # -- whole inputs --------------------------------------------------------------
+
+    def iter_data(self, data: fmt.Buffer, source: str = "<data>") -> Iterator[Record | Marker]:
+        """Yield the records (and markers) of a log file or cache file image."""
+        if data[:4] == fmt.CACHE_MAGIC:
+            yield from self._iter_cache(bytes(data), source)
+            return
+        for item in fmt.scan_blocks(data):
+            if isinstance(item, fmt.Damage):
+                self._damage(source, item.start, item.end, item.reason)
+                continue
+            yield from self.iter_block(item.header, item.payload, item.offset, source)
+
+    def _iter_cache(self, image: bytes, source: str) -> Iterator[Record | Marker]:
+        from .recover import RecoveryReport, _slots_of
+
+        report = RecoveryReport()
+        _info, contents = _slots_of(image, report)
+        for problem in report.problems:
+            self._damage(source, 0, 0, problem)
+        for c in sorted(contents, key=lambda c: (c.template.first_time_us, c.template.seq)):
+            yield from self.iter_block(c.template, c.payload, -1, source)
+
+    # -- one block -------------------------------------------------------------------
+
+    def iter_block(
+        self, h: fmt.BlockHeader, payload: bytes, offset: int, source: str
+    ) -> Iterator[Record | Marker]:
+        """Yield the records of one block whose checksums already hold."""
+        where = f"block at offset {offset}" if offset >= 0 else f"cache block {h.seq}"
+        if h.encrypted and self._opener is None:
+            raise NeedKeyError(
+                f"{source}: {where} is encrypted: give the private key (--key FILE)"
+            )
+        if h.recovered and self.markers:
+            key = (source, h.session)
+            if self._last_recovered != key:
+                self._last_recovered = key
+                yield Marker(f"-- recovered after a crash of pid {h.pid} --", source)
+        elif not h.recovered:
+            self._last_recovered = None
+        session = h.session.hex()
+        try:
+            raws = (
+                self._stream_records(h, payload, offset, source, where)
+                if h.stream
+                else self._whole_records(h, payload, where)
+            )
+            for r in raws:
+                yield Record(
+                    time=r.time_us / 1e6,
+                    level=r.level,
+                    text=r.text.decode("utf-8", "replace"),
+                    kind=r.kind,
+                    pid=h.pid,
+                    session=session,
+                    seq=h.seq,
+                    recovered=h.recovered,
+                    source=source,
+                )
+        except KeyMismatchError as exc:
+            self.key_mismatch = True
+            self._damage(source, max(offset, 0), max(offset, 0) + h.header_len + h.payload_len,
+                         str(exc))
+        except (CorruptionError, DecryptionError) as exc:
+            start = max(offset, 0)
+            self._damage(source, start, start + h.header_len + h.payload_len, str(exc))
+
+    def _open(self, h: fmt.BlockHeader, index: int, data: bytes, where: str) -> bytes:
+        assert self._opener is not None
+        aad = fmt.block_aad(h.session, h.seq, h.flags)
+        try:
+            out = self._opener.open(h.extension, h.seq, index, data, aad)
+        except DecryptionError as exc:
+            if h.session not in self._opened_sessions and "ephemeral" not in str(exc):
+                raise KeyMismatchError(f"{where}: the key does not match") from None
+            raise DecryptionError(f"{where}: record {index}: {exc}") from None
+        self._opened_sessions.add(h.session)
+        return out
+
+    def _whole_records(self, h: fmt.BlockHeader, payload: bytes, where: str) -> Iterator[fmt.RawRecord]:
+        if h.encrypted:
+            payload = self._open(h, WHOLE_BLOCK_INDEX, payload, where)
+        raw = decompress_whole(h.compression, payload, h.raw_len, where=where)
+        records = list(fmt.iter_records(raw, where=where))
+        if len(records) != h.count:
+            raise CorruptionError(f"{where}: holds {len(records)} records, header says {h.count}")
+        return iter(records)
+
+    def _stream_records(
+        self, h: fmt.BlockHeader, payload: bytes, offset: int, source: str, where: str
+    ) -> Iterator[fmt.RawRecord]:
+        bodies, end = fmt.walk_chunks(payload, fmt.chunk_seed(h.session, h.seq))
+        dec = StreamDecompressor(h.compression, fmt.MAX_BLOCK_RAW)
+        pending = b""
+        for index, body in enumerate(bodies):
+            data = bytes(body)
+            if h.encrypted:
+                data = self._open(h, index, data, where)
+            pending += dec.feed(data, where=where)
+            good = 0
+            for r in fmt.iter_records(pending, where=where):
+                good += fmt.RECORD_HEADER.size + len(r.text)
+                yield r
+            pending = pending[good:]
+        if end != len(payload):
+            start = max(offset, 0) + h.header_len + end
+            self._damage(source, start, start + len(payload) - end,
+                         f"{where}: chunk at payload offset {end} is damaged")
+
+
+def log_files_in(folder: str, prefix: str | None = None) -> list[str]:
+    """The log files in ``folder`` in time order (date, then part)."""
+    found = []
+    for name in os.listdir(folder):
+        m = _LOG_NAME.match(name)
+        if m and (prefix is None or m.group("prefix") == prefix):
+            found.append((m.group("day"), int(m.group("part") or 0), m.group("prefix"), name))
+    found.sort()
+    return [os.path.join(folder, f[3]) for f in found]
+
+
+def expand_paths(paths: Iterable[str]) -> list[str]:
+    """Files named by ``paths``; a folder stands for its log files in time order."""
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            out.extend(log_files_in(p))
+        else:
+            out.append(p)
+    return out
+
+
+def read_file(path: str) -> bytes | mmap.mmap:
+    """The contents of a file: mapped read-only when large, read when small."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size >= 1 << 20:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return f.read()
+
+
+def read_records(
+    *paths: str,
+    key: Any = None,
+    on_damage: DamageCallback | None = None,
+) -> Iterator[Record]:
+    """Yield every record in the given log files, folders or cache files, in order.
+
+    ``key`` is the private key for encrypted logs (PEM text, bytes or a key
+    object). Damaged ranges are skipped and passed to ``on_damage(path, damage)``.
+    Raises :class:`~mmaplog.NeedKeyError` for encrypted input without a key and
+    :class:`~mmaplog.MmapLogError` for a file that cannot be read.
+    """
+    reader = Reader(key, on_damage)
+    for path in expand_paths(paths):
+        try:
+            data = read_file(path)
+        except OSError as exc:
+            raise MmapLogError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        try:
+            for item in reader.iter_data(data, path):
+                if isinstance(item, Record):
+                    yield item
+        finally:
+            if isinstance(data, mmap.mmap):
+                data.close()

@@ -1,0 +1,435 @@
+"""``MmapHandler``: a ``logging.Handler`` whose records survive ``kill -9``.
+
+Each record is formatted on the caller's thread, compressed (and sealed) into
+the mmap cache under a short lock, and moved into the dated log files by the
+flusher thread. See ``docs/design.md`` for the protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from typing import Any
+
+from . import _format as fmt
+from ._cache import (
+    APPENDED,
+    MAX_BUFFER,
+    MIN_BUFFER,
+    OVERSIZE,
+    Cache,
+    SealerProtocol,
+    cache_names,
+    open_locked,
+)
+from ._flusher import Flusher, build_block
+from ._logfile import LogFiles
+from .exceptions import ConfigError
+from .recover import recover_fd
+
+__all__ = ["MmapHandler", "XlogFormatter"]
+
+_LETTERS = {
+    logging.DEBUG: "D",
+    logging.INFO: "I",
+    logging.WARNING: "W",
+    logging.ERROR: "E",
+    logging.CRITICAL: "F",
+}
+
+
+def level_letter(levelno: int) -> str:
+    """xlog's one-letter level: V(erbose), D, I, W, E, F(atal)."""
+    letter = _LETTERS.get(levelno)
+    if letter is not None:
+        return letter
+    if levelno < logging.DEBUG:
+        return "V"
+    for lvl in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
+        if levelno > lvl:
+            return _LETTERS[lvl]
+    return "D"
+
+
+class XlogFormatter(logging.Formatter):
+    """Renders records as xlog does:
+    ``[W][2026-11-23 +0000 19:40:00.123][pid, tid][logger][file:line, func][message``.
+
+    The date part is rendered once per second and reused.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = record.created
+        second = int(created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(second))
+            self._second = second
+        msg = record.getMessage()
+        s = (
+            f"[{level_letter(record.levelno)}][{self._stamp}.{int(record.msecs):03d}]"
+            f"[{record.process}, {record.thread}][{record.name}]"
+            f"[{record.filename}:{record.lineno}, {record.funcName}][{msg}"
+        )
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            s = f"{s}\n{record.exc_text}"
+        if record.stack_info:
+            s = f"{s}\n{self.formatStack(record.stack_info)}"
+        return s
+
+
+_DEFAULT_FORMATTER = XlogFormatter()
+_COMPRESSIONS = {"zstd": fmt.COMP_ZSTD, "zlib": fmt.COMP_ZLIB, None: fmt.COMP_NONE, "none": fmt.COMP_NONE}
+_live: weakref.WeakSet[MmapHandler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_live):
+        handler._forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class MmapHandler(logging.Handler):
+    """A handler that keeps records in a file-backed mmap cache until they are in the log.
+
+    ``log_dir`` and ``prefix`` name the log files ``<log_dir>/<prefix>_<YYYYMMDD>.mmlog``;
+    the cache is ``<cache_dir>/<prefix>.mmap`` (``cache_dir`` defaults to ``log_dir``;
+    when another live process holds that cache, the next free ``<prefix>.N.mmap``).
+    On start, whatever a dead process left in this prefix's caches is recovered.
+
+    Raises :class:`~mmaplog.ConfigError` for invalid options. Once constructed it
+    never raises into the application: failures go to :meth:`handleError`.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike[str],
+        prefix: str = "app",
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        buffer_size: int = 150 * 1024,
+        compression: str | None = "zstd",
+        compress_level: int | None = None,
+        mode: str = "async",
+        flush_interval: float = 5.0,
+        level: int | str = logging.NOTSET,
+        max_record_size: int = 0,
+        block_timeout: float = 1.0,
+        public_key: str | bytes | None = None,
+        file_mode: int = 0o600,
+        durable: bool = False,
+    ) -> None:
+        super().__init__(level)
+        self.log_dir = os.fspath(log_dir)
+        self.prefix = prefix
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else self.log_dir
+        self.mode = mode
+        self.max_record_size = max_record_size
+        self.block_timeout = block_timeout
+        self.durable = durable
+        self.file_mode = file_mode
+        self.flush_interval = flush_interval
+        self.buffer_size = buffer_size
+        self._validate(prefix, buffer_size, compression, compress_level, mode, flush_interval,
+                       max_record_size, block_timeout)
+        self.compression = compression
+        self._codec = _COMPRESSIONS[compression]
+        self._level_whole = compress_level
+        self._recipient: bytes | None = None
+        if public_key is not None:
+            from ._crypto import load_public_key
+
+            self._recipient = load_public_key(public_key)
+        self.recovered = 0
+        """How many records of dead processes were recovered when this handler started."""
+        self._closed = False
+        self._forked = False
+        self._io_lock = threading.Lock()
+        self._cache: Cache | None = None
+        self._flusher: Flusher | None = None
+        self._warned: set[str] = set()
+        try:
+            for d in {self.log_dir, self.cache_dir}:
+                os.makedirs(d, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the log folder {exc.filename}: {exc.strerror}") from None
+        self._logs = LogFiles(self.log_dir, prefix, file_mode=file_mode, durable=durable)
+        self._start()
+        _live.add(self)
+
+    @staticmethod
+    def _validate(
+        prefix: str,
+        buffer_size: int,
+        compression: str | None,
+        compress_level: int | None,
+        mode: str,
+        flush_interval: float,
+        max_record_size: int,
+        block_timeout: float,
+    ) -> None:
+        if not prefix or "/" in prefix or prefix.startswith(".") or "\0" in prefix:
+            raise ConfigError(f"prefix must be a plain file name part, got {prefix!r}")
+        if not isinstance(buffer_size, int) or not MIN_BUFFER <= buffer_size <= MAX_BUFFER:
+            raise ConfigError(
+                f"buffer_size must be an int from {MIN_BUFFER} to {MAX_BUFFER}, got {buffer_size!r}"
+            )
+        if compression not in _COMPRESSIONS:
+            raise ConfigError(f"compression must be 'zstd', 'zlib' or None, got {compression!r}")
+        if compress_level is not None:
+            lo, hi = (1, 9) if compression == "zlib" else (-7, 22)
+            if not isinstance(compress_level, int) or not lo <= compress_level <= hi:
+                raise ConfigError(
+                    f"compress_level for {compression} must be from {lo} to {hi}, got {compress_level!r}"
+                )
+        if mode not in ("async", "sync"):
+            raise ConfigError(f"mode must be 'async' or 'sync', got {mode!r}")
+        if not isinstance(flush_interval, (int, float)) or not flush_interval > 0:
+            raise ConfigError(f"flush_interval must be a number of seconds > 0, got {flush_interval!r}")
+        if not isinstance(max_record_size, int) or max_record_size < 0:
+            raise ConfigError(f"max_record_size must be an int >= 0, got {max_record_size!r}")
+        if not isinstance(block_timeout, (int, float)) or block_timeout < 0:
+            raise ConfigError(f"block_timeout must be a number of seconds >= 0, got {block_timeout!r}")
+
+    # -- start-up -----------------------------------------------------------------------
+
+    def _new_sealer(self) -> SealerProtocol | None:
+        if self._recipient is None:
+            return None
+        from ._crypto import Sealer
+
+        return Sealer(self._recipient)
+
+    def _start(self) -> None:
+        self._sealer = self._new_sealer()
+        self._session = os.urandom(8)
+        self._seq = 0
+        self._pid = os.getpid()
+        if self.mode == "sync":
+            self.recovered += self._recover_free_caches(None)
+            return
+        path, fd = self._claim_cache()
+        self.recovered += self._recover_free_caches(path)
+        flusher_box: list[Flusher] = []
+        cache = Cache(
+            path,
+            fd,
+            buffer_size=self.buffer_size,
+            log_dir=os.path.abspath(self.log_dir),
+            prefix=self.prefix,
+            codec=self._codec,
+            level=None,
+            sealer=self._sealer,
+            wake=lambda: flusher_box[0].wake(),
+        )
+        if cache.warning:
+            self._warn(cache.warning)
+        flusher = Flusher(cache, self._logs, interval=self.flush_interval,
+                          level=self._level_whole, on_error=self._warn)
+        flusher_box.append(flusher)
+        self._cache = cache
+        self._flusher = flusher
+        flusher.start()
+
+    def _claim_cache(self) -> tuple[str, int]:
+        """Open and lock the first free cache name, recovering what it holds."""
+        last_error: Exception | None = None
+        for name in cache_names(self.prefix):
+            path = os.path.join(self.cache_dir, name)
+            try:
+                fd = open_locked(path, self.file_mode, create=True)
+            except OSError as exc:
+                self._warn(f"mmaplog: cannot use the cache {path}: {exc.strerror or exc}")
+                last_error = exc
+                continue
+            if fd is None:
+                continue
+            report = recover_fd(fd, path, log_dir=None, file_mode=self.file_mode,
+                                durable=self.durable)
+            self._report_recovery(path, report)
+            if report.quarantined:
+                os.close(fd)
+                fd = open_locked(path, self.file_mode, create=True) or -1
+                if fd < 0:
+                    continue
+            return path, fd
+        raise ConfigError(f"no usable cache file in {self.cache_dir}: {last_error}")
+
+    def _recover_free_caches(self, own: str | None) -> int:
+        """Recover every other cache of this prefix whose owner is dead."""
+        total = 0
+        for name in cache_names(self.prefix):
+            path = os.path.join(self.cache_dir, name)
+            if path == own or not os.path.isfile(path) or os.path.islink(path):
+                continue
+            try:
+                fd = open_locked(path, self.file_mode, create=False)
+            except OSError:
+                continue
+            if fd is None:
+                continue
+            try:
+                report = recover_fd(fd, path, log_dir=None, file_mode=self.file_mode,
+                                    durable=self.durable)
+            finally:
+                os.close(fd)
+            self._report_recovery(path, report)
+        return total
+
+    def _report_recovery(self, path: str, report: Any) -> None:
+        self.recovered += report.records
+        for problem in report.problems:
+            self._warn(f"mmaplog: recovering {path}: {problem}")
+        for dest in report.quarantined:
+            self._warn(f"mmaplog: the damaged cache {path} was moved to {dest}")
+
+    def _warn(self, message: str) -> None:
+        # Like logging.lastResort: straight to stderr, never through logging itself.
+        if message in self._warned:
+            return
+        self._warned.add(message)
+        if logging.raiseExceptions:
+            try:
+                sys.stderr.write(message + "\n")
+            except Exception:
+                pass
+
+    def _after_fork(self) -> None:
+        # In a forked child: the parent's cache, lock, key and flusher are not ours.
+        self._forked = False
+        self._io_lock = threading.Lock()
+        self.createLock()
+        if self._cache is not None:
+            self._cache.abandon()
+        self._cache = None
+        self._flusher = None
+        self._logs = LogFiles(self.log_dir, self.prefix, file_mode=self.file_mode,
+                              durable=self.durable)
+        if not self._closed:
+            self._start()
+
+    # -- the logging.Handler contract ---------------------------------------------------
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        """Filter and emit ``record``, without ``Handler.handle``'s lock (the cache has its own)."""
+        rv = self.filter(record)
+        if rv:
+            if isinstance(rv, logging.LogRecord):
+                record = rv
+            self.emit(record)
+        return rv
+
+    def format(self, record: logging.LogRecord) -> str:
+        return (self.formatter or _DEFAULT_FORMATTER).format(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Put one record into the cache; on failure, call :meth:`handleError`."""
+        try:
+            text = self.format(record).encode("utf-8", "backslashreplace")
+            self.write(text, record.created, record.levelno)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def write(self, text: bytes, created: float, levelno: int, kind: int = fmt.KIND_TEXT) -> None:
+        """Store one rendered record (the path shared by ``emit`` and structured loggers)."""
+        if self._forked:
+            self._after_fork()
+        limit = self.max_record_size or fmt.MAX_RECORD_TEXT
+        if len(text) > limit:
+            text = _truncate(text, limit)
+        time_us = int(created * 1e6)
+        raw = fmt.RECORD_HEADER.pack(len(text), time_us, min(max(levelno, 0), 255), kind) + text
+        cache = self._cache
+        if cache is None:
+            self._write_direct(raw, time_us)
+            return
+        status = cache.append(raw, time_us, self.block_timeout)
+        if status == APPENDED:
+            if self.durable:
+                cache.msync()
+        elif status == OVERSIZE:
+            self.flush()
+            self._write_direct(raw, time_us)
+
+    def _write_direct(self, raw: bytes, time_us: int) -> None:
+        """Append a block holding just this record straight to the log (sync mode, big records)."""
+        with self._io_lock:
+            seq = self._seq
+            self._seq += 1
+            flags = self._codec | (fmt.FLAG_ENCRYPTED if self._sealer else 0)
+            template = fmt.BlockHeader(
+                flags=flags, session=self._session, seq=seq, pid=self._pid, payload_len=0,
+                first_time_us=time_us, last_time_us=time_us, count=1, raw_len=0,
+                payload_crc=0,
+                extension=self._sealer.ephemeral_public if self._sealer else b"",
+            )
+            block = build_block(template, raw, 1, time_us, level=self._level_whole,
+                                sealer=self._sealer)
+            if self._flusher is not None:
+                self._flusher.write_direct(block, time_us)
+            else:
+                self._logs.append(block, time_us)
+
+    def flush(self) -> None:
+        """Move every record emitted so far into the log file before returning."""
+        if self._forked:
+            return
+        cache, flusher = self._cache, self._flusher
+        if cache is None or flusher is None:
+            return
+        cache.seal()
+        if not flusher.drain() and flusher.last_error:
+            self._warn(flusher.last_error)
+
+    def close(self) -> None:
+        """Flush, stop the flusher, unmap the cache. Calling it again does nothing."""
+        with self._io_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if not self._forked:
+                self.flush()
+                if self._flusher is not None:
+                    self._flusher.stop()
+                if self._cache is not None:
+                    if not self._cache.has_pending():
+                        self._cache.close()
+                    else:  # the log cannot be written: leave it for recovery
+                        self._cache.abandon()
+            self._logs.close()
+        except Exception as exc:
+            self._warn(f"mmaplog: closing {self.prefix}: {exc}")
+        finally:
+            self._cache = None
+            self._flusher = None
+            _live.discard(self)
+            super().close()
+
+    def __repr__(self) -> str:
+        level = logging.getLevelName(self.level)
+        return f"<{type(self).__name__} {self.log_dir}/{self.prefix} ({level})>"
+
+
+def _truncate(text: bytes, limit: int) -> bytes:
+    marker = f" [truncated: {len(text)} bytes]".encode()
+    keep = max(0, limit - len(marker))
+    # Cut on a UTF-8 character boundary.
+    while keep > 0 and (text[keep] & 0xC0) == 0x80:
+        keep -= 1
+    return text[:keep] + marker
