@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import _format as fmt
+from . import _testing
 from ._codec import StreamCompressor, compress_bound
 from ._logfile import day_bounds, open_no_follow
 
@@ -406,6 +407,7 @@ class Cache:
         buf = self._buf
         magic_at = base + fmt.SLOT_BLOCK_OFFSET
         buf[magic_at : magic_at + 4] = b"\0\0\0\0"  # empty from here on, for recovery
+        _testing.point("mid_release")
         buf[base : base + self.slot_size] = bytes(self.slot_size)
 
     def msync(self) -> None:

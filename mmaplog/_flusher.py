@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from . import _format as fmt
+from . import _testing
 from ._cache import Cache, SealedBlock, SealerProtocol
 from ._codec import compress_whole
 from ._logfile import LogFiles
@@ -134,7 +135,9 @@ class Flusher:
             sealer=self.cache.sealer,
         )
         self.logs.append(data, block.template.first_time_us)
+        _testing.point("after_append")
         self.cache.release(block)
+        _testing.point("after_release")
 
     def write_direct(self, block: bytes, first_time_us: int) -> None:
         """Append a block built elsewhere (an oversize record), in order with the moves."""

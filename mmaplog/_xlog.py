@@ -508,23 +508,25 @@ def _scan(view: memoryview, report: Callable[[XlogDamage], None]) -> Iterator[Xl
             continue
         if _zero_from(view, pos):
             return  # zero fill after the last block: a cache file's unused space
+        # Checked before resyncing: in a cache's zero fill almost any length "lands
+        # on an end magic", so a resync there would find false blocks.
+        tail_end = _unterminated_tail(view, pos, size)
+        if tail_end is not None:
+            block = _make_block(view, pos)
+            yield block
+            start = block.end - 1
+            if tail_end > start:
+                report(
+                    XlogDamage(
+                        start,
+                        tail_end,
+                        f"xlog block at offset {pos} has no end magic: "
+                        f"{tail_end - start} unaccounted bytes after its payload",
+                    )
+                )
+            return
         found = _resync(view, pos + 1, size, size)
         if found is None:
-            tail_end = _unterminated_tail(view, pos, size)
-            if tail_end is not None:
-                block = _make_block(view, pos)
-                yield block
-                start = block.end - 1
-                if tail_end > start:
-                    report(
-                        XlogDamage(
-                            start,
-                            tail_end,
-                            f"xlog block at offset {pos} has no end magic: "
-                            f"{tail_end - start} unaccounted bytes after its payload",
-                        )
-                    )
-                return
             last = pos + len(bytes(view[pos:]).rstrip(b"\x00"))
             report(
                 XlogDamage(

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from . import _format as fmt
+from . import _testing
 from ._cache import NSLOTS, open_locked, read_image
 from ._logfile import LogFiles
 from .exceptions import CacheLockedError, CorruptionError, MmapLogError
@@ -121,6 +122,7 @@ def recover_image(
                 report.skipped_blocks += 1
                 continue
             logs.append(recovered_block(content), t.first_time_us)
+            _testing.point("recover_after_append")
             report.blocks += 1
             report.records += content.count
     finally:
