@@ -306,18 +306,28 @@ class Cache:
         with self.lock:
             if need > self.capacity:
                 return OVERSIZE
-            if (
-                self._active < 0
-                or self._pos + need > self._limit
-                or not self._day_start <= time_us < self._day_end
+            deadline = 0.0
+            while not (
+                self._active >= 0
+                and self._pos + need <= self._limit
+                and self._day_start <= time_us < self._day_end
             ):
                 self._seal_active()
-                if not self._wait_for_slot(timeout):
-                    self._count_drop(time_us)
-                    return DROPPED
-                self._open_block(self._free_slot(), time_us)
-                if self.dropped:
-                    self._write_drop_note(time_us)
+                slot = self._free_slot()
+                if slot >= 0:
+                    self._open_block(slot, time_us)
+                    if self.dropped:
+                        self._write_drop_note(time_us)
+                    continue
+                # Both slots wait for the flusher: wait for one (or for another thread's block).
+                self._wake()
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + timeout
+                if now >= deadline or not self.cond.wait(deadline - now):
+                    if self._active < 0 and self._free_slot() < 0:
+                        self._count_drop(time_us)
+                        return DROPPED
             self._write(raw, time_us)
             if self._pos - self._payload_start >= self.threshold and EMPTY in self._states:
                 self._seal_active()
@@ -341,18 +351,6 @@ class Cache:
         self._pos = end
         self._raw.append(raw)
 
-    def _wait_for_slot(self, timeout: float) -> bool:
-        if EMPTY in self._states:
-            return True
-        self._wake()
-        deadline = time.monotonic() + timeout
-        while EMPTY not in self._states:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.cond.wait(left)
-        return True
-
     def _count_drop(self, time_us: int) -> None:
         if not self.dropped:
             self._drop_first_us = time_us
@@ -363,7 +361,8 @@ class Cache:
         first = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._drop_first_us / 1e6))
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._drop_last_us / 1e6))
         text = (
-            f"mmaplog: {self.dropped} records dropped between {first} and {last}: "
+            f"mmaplog: {self.dropped} record{'s' if self.dropped > 1 else ''} dropped "
+            f"between {first} and {last}: "
             "the cache was full because the log files could not be written"
         ).encode()
         self.dropped = 0

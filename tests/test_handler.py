@@ -1,0 +1,288 @@
+"""MmapHandler through the stdlib logging API, end to end with real files and a real mmap."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import mmaplog
+from mmaplog import _format as fmt
+
+from .conftest import make_logger
+
+
+def texts(path: str, **kw: object) -> list[str]:
+    return [r.text for r in mmaplog.read_records(path, **kw)]  # type: ignore[arg-type]
+
+
+def test_records_across_many_blocks_decode_in_order(make_handler, log_dir):
+    """Thousands of records spread over many block moves all come back, in order."""
+    h = make_handler(buffer_size=16 * 1024)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    log = make_logger("many", h)
+    for i in range(20000):
+        log.info("record %d %s", i, "x" * (i % 97))
+    h.close()
+    got = texts(log_dir)
+    assert got == [f"record {i} {'x' * (i % 97)}" for i in range(20000)]
+    (name,) = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
+    with open(os.path.join(log_dir, name), "rb") as f:
+        scanned = [b for b in fmt.scan_blocks(f.read()) if isinstance(b, fmt.ScannedBlock)]
+    assert len(scanned) > 10
+
+
+def test_flush_puts_every_emitted_record_in_the_log_file(make_handler, log_dir):
+    """When flush() returns, every record emitted before it is in the log file."""
+    h = make_handler()
+    h.setFormatter(logging.Formatter("%(message)s"))
+    log = make_logger("flush", h)
+    for i in range(10):
+        log.warning("m%d", i)
+    h.flush()
+    assert texts(log_dir) == [f"m{i}" for i in range(10)]
+    log.warning("after")
+    h.flush()
+    assert texts(log_dir)[-1] == "after"
+
+
+def test_default_formatter_renders_xlog_lines(make_handler, log_dir):
+    """The default line is xlog's: level letter, date with zone, pid/tid, logger, place, message."""
+    h = make_handler()
+    log = make_logger("shop", h)
+    log.warning("order %s failed", 42)
+    h.flush()
+    (line,) = texts(log_dir)
+    assert line.startswith("[W][")
+    stamp = line[4:].split("]", 1)[0]
+    dt.datetime.strptime(stamp, "%Y-%m-%d %z %H:%M:%S.%f")
+    assert f"[{os.getpid()}, {threading.get_ident()}][shop][test_handler.py:" in line
+    assert line.endswith(", test_default_formatter_renders_xlog_lines][order 42 failed")
+
+
+def test_exception_text_is_kept(make_handler, log_dir):
+    """logger.exception stores the traceback with the message."""
+    h = make_handler()
+    log = make_logger("exc", h)
+    try:
+        raise ValueError("bad thing")
+    except ValueError:
+        log.exception("it failed")
+    h.flush()
+    (line,) = texts(log_dir)
+    assert "it failed\nTraceback (most recent call last):" in line
+    assert line.endswith("ValueError: bad thing")
+
+
+def test_levels_and_times_are_stored_in_binary(make_handler, log_dir):
+    """Each record carries its level number and its creation time."""
+    h = make_handler()
+    log = make_logger("lv", h)
+    log.setLevel(1)
+    log.debug("d")
+    log.error("e")
+    log.log(5, "custom")
+    h.flush()
+    recs = list(mmaplog.read_records(log_dir))
+    assert [r.level for r in recs] == [logging.DEBUG, logging.ERROR, 5]
+    assert [r.text[:4] for r in recs] == ["[D][", "[E][", "[V]["]
+    for r in recs:
+        assert abs(r.time - dt.datetime.now().timestamp()) < 60
+
+
+def test_records_go_to_the_file_of_their_own_day(make_handler, log_dir):
+    """A record is filed under the local date of its own creation time, not today's."""
+    h = make_handler()
+    h.setFormatter(logging.Formatter("%(message)s"))
+    old = dt.datetime(2024, 2, 29, 23, 59, 59, 500000).timestamp()
+    for when, msg in ((old, "leap"), (old + 1.0, "march"), (None, "now")):
+        rec = logging.LogRecord("d", logging.INFO, __file__, 1, msg, None, None)
+        if when is not None:
+            rec.created = when
+        h.handle(rec)
+    h.flush()
+    today = dt.datetime.now().strftime("%Y%m%d")
+    assert texts(os.path.join(log_dir, "app_20240229.mmlog")) == ["leap"]
+    assert texts(os.path.join(log_dir, "app_20240301.mmlog")) == ["march"]
+    assert texts(os.path.join(log_dir, f"app_{today}.mmlog")) == ["now"]
+
+
+def test_record_larger_than_the_cache_is_stored_whole(make_handler, log_dir):
+    """A record bigger than a cache slot is written whole, in order with the others."""
+    h = make_handler(buffer_size=16 * 1024)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    log = make_logger("big", h)
+    big = "".join(chr(0x41 + i % 26) for i in range(300_000))
+    log.info("before")
+    log.info(big)
+    log.info("after")
+    h.close()
+    assert texts(log_dir) == ["before", big, "after"]
+
+
+def test_max_record_size_truncates_with_a_marker(make_handler, log_dir):
+    """Records over max_record_size are cut, and the cut says how long they were."""
+    h = make_handler(max_record_size=100)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    log = make_logger("trunc", h)
+    log.info("é" * 200)
+    h.flush()
+    (line,) = texts(log_dir)
+    assert len(line.encode()) <= 100
+    assert line.endswith(" [truncated: 400 bytes]")
+    assert line.startswith("éé")
+
+
+@pytest.mark.parametrize("compression", ["zstd", "zlib", None])
+def test_every_compression_round_trips(make_handler, log_dir, compression):
+    """zstd, zlib and uncompressed logs all decode to the records written."""
+    h = make_handler(compression=compression, buffer_size=16 * 1024)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    log = make_logger(f"c{compression}", h)
+    for i in range(3000):
+        log.info("compressed %d", i)
+    h.close()
+    assert texts(log_dir) == [f"compressed {i}" for i in range(3000)]
+
+
+def test_log_files_are_smaller_than_the_text(make_handler, log_dir):
+    """Whole-block re-compression makes the log file much smaller than the plain text."""
+    h = make_handler()
+    log = make_logger("size", h)
+    for i in range(5000):
+        log.info("user %d bought item %d for %d.%02d EUR", i % 300, i * 7 % 1000, i % 90, i % 100)
+    h.close()
+    plain = sum(len(t) + 1 for t in texts(log_dir))
+    on_disk = sum(
+        os.path.getsize(os.path.join(log_dir, n)) for n in os.listdir(log_dir) if n.endswith(".mmlog")
+    )
+    assert on_disk * 5 < plain
+
+
+def test_sync_mode_writes_before_emit_returns(make_handler, log_dir):
+    """In sync mode each record is in the log file as soon as emit returns, with no cache."""
+    h = make_handler(mode="sync")
+    h.setFormatter(logging.Formatter("%(message)s"))
+    log = make_logger("sync", h)
+    log.info("one")
+    assert texts(log_dir) == ["one"]
+    log.info("two")
+    assert texts(log_dir) == ["one", "two"]
+    assert not any(n.endswith(".mmap") for n in os.listdir(log_dir))
+
+
+def test_close_is_idempotent_and_later_records_still_land(make_handler, log_dir):
+    """close() twice is harmless, and a record emitted after close is still written."""
+    h = make_handler()
+    h.setFormatter(logging.Formatter("%(message)s"))
+    log = make_logger("closing", h)
+    log.info("before")
+    h.close()
+    h.close()
+    log.info("late")
+    assert texts(log_dir) == ["before", "late"]
+
+
+def test_logging_shutdown_leaves_nothing_in_the_cache(tmp_path):
+    """At interpreter exit logging.shutdown() moves every record into the log file."""
+    code = (
+        "import logging, mmaplog, sys\n"
+        "h = mmaplog.MmapHandler(sys.argv[1], flush_interval=3600)\n"
+        "logging.getLogger().addHandler(h)\n"
+        "for i in range(500): logging.getLogger().warning('exit %d', i)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    got = texts(str(tmp_path))
+    assert len(got) == 500 and got[-1].endswith("exit 499")
+    assert mmaplog.recover(str(tmp_path)) == 0
+
+
+def test_handler_errors_go_to_handle_error(make_handler):
+    """A failure while emitting is passed to handleError and never raised to the caller."""
+    seen: list[logging.LogRecord] = []
+
+    class Recording(mmaplog.MmapHandler):
+        def handleError(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    class Broken(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            raise RuntimeError("formatter broke")
+
+    h = Recording(make_handler().log_dir, prefix="err")
+    h.setFormatter(Broken())
+    log = make_logger("err", h)
+    log.info("x")
+    h.close()
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"buffer_size": 10}, "buffer_size"),
+        ({"compression": "lz4"}, "compression"),
+        ({"compress_level": 99}, "compress_level"),
+        ({"mode": "fast"}, "mode"),
+        ({"flush_interval": 0}, "flush_interval"),
+        ({"prefix": "../x"}, "prefix"),
+        ({"public_key": "not a key"}, "key"),
+    ],
+)
+def test_bad_options_raise_config_error(log_dir, kwargs, message):
+    """Each invalid option is refused with a ConfigError naming it."""
+    with pytest.raises(mmaplog.ConfigError, match=message):
+        mmaplog.MmapHandler(log_dir, **kwargs)
+
+
+def test_files_are_private(make_handler, log_dir):
+    """The cache and log files are created 0600 and the log folder 0700, whatever the umask."""
+    old = os.umask(0)
+    try:
+        h = make_handler()
+        make_logger("perm", h).info("x")
+        h.flush()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(log_dir).st_mode) == 0o700
+    for name in os.listdir(log_dir):
+        assert stat.S_IMODE(os.stat(os.path.join(log_dir, name)).st_mode) == 0o600, name
+
+
+def test_threads_keep_their_own_order(make_handler, log_dir):
+    """Eight threads logging at once: every record once, each thread's in order."""
+    h = make_handler(buffer_size=16 * 1024)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    log = make_logger("threads", h)
+
+    def work(t: int) -> None:
+        for i in range(2000):
+            log.info("t%d %d", t, i)
+            if i % 500 == 0:
+                h.flush()
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    h.close()
+    got = texts(log_dir)
+    assert len(got) == 16000
+    for t in range(8):
+        mine = [int(x.split()[1]) for x in got if x.startswith(f"t{t} ")]
+        assert mine == list(range(2000))
+
+
+def test_a_second_handler_on_the_same_prefix_uses_another_cache(make_handler, log_dir):
+    """Two live handlers with one prefix never share a cache file."""
+    a = make_handler()
+    b = make_handler()
+    assert a._cache.path != b._cache.path
+    assert b._cache.path.endswith("app.1.mmap")
