@@ -112,6 +112,7 @@ _MAX_PLAUSIBLE_BLOCK: Final = 1024 * 1024
 # length in a cache file (one compressed line, at most 16 KiB of input).
 _MAX_UNACCOUNTED_TAIL: Final = 64 * 1024
 _ZSTD_MAX_WINDOW: Final = 1 << 23  # xlog uses windowLog 16; refuse huge windows
+_ZSTD_FEED: Final = 256
 _ZSTD_FRAME_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 
 _TEA_DELTA: Final = 0x9E3779B9
@@ -406,25 +407,21 @@ def _successor_ok(view: memoryview, end: int, size: int) -> bool:
 def _resync(
     view: memoryview, start: int, stop: int, size: int, *, confirmed_only: bool = False
 ) -> int | None:
-    """First offset in ``[start, stop)`` where a block starts.
+    """First offset in ``[start, stop)`` where a complete block starts.
 
-    A block confirmed by its successor (Tencent's IsGoodLogBuffer with count 2) wins;
-    failing that, unless ``confirmed_only``, the first complete block (count 1).
+    With ``confirmed_only``, the block must also be confirmed by what follows it
+    (Tencent's IsGoodLogBuffer with count 2, where end of data also counts).
     """
-    fallback: int | None = None
     search = _MAGIC_RE.search
     pos = start
     while True:
         match = search(view, pos, stop)
         if match is None:
-            return None if confirmed_only else fallback
+            return None
         pos = match.start()
         end = _frame_end(view, pos, size)
-        if end is not None:
-            if _successor_ok(view, end, size):
-                return pos
-            if fallback is None:
-                fallback = pos
+        if end is not None and (not confirmed_only or _successor_ok(view, end, size)):
+            return pos
         pos += 1
 
 
@@ -614,23 +611,29 @@ def _inflate(data: bytes, where: str) -> bytes:
 
 
 def _unzstd(data: bytes, where: str) -> bytes:
-    decompressor = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
+    # Not stream_reader: on a frame that never ends (xlog's), it stops when the input
+    # runs out and drops output the decoder still holds.  decompressobj returns all
+    # of it; feeding small slices bounds what one call can produce (a 4-byte RLE block
+    # expands to 128 KiB, so a slice yields at most ~8 MiB).
+    decoder = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW).decompressobj()
     parts: list[bytes] = []
     total = 0
+    view = memoryview(data)
     try:
-        with decompressor.stream_reader(data, read_across_frames=True) as reader:
-            while True:
-                chunk = reader.read(1 << 20)
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > MAX_DECODED_BLOCK_SIZE:
-                    raise ValueError(
-                        f"{where}: decompresses to more than {MAX_DECODED_BLOCK_SIZE} bytes"
-                    )
-                parts.append(chunk)
+        for start in range(0, len(data), _ZSTD_FEED):
+            if decoder.eof:
+                raise ValueError(f"{where}: {len(data) - start} bytes after the zstd frame")
+            chunk = decoder.decompress(view[start : start + _ZSTD_FEED])
+            total += len(chunk)
+            if total > MAX_DECODED_BLOCK_SIZE:
+                raise ValueError(
+                    f"{where}: decompresses to more than {MAX_DECODED_BLOCK_SIZE} bytes"
+                )
+            parts.append(chunk)
     except zstandard.ZstdError as exc:
         raise ValueError(f"{where}: zstd data is invalid ({exc})") from None
+    finally:
+        view.release()
     return b"".join(parts)
 
 
