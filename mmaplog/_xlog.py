@@ -364,7 +364,12 @@ def _length_at(view: memoryview, pos: int) -> int:
 
 
 def _frame_end(view: memoryview, pos: int, size: int) -> int | None:
-    """End offset of a complete, terminated block at ``pos``, or None."""
+    """End offset of a complete, terminated, non-empty block at ``pos``, or None.
+
+    xlog never writes an empty block (LogBaseBuffer::Flush and Write skip them), and
+    rejecting them matters: a no-crypt header's zero key field makes an "empty
+    block" of almost every magic-valued byte in front of it.
+    """
     info = _MAGICS.get(view[pos])
     if info is None:
         return None
@@ -373,7 +378,27 @@ def _frame_end(view: memoryview, pos: int, size: int) -> int | None:
         return None
     length = _length_at(view, pos)
     end = pos + header_size + length + 1
-    if end > size or view[end - 1] != MAGIC_END:
+    if length == 0 or end > size or view[end - 1] != MAGIC_END:
+        return None
+    return end
+
+
+def _claimed_end(view: memoryview, pos: int, size: int) -> int | None:
+    """Where a damaged block at ``pos`` says it ends, if its header is believable.
+
+    None when there is no start magic, the length is 0, or the block would run past
+    the data by more than any xlog block is long.  A header cut off by the end of
+    the data claims everything after it.
+    """
+    info = _MAGICS.get(view[pos])
+    if info is None:
+        return None
+    header_size = info.header.size
+    if pos + header_size > size:
+        return size
+    length = _length_at(view, pos)
+    end = pos + header_size + length + 1
+    if length == 0 or (end > size and length > _MAX_PLAUSIBLE_BLOCK):
         return None
     return end
 
@@ -383,11 +408,10 @@ def _is_torn_tail(view: memoryview, pos: int, size: int) -> bool:
     info = _MAGICS.get(view[pos])
     if info is None:
         return False
-    header_size = info.header.size
-    if pos + header_size > size:
+    if pos + info.header.size > size:
         return True
-    length = _length_at(view, pos)
-    return length <= _MAX_PLAUSIBLE_BLOCK and pos + header_size + length + 1 > size
+    end = _claimed_end(view, pos, size)
+    return end is not None and end > size
 
 
 def _zero_from(view: memoryview, pos: int) -> bool:
@@ -436,6 +460,8 @@ def _diagnose(view: memoryview, pos: int, size: int) -> str:
         return f"truncated header ({size - pos} of {header_size + 1} bytes)"
     length = _length_at(view, pos)
     end = pos + header_size + length + 1
+    if length == 0:
+        return "empty block (xlog never writes one)"
     if end > size:
         return f"block length {length} runs past the end of the data ({size - pos} bytes left)"
     return f"no end magic after {length} payload bytes (found 0x{view[end - 1]:02x})"
@@ -470,12 +496,28 @@ def _unterminated_tail(view: memoryview, pos: int, size: int) -> int | None:
         return None
     length = _length_at(view, pos)
     payload_end = pos + info.header.size + length
-    if payload_end > size:
+    if length == 0 or payload_end > size:
         return None
     window_end = min(size, payload_end + _MAX_UNACCOUNTED_TAIL)
     if not _zero_from(view, window_end):
         return None
     return payload_end + len(bytes(view[payload_end:window_end]).rstrip(b"\x00"))
+
+
+def _find_restart(view: memoryview, pos: int, size: int) -> int | None:
+    """Where reading resumes after the damaged block or garbage at ``pos``.
+
+    Bytes a damaged header claims (up to where its length points) are its payload
+    unless a block confirmed by its successor is found among them; past that, the
+    first complete block is taken, as Tencent's decoder does.
+    """
+    claimed = _claimed_end(view, pos, size)
+    if claimed is None:
+        return _resync(view, pos + 1, size, size)
+    found = _resync(view, pos + 1, min(claimed, size), size, confirmed_only=True)
+    if found is None and claimed < size:
+        found = _resync(view, claimed, size, size)
+    return found
 
 
 def _scan(view: memoryview, report: Callable[[XlogDamage], None]) -> Iterator[XlogBlock]:
@@ -505,25 +547,23 @@ def _scan(view: memoryview, report: Callable[[XlogDamage], None]) -> Iterator[Xl
             continue
         if _zero_from(view, pos):
             return  # zero fill after the last block: a cache file's unused space
-        # Checked before resyncing: in a cache's zero fill almost any length "lands
-        # on an end magic", so a resync there would find false blocks.
-        tail_end = _unterminated_tail(view, pos, size)
-        if tail_end is not None:
-            block = _make_block(view, pos)
-            yield block
-            start = block.end - 1
-            if tail_end > start:
-                report(
-                    XlogDamage(
-                        start,
-                        tail_end,
-                        f"xlog block at offset {pos} has no end magic: "
-                        f"{tail_end - start} unaccounted bytes after its payload",
-                    )
-                )
-            return
-        found = _resync(view, pos + 1, size, size)
+        found = _find_restart(view, pos, size)
         if found is None:
+            tail_end = _unterminated_tail(view, pos, size)
+            if tail_end is not None:
+                block = _make_block(view, pos)
+                yield block
+                start = block.end - 1
+                if tail_end > start:
+                    report(
+                        XlogDamage(
+                            start,
+                            tail_end,
+                            f"xlog block at offset {pos} has no end magic: "
+                            f"{tail_end - start} unaccounted bytes after its payload",
+                        )
+                    )
+                return
             last = pos + len(bytes(view[pos:]).rstrip(b"\x00"))
             report(
                 XlogDamage(
@@ -848,13 +888,17 @@ class XlogBlockWriter:
         """Return one complete block holding ``lines`` (each gets a final ``\\n`` if missing).
 
         xlog writes seq 0 for sync blocks and 1..65535 (see :func:`next_xlog_seq`)
-        for async ones.  Raises :class:`ConfigError` for an out-of-range seq or hour.
+        for async ones.  Raises :class:`ConfigError` for no lines or an out-of-range seq or hour.
         """
         if not 0 <= seq <= _MAX_SEQ:
             raise ConfigError(f"xlog seq must be 0-65535, got {seq}")
         for name, hour in (("begin_hour", begin_hour), ("end_hour", end_hour)):
             if not 0 <= hour <= 23:
                 raise ConfigError(f"xlog {name} must be 0-23, got {hour}")
+        if not lines:
+            raise ConfigError(
+                "an xlog block holds at least one line (xlog never writes empty ones)"
+            )
         framed = [line if line.endswith(b"\n") else line + b"\n" for line in lines]
         if self._mode == "sync":
             payload = b"".join(framed)

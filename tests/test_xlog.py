@@ -210,6 +210,7 @@ def test_ecdh_secret_is_the_shared_x_coordinate() -> None:
 
 line_bodies = st.lists(
     st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=80),
+    min_size=1,
     max_size=12,
 )
 
@@ -403,6 +404,12 @@ def test_writer_rejects_out_of_range_header_fields(seq: int, begin: int, end: in
     """A seq outside 0-65535 or an hour outside 0-23 is a ConfigError."""
     with pytest.raises(ConfigError):
         xlog.XlogBlockWriter().encode_block([b"x"], seq, begin, end)
+
+
+def test_writer_refuses_an_empty_block() -> None:
+    """Like xlog, the writer never produces a block without lines."""
+    with pytest.raises(ConfigError, match="at least one line"):
+        xlog.XlogBlockWriter().encode_block([], 1, 0, 0)
 
 
 # ----------------------------------------------------------------- key errors
