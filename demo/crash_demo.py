@@ -18,8 +18,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import mmaplog  # noqa: E402
-from mmaplog import _testing  # noqa: E402
+import mmaplog
+from mmaplog import _testing
 
 
 def one_round(round_no: int, public_key: str | None, private_key: str | None) -> bool:

@@ -20,6 +20,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import _format as fmt
 from . import _testing
@@ -36,13 +37,13 @@ EMPTY, OPEN, SEALED, MOVING = range(4)
 APPENDED, DROPPED, OVERSIZE = range(3)
 
 
-class SealerProtocol:
+class SealerProtocol(Protocol):
     """What the writer needs of an encryption session (see ``_crypto.Sealer``)."""
 
-    ephemeral_public: bytes
+    @property
+    def ephemeral_public(self) -> bytes: ...
 
-    def seal(self, seq: int, index: int, plaintext: bytes, aad: bytes) -> bytes:
-        raise NotImplementedError
+    def seal(self, seq: int, index: int, plaintext: bytes, aad: bytes) -> bytes: ...
 
 
 def geometry(buffer_size: int) -> tuple[int, int]:
@@ -324,10 +325,10 @@ class Cache:
                 now = time.monotonic()
                 if not deadline:
                     deadline = now + timeout
-                if now >= deadline or not self.cond.wait(deadline - now):
-                    if self._active < 0 and self._free_slot() < 0:
-                        self._count_drop(time_us)
-                        return DROPPED
+                timed_out = now >= deadline or not self.cond.wait(deadline - now)
+                if timed_out and self._active < 0 and self._free_slot() < 0:
+                    self._count_drop(time_us)
+                    return DROPPED
             self._write(raw, time_us)
             if self._pos - self._payload_start >= self.threshold and EMPTY in self._states:
                 self._seal_active()
@@ -347,7 +348,9 @@ class Cache:
         if time_us > self._last_us:
             self._last_us = time_us
         # The commit store: one small write after the chunk is complete.
-        fmt.COMMIT.pack_into(buf, self._commit_at, end - self._payload_start, self._count, self._last_us)
+        fmt.COMMIT.pack_into(
+            buf, self._commit_at, end - self._payload_start, self._count, self._last_us
+        )
         self._pos = end
         self._raw.append(raw)
 

@@ -83,8 +83,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
     prog = "mmaplog decode"
     try:
         key = _read_key(args.key)
-        reader = Reader(key, lambda src, d: _err(prog, f"{src}: bytes {d.start}-{d.end} skipped: {d.reason}"),
-                        markers=True)
+        reader = Reader(
+            key,
+            lambda src, d: _err(prog, f"{src}: bytes {d.start}-{d.end} skipped: {d.reason}"),
+            markers=True,
+        )
     except ConfigError as exc:
         _err(prog, f"--key: {exc}")
         return EXIT_USAGE
@@ -184,8 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=DECODE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
-                   help="log files, folders of them (in time order), cache files, or - for stdin")
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE_OR_DIR",
+        help="log files, folders of them (in time order), cache files, or - for stdin",
+    )
     p.add_argument("--key", help="private key file (or its text) for encrypted logs")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("-o", "--output", help="write here instead of stdout")

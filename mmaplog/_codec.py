@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import zstandard
 
@@ -37,13 +39,16 @@ class StreamCompressor:
 
     __slots__ = ("_compress", "_flush", "_mode")
 
+    _compress: Callable[[bytes], bytes]
+    _flush: Callable[[Any], bytes]
+
     def __init__(self, codec: int, level: int | None = None) -> None:
         lvl = DEFAULT_LEVELS[codec] if level is None else level
         if codec == COMP_ZSTD:
             obj = zstandard.ZstdCompressor(level=lvl).compressobj()
             self._compress = obj.compress
             self._flush = obj.flush
-            self._mode: int | None = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+            self._mode: Any = zstandard.COMPRESSOBJ_FLUSH_BLOCK
         elif codec == COMP_ZLIB:
             zobj = zlib.compressobj(lvl, zlib.DEFLATED, -15)
             self._compress = zobj.compress

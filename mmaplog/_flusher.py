@@ -145,7 +145,9 @@ class Flusher:
             self.logs.append(block, first_time_us)
 
     def _set_failing(self, exc: Exception) -> None:
-        msg = f"mmaplog: cannot write the log file ({exc}); blocks stay in the cache and are retried"
+        msg = (
+            f"mmaplog: cannot write the log file ({exc}); blocks stay in the cache and are retried"
+        )
         self.last_error = msg
         if not self._failing:
             self._failing = True

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import mmap
 
     Buffer = bytes | mmap.mmap
+    View = bytes | mmap.mmap | memoryview
 
 __all__ = [
     "BLOCK_HEADER",
@@ -327,7 +328,7 @@ def encode_block(h: BlockHeader, payload: bytes) -> bytes:
     return pack_header(full) + payload
 
 
-def parse_header(data: Buffer, offset: int = 0) -> BlockHeader:
+def parse_header(data: View, offset: int = 0) -> BlockHeader:
     """Parse and check the block header at ``offset``.
 
     Raises :class:`CorruptionError` when the bytes are not a valid header (an

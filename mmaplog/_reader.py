@@ -126,9 +126,7 @@ class Reader:
         """Yield the records of one block whose checksums already hold."""
         where = f"block at offset {offset}" if offset >= 0 else f"cache block {h.seq}"
         if h.encrypted and self._opener is None:
-            raise NeedKeyError(
-                f"{source}: {where} is encrypted: give the private key (--key FILE)"
-            )
+            raise NeedKeyError(f"{source}: {where} is encrypted: give the private key (--key FILE)")
         if h.recovered and self.markers:
             key = (source, h.session)
             if self._last_recovered != key:
@@ -157,8 +155,9 @@ class Reader:
                 )
         except KeyMismatchError as exc:
             self.key_mismatch = True
-            self._damage(source, max(offset, 0), max(offset, 0) + h.header_len + h.payload_len,
-                         str(exc))
+            self._damage(
+                source, max(offset, 0), max(offset, 0) + h.header_len + h.payload_len, str(exc)
+            )
         except (CorruptionError, DecryptionError) as exc:
             start = max(offset, 0)
             self._damage(source, start, start + h.header_len + h.payload_len, str(exc))
@@ -175,7 +174,9 @@ class Reader:
         self._opened_sessions.add(h.session)
         return out
 
-    def _whole_records(self, h: fmt.BlockHeader, payload: bytes, where: str) -> Iterator[fmt.RawRecord]:
+    def _whole_records(
+        self, h: fmt.BlockHeader, payload: bytes, where: str
+    ) -> Iterator[fmt.RawRecord]:
         if h.encrypted:
             payload = self._open(h, WHOLE_BLOCK_INDEX, payload, where)
         raw = decompress_whole(h.compression, payload, h.raw_len, where=where)
@@ -202,8 +203,12 @@ class Reader:
             pending = pending[good:]
         if end != len(payload):
             start = max(offset, 0) + h.header_len + end
-            self._damage(source, start, start + len(payload) - end,
-                         f"{where}: chunk at payload offset {end} is damaged")
+            self._damage(
+                source,
+                start,
+                start + len(payload) - end,
+                f"{where}: chunk at payload offset {end} is damaged",
+            )
 
 
 def log_files_in(folder: str, prefix: str | None = None) -> list[str]:

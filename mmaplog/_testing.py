@@ -2,7 +2,7 @@
 
 Not part of the public API. ``crash_at(step, nth)`` makes the process SIGKILL
 itself the ``nth`` time it reaches ``step``; the flusher and recovery call
-:func:`point` at each step of moving a block. 
+:func:`point` at each step of moving a block.
 :func:`run_writer` starts the child process of the crash tests and demos: it logs
 numbered records and writes each number to a pipe once ``emit`` returned, so the
 parent knows what was acknowledged before the kill.
@@ -18,6 +18,7 @@ import signal
 import struct
 import sys
 import threading
+from typing import Any
 
 STEPS = (
     "after_append",  # the block is in the log file, its slot not yet released
@@ -80,7 +81,8 @@ def writer_main(config: dict[str, object], ack_fd: int) -> None:
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
     count = int(config.get("count", 0))  # type: ignore[call-overload]
-    lo, hi = config.get("sizes", (20, 200))  # type: ignore[misc]
+    sizes: Any = config.get("sizes", (20, 200))
+    lo, hi = int(sizes[0]), int(sizes[1])
     threads = int(config.get("threads", 1))  # type: ignore[call-overload]
     flush_every = int(config.get("flush_every", 0))  # type: ignore[call-overload]
     ack_lock = threading.Lock()
@@ -112,7 +114,9 @@ _CHILD = (
 )
 
 
-def run_writer(config: dict[str, object], *, kill_after: float | None, timeout: float = 60.0) -> tuple[dict[int, list[int]], int]:
+def run_writer(
+    config: dict[str, object], *, kill_after: float | None, timeout: float = 60.0
+) -> tuple[dict[int, list[int]], int]:
     """Run a writer child; SIGKILL it after ``kill_after`` seconds (None: let it finish).
 
     Returns the acknowledged record numbers per thread and the child's exit status.
@@ -210,7 +214,9 @@ def check_exactly_once(
             raise AssertionError(f"thread {t}: records out of order")
         missing = sorted(set(range(1, top + 1)) - set(got))
         if missing:
-            raise AssertionError(f"thread {t}: {len(missing)} acknowledged records lost, first {missing[:10]}")
+            raise AssertionError(
+                f"thread {t}: {len(missing)} acknowledged records lost, first {missing[:10]}"
+            )
         extra = [n for n in got if n > top]
         if len(extra) > (0 if complete else 1):
             raise AssertionError(f"thread {t}: records never written appear: {extra[:10]}")

@@ -89,7 +89,12 @@ class XlogFormatter(logging.Formatter):
 
 
 _DEFAULT_FORMATTER = XlogFormatter()
-_COMPRESSIONS = {"zstd": fmt.COMP_ZSTD, "zlib": fmt.COMP_ZLIB, None: fmt.COMP_NONE, "none": fmt.COMP_NONE}
+_COMPRESSIONS = {
+    "zstd": fmt.COMP_ZSTD,
+    "zlib": fmt.COMP_ZLIB,
+    None: fmt.COMP_NONE,
+    "none": fmt.COMP_NONE,
+}
 _live: weakref.WeakSet[MmapHandler] = weakref.WeakSet()
 
 
@@ -143,8 +148,16 @@ class MmapHandler(logging.Handler):
         self.file_mode = file_mode
         self.flush_interval = flush_interval
         self.buffer_size = buffer_size
-        self._validate(prefix, buffer_size, compression, compress_level, mode, flush_interval,
-                       max_record_size, block_timeout)
+        self._validate(
+            prefix,
+            buffer_size,
+            compression,
+            compress_level,
+            mode,
+            flush_interval,
+            max_record_size,
+            block_timeout,
+        )
         self.compression = compression
         self._codec = _COMPRESSIONS[compression]
         self._level_whole = compress_level
@@ -165,7 +178,9 @@ class MmapHandler(logging.Handler):
             for d in {self.log_dir, self.cache_dir}:
                 os.makedirs(d, mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create the log folder {exc.filename}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cannot create the log folder {exc.filename}: {exc.strerror}"
+            ) from None
         self._logs = LogFiles(self.log_dir, prefix, file_mode=file_mode, durable=durable)
         self._start()
         _live.add(self)
@@ -193,16 +208,21 @@ class MmapHandler(logging.Handler):
             lo, hi = (1, 9) if compression == "zlib" else (-7, 22)
             if not isinstance(compress_level, int) or not lo <= compress_level <= hi:
                 raise ConfigError(
-                    f"compress_level for {compression} must be from {lo} to {hi}, got {compress_level!r}"
+                    f"compress_level for {compression} must be from {lo} to {hi}, "
+                    f"got {compress_level!r}"
                 )
         if mode not in ("async", "sync"):
             raise ConfigError(f"mode must be 'async' or 'sync', got {mode!r}")
         if not isinstance(flush_interval, (int, float)) or not flush_interval > 0:
-            raise ConfigError(f"flush_interval must be a number of seconds > 0, got {flush_interval!r}")
+            raise ConfigError(
+                f"flush_interval must be a number of seconds > 0, got {flush_interval!r}"
+            )
         if not isinstance(max_record_size, int) or max_record_size < 0:
             raise ConfigError(f"max_record_size must be an int >= 0, got {max_record_size!r}")
         if not isinstance(block_timeout, (int, float)) or block_timeout < 0:
-            raise ConfigError(f"block_timeout must be a number of seconds >= 0, got {block_timeout!r}")
+            raise ConfigError(
+                f"block_timeout must be a number of seconds >= 0, got {block_timeout!r}"
+            )
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -237,8 +257,13 @@ class MmapHandler(logging.Handler):
         )
         if cache.warning:
             self._warn(cache.warning)
-        flusher = Flusher(cache, self._logs, interval=self.flush_interval,
-                          level=self._level_whole, on_error=self._warn)
+        flusher = Flusher(
+            cache,
+            self._logs,
+            interval=self.flush_interval,
+            level=self._level_whole,
+            on_error=self._warn,
+        )
         flusher_box.append(flusher)
         self._cache = cache
         self._flusher = flusher
@@ -257,8 +282,9 @@ class MmapHandler(logging.Handler):
                 continue
             if fd is None:
                 continue
-            report = recover_fd(fd, path, log_dir=None, file_mode=self.file_mode,
-                                durable=self.durable)
+            report = recover_fd(
+                fd, path, log_dir=None, file_mode=self.file_mode, durable=self.durable
+            )
             self._report_recovery(path, report)
             if report.quarantined:
                 os.close(fd)
@@ -282,8 +308,9 @@ class MmapHandler(logging.Handler):
             if fd is None:
                 continue
             try:
-                report = recover_fd(fd, path, log_dir=None, file_mode=self.file_mode,
-                                    durable=self.durable)
+                report = recover_fd(
+                    fd, path, log_dir=None, file_mode=self.file_mode, durable=self.durable
+                )
             finally:
                 os.close(fd)
             self._report_recovery(path, report)
@@ -316,8 +343,9 @@ class MmapHandler(logging.Handler):
             self._cache.abandon()
         self._cache = None
         self._flusher = None
-        self._logs = LogFiles(self.log_dir, self.prefix, file_mode=self.file_mode,
-                              durable=self.durable)
+        self._logs = LogFiles(
+            self.log_dir, self.prefix, file_mode=self.file_mode, durable=self.durable
+        )
         if not self._closed:
             self._start()
 
@@ -373,13 +401,21 @@ class MmapHandler(logging.Handler):
             self._seq += 1
             flags = self._codec | (fmt.FLAG_ENCRYPTED if self._sealer else 0)
             template = fmt.BlockHeader(
-                flags=flags, session=self._session, seq=seq, pid=self._pid, payload_len=0,
-                first_time_us=time_us, last_time_us=time_us, count=1, raw_len=0,
+                flags=flags,
+                session=self._session,
+                seq=seq,
+                pid=self._pid,
+                payload_len=0,
+                first_time_us=time_us,
+                last_time_us=time_us,
+                count=1,
+                raw_len=0,
                 payload_crc=0,
                 extension=self._sealer.ephemeral_public if self._sealer else b"",
             )
-            block = build_block(template, raw, 1, time_us, level=self._level_whole,
-                                sealer=self._sealer)
+            block = build_block(
+                template, raw, 1, time_us, level=self._level_whole, sealer=self._sealer
+            )
             if self._flusher is not None:
                 self._flusher.write_direct(block, time_us)
             else:

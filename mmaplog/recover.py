@@ -48,7 +48,9 @@ def recovered_block(content: fmt.SlotContent) -> bytes:
     return fmt.encode_block(header, content.payload)
 
 
-def _slots_of(image: bytes, report: RecoveryReport) -> tuple[fmt.CacheInfo | None, list[fmt.SlotContent]]:
+def _slots_of(
+    image: bytes, report: RecoveryReport
+) -> tuple[fmt.CacheInfo | None, list[fmt.SlotContent]]:
     try:
         info = fmt.parse_cache_header(image)
     except CorruptionError as exc:
@@ -176,9 +178,7 @@ def recover_fd(
 def cache_files(path: str) -> list[str]:
     """The cache files named by ``path``: the file itself, or the ``*.mmap`` files in a folder."""
     if os.path.isdir(path):
-        return sorted(
-            os.path.join(path, n) for n in os.listdir(path) if n.endswith(".mmap")
-        )
+        return sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".mmap"))
     if not os.path.lexists(path):
         raise MmapLogError(f"{path}: no such file or folder")
     return [path]
@@ -225,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         "process or could not be read, 2 bad usage",
     )
     parser.add_argument("path", help="a cache file (.mmap) or a folder of them")
-    parser.add_argument("--log-dir", help="where to write the records (default: the log "
-                        "folder recorded in the cache, else beside the cache)")
+    parser.add_argument(
+        "--log-dir",
+        help="where to write the records (default: the log "
+        "folder recorded in the cache, else beside the cache)",
+    )
     args = parser.parse_args(argv)
     try:
         n = recover(args.path, args.log_dir)

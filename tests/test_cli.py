@@ -172,7 +172,7 @@ def test_recover_into_another_folder(tmp_path):
     log_dir = str(tmp_path / "a")
     other = str(tmp_path / "b")
     os.makedirs(other)
-    acked, _ = _testing.run_writer(
+    _acked, _ = _testing.run_writer(
         {"log_dir": log_dir, "handler": {"flush_interval": 3600}, "sizes": [10, 100]},
         kill_after=0.5,
     )

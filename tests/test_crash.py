@@ -67,7 +67,7 @@ def test_random_kill_loses_nothing(tmp_path, delay):
 
 @pytest.mark.parametrize("delay", [0.4, 0.7, 1.0, 1.3])
 def test_kill_with_threads_and_a_busy_flusher(tmp_path, delay):
-    """Four threads on a 16 KiB cache whose flusher moves blocks all the time: kill loses nothing."""
+    """Four threads on a 16 KiB cache with a flusher always moving: a kill loses nothing."""
     kill_and_check(
         str(tmp_path),
         delay=delay,
@@ -97,7 +97,7 @@ def test_kill_with_encryption_loses_nothing(tmp_path):
 @pytest.mark.parametrize("step", ["after_append", "mid_release", "after_release"])
 @pytest.mark.parametrize("nth", [1, 3])
 def test_kill_at_each_step_of_a_block_move(tmp_path, step, nth):
-    """A kill at each step of moving a block (written, being freed, freed) loses and repeats nothing."""
+    """A kill at each step of a block move (written, being freed, freed) loses nothing."""
     log_dir = str(tmp_path)
     config = {
         "log_dir": log_dir,
@@ -140,7 +140,7 @@ def test_recovered_blocks_are_marked_in_the_decoded_output(tmp_path):
     """decode prints where a process died: a line naming the crashed pid before its records."""
     log_dir = str(tmp_path)
     config = {"log_dir": log_dir, "handler": {"flush_interval": 3600}, "sizes": [10, 50]}
-    acked, _ = _testing.run_writer(config, kill_after=0.5)
+    _acked, _ = _testing.run_writer(config, kill_after=0.5)
     assert mmaplog.recover(log_dir) > 0
     out = subprocess.run(
         [sys.executable, "-m", "mmaplog", "decode", log_dir],

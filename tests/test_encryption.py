@@ -1,4 +1,4 @@
-"""Encrypted logs end to end: no plaintext on disk, decoding by private key, wrong keys, tampering."""
+"""Encrypted logs end to end: no plaintext on disk, private-key decoding, wrong keys, tampering."""
 
 from __future__ import annotations
 
@@ -75,7 +75,10 @@ def test_decode_without_key_exits_2(log_dir, keys):
     """Decoding encrypted input without --key is one clear line and exit status 2."""
     write(log_dir, keys[1]).close()
     res = subprocess.run(
-        [sys.executable, "-m", "mmaplog", "decode", log_dir], capture_output=True, text=True, env=ENV
+        [sys.executable, "-m", "mmaplog", "decode", log_dir],
+        capture_output=True,
+        text=True,
+        env=ENV,
     )
     assert res.returncode == 2
     assert "encrypted" in res.stderr and "--key" in res.stderr
@@ -137,7 +140,10 @@ def test_tampered_block_is_reported_and_others_still_decode(log_dir, keys):
     with open(path, "wb") as f:
         f.write(data)
     damage: list[fmt.Damage] = []
-    got = [r.text for r in mmaplog.read_records(path, key=private, on_damage=lambda s, d: damage.append(d))]
+    got = [
+        r.text
+        for r in mmaplog.read_records(path, key=private, on_damage=lambda s, d: damage.append(d))
+    ]
     assert len(damage) == 1 and damage[0].start == victim.offset
     assert len(got) == 4000 - victim.header.count
     assert all(t.startswith(MARKER) for t in got)
@@ -178,7 +184,8 @@ def test_fork_child_uses_a_new_key_and_session(log_dir, keys):
     assert len(child) == 1 and len(parent) == 11
     assert child[0].pid != os.getpid() and child[0].session not in {r.session for r in parent}
     keys_used = set()
-    with open(os.path.join(log_dir, [n for n in os.listdir(log_dir) if n.endswith(".mmlog")][0]), "rb") as f:
+    name = next(n for n in os.listdir(log_dir) if n.endswith(".mmlog"))
+    with open(os.path.join(log_dir, name), "rb") as f:
         for b in fmt.scan_blocks(f.read()):
             if isinstance(b, fmt.ScannedBlock):
                 keys_used.add((b.header.session, b.header.extension))

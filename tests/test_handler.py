@@ -160,7 +160,9 @@ def test_log_files_are_smaller_than_the_text(make_handler, log_dir):
     h.close()
     plain = sum(len(t) + 1 for t in texts(log_dir))
     on_disk = sum(
-        os.path.getsize(os.path.join(log_dir, n)) for n in os.listdir(log_dir) if n.endswith(".mmlog")
+        os.path.getsize(os.path.join(log_dir, n))
+        for n in os.listdir(log_dir)
+        if n.endswith(".mmlog")
     )
     assert on_disk * 5 < plain
 
