@@ -24,7 +24,7 @@ from typing import Protocol
 
 from . import _format as fmt
 from . import _testing
-from ._codec import StreamCompressor, compress_bound
+from ._codec import StreamCompressor
 from ._logfile import day_bounds, open_no_follow
 
 PAGE = mmap.PAGESIZE
@@ -36,6 +36,11 @@ EMPTY, OPEN, SEALED, MOVING = range(4)
 
 APPENDED, DROPPED, OVERSIZE = range(3)
 
+_CHUNK_OVERHEAD = 64 + fmt.CHUNK_HEADER.size + 16
+_pack_chunk_header = fmt.CHUNK_HEADER.pack
+_pack_commit = fmt.COMMIT.pack_into
+_crc32 = zlib.crc32
+
 
 class SealerProtocol(Protocol):
     """What the writer needs of an encryption session (see ``_crypto.Sealer``)."""
@@ -44,6 +49,10 @@ class SealerProtocol(Protocol):
     def ephemeral_public(self) -> bytes: ...
 
     def seal(self, seq: int, index: int, plaintext: bytes, aad: bytes) -> bytes: ...
+
+
+def _no_block(raw: bytes) -> bytes:
+    raise AssertionError("no block is open")
 
 
 def geometry(buffer_size: int) -> tuple[int, int]:
@@ -150,6 +159,8 @@ class Cache:
         self.threshold = max(1, buffer_size // 3)
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
+        self._acquire = self.lock.acquire
+        self._release = self.lock.release
         self.session = os.urandom(8)
         self.pid = os.getpid()
         self.mapped = False
@@ -226,8 +237,10 @@ class Cache:
         self._day_end = 0
         self._raw: list[bytes] = []
         self._template: fmt.BlockHeader | None = None
-        self._compressor: StreamCompressor | None = None
+        self._chunk: Callable[[bytes], bytes] = _no_block
         self._seed = 0
+        self._seq = 0
+        self._seal_at = 0
         self._aad = b""
 
     def _free_slot(self) -> int:
@@ -273,8 +286,10 @@ class Cache:
         self._day_start, self._day_end = day_bounds(time_us)
         self._raw = []
         self._template = template
-        self._compressor = StreamCompressor(self.codec, self.level)
+        self._chunk = StreamCompressor(self.codec, self.level).chunk
         self._seed = fmt.chunk_seed(self.session, seq)
+        self._seq = seq
+        self._seal_at = self._payload_start + self.threshold
         self._aad = fmt.block_aad(self.session, seq, flags)
 
     def _seal_active(self) -> None:
@@ -303,54 +318,67 @@ class Cache:
 
         Waits up to ``timeout`` seconds for a free slot when both are full.
         """
-        need = compress_bound(len(raw)) + fmt.CHUNK_HEADER.size + 16
-        with self.lock:
-            if need > self.capacity:
-                return OVERSIZE
-            deadline = 0.0
-            while not (
-                self._active >= 0
-                and self._pos + need <= self._limit
-                and self._day_start <= time_us < self._day_end
+        # Room for the worst case: compression overhead, chunk header, AEAD tag.
+        need = len(raw) + (len(raw) >> 7) + _CHUNK_OVERHEAD
+        # acquire/release rather than `with`: this is the hot path, and it is cheaper.
+        self._acquire()
+        try:
+            if not (
+                self._pos + need <= self._limit and self._day_start <= time_us < self._day_end
             ):
-                self._seal_active()
-                slot = self._free_slot()
-                if slot >= 0:
-                    self._open_block(slot, time_us)
-                    if self.dropped:
-                        self._write_drop_note(time_us)
-                    continue
-                # Both slots wait for the flusher: wait for one (or for another thread's block).
-                self._wake()
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + timeout
-                timed_out = now >= deadline or not self.cond.wait(deadline - now)
-                if timed_out and self._active < 0 and self._free_slot() < 0:
-                    self._count_drop(time_us)
-                    return DROPPED
+                status = self._make_room(need, time_us, timeout)
+                if status != APPENDED:
+                    return status
             self._write(raw, time_us)
-            if self._pos - self._payload_start >= self.threshold and EMPTY in self._states:
+            if self._pos >= self._seal_at and EMPTY in self._states:
                 self._seal_active()
                 self._wake()
+        finally:
+            self._release()
+        return APPENDED
+
+    def _make_room(self, need: int, time_us: int, timeout: float) -> int:
+        """Open a block that can take ``need`` more bytes (the slow path of append)."""
+        if need > self.capacity:
+            return OVERSIZE
+        deadline = 0.0
+        while not (
+            self._active >= 0
+            and self._pos + need <= self._limit
+            and self._day_start <= time_us < self._day_end
+        ):
+            self._seal_active()
+            slot = self._free_slot()
+            if slot >= 0:
+                self._open_block(slot, time_us)
+                if self.dropped:
+                    self._write_drop_note(time_us)
+                continue
+            # Both slots wait for the flusher: wait for one (or for another thread's block).
+            self._wake()
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + timeout
+            timed_out = now >= deadline or not self.cond.wait(deadline - now)
+            if timed_out and self._active < 0 and self._free_slot() < 0:
+                self._count_drop(time_us)
+                return DROPPED
         return APPENDED
 
     def _write(self, raw: bytes, time_us: int) -> None:
-        assert self._compressor is not None
-        body = self._compressor.chunk(raw)
-        if self.sealer is not None:
-            body = self.sealer.seal(self._template.seq, self._count, body, self._aad)  # type: ignore[union-attr]
+        body = self._chunk(raw)
+        sealer = self.sealer
+        if sealer is not None:
+            body = sealer.seal(self._seq, self._count, body, self._aad)
         pos = self._pos
-        end = pos + fmt.CHUNK_HEADER.size + len(body)
+        end = pos + 8 + len(body)
         buf = self._buf
-        buf[pos:end] = fmt.CHUNK_HEADER.pack(len(body), zlib.crc32(body, self._seed)) + body
+        buf[pos:end] = _pack_chunk_header(len(body), _crc32(body, self._seed)) + body
         self._count += 1
         if time_us > self._last_us:
             self._last_us = time_us
         # The commit store: one small write after the chunk is complete.
-        fmt.COMMIT.pack_into(
-            buf, self._commit_at, end - self._payload_start, self._count, self._last_us
-        )
+        _pack_commit(buf, self._commit_at, end - self._payload_start, self._count, self._last_us)
         self._pos = end
         self._raw.append(raw)
 
