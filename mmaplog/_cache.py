@@ -323,9 +323,7 @@ class Cache:
         # acquire/release rather than `with`: this is the hot path, and it is cheaper.
         self._acquire()
         try:
-            if not (
-                self._pos + need <= self._limit and self._day_start <= time_us < self._day_end
-            ):
+            if not (self._pos + need <= self._limit and self._day_start <= time_us < self._day_end):
                 status = self._make_room(need, time_us, timeout)
                 if status != APPENDED:
                     return status

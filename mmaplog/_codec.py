@@ -102,11 +102,13 @@ def decompress_whole(codec: int, payload: bytes, raw_len: int, *, where: str) ->
 class StreamDecompressor:
     """Decompress the chunks of one stream-form block, chunk by chunk, with a bound."""
 
-    __slots__ = ("_codec", "_limit", "_obj", "_total")
+    __slots__ = ("_codec", "_fed", "_feed_limit", "_limit", "_obj", "_total")
 
-    def __init__(self, codec: int, limit: int) -> None:
+    def __init__(self, codec: int, limit: int, *, per_feed: int | None = None) -> None:
         self._codec = codec
         self._limit = limit
+        self._feed_limit = limit if per_feed is None else per_feed
+        self._fed = 0
         self._total = 0
         self._obj: zstandard.ZstdDecompressionObj | zlib._Decompress | None
         if codec == COMP_ZSTD:
@@ -118,6 +120,7 @@ class StreamDecompressor:
 
     def feed(self, body: bytes | memoryview, *, where: str) -> bytes:
         """Return the raw bytes carried by the next chunk."""
+        self._fed = 0
         if self._obj is None:
             out = bytes(body)
             self._count(len(out), where)
@@ -129,7 +132,8 @@ class StreamDecompressor:
                 assert isinstance(z, type(zlib.decompressobj()))
                 data = bytes(body)
                 while data:
-                    part = z.decompress(data, self._limit - self._total + 1)
+                    room = min(self._limit - self._total, self._feed_limit - self._fed)
+                    part = z.decompress(data, room + 1)
                     self._count(len(part), where)
                     parts.append(part)
                     data = z.unconsumed_tail
@@ -146,5 +150,9 @@ class StreamDecompressor:
 
     def _count(self, n: int, where: str) -> None:
         self._total += n
-        if self._total > self._limit:
-            raise CorruptionError(f"{where}: decompresses past the limit of {self._limit} bytes")
+        self._fed += n
+        if self._total > self._limit or self._fed > self._feed_limit:
+            raise CorruptionError(
+                f"{where}: decompresses past the limit of "
+                f"{min(self._limit, self._feed_limit)} bytes"
+            )

@@ -23,6 +23,7 @@ from ._logfile import LogFiles
 WHOLE_BLOCK_INDEX = 0xFFFFFFFF
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 5.0
+_DAY = 86400.0
 
 
 def build_block(
@@ -57,12 +58,14 @@ class Flusher:
         interval: float,
         level: int | None,
         on_error: Callable[[str], None],
+        daily: Callable[[], object] | None = None,
     ) -> None:
         self.cache = cache
         self.logs = logs
         self.interval = interval
         self.level = level
         self._on_error = on_error
+        self._daily = daily
         self._event = threading.Event()
         self._io_lock = threading.Lock()
         self._stopping = False
@@ -94,6 +97,7 @@ class Flusher:
     def _run(self) -> None:
         backoff = _BACKOFF_MIN
         next_tick = time.monotonic() + self.interval
+        next_day = time.monotonic() + _DAY
         while True:
             timeout = max(0.0, next_tick - time.monotonic())
             if self._failing:
@@ -109,6 +113,9 @@ class Flusher:
                 backoff = min(_BACKOFF_MAX, backoff * 2)
             if self._stopping:
                 return
+            if self._daily is not None and time.monotonic() >= next_day:
+                next_day = time.monotonic() + _DAY
+                self._daily()
 
     def drain(self) -> bool:
         """Move every sealed block, oldest first; False if a write failed."""

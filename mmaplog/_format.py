@@ -381,7 +381,7 @@ def parse_header(data: View, offset: int = 0) -> BlockHeader:
         )
     if flags & ~_FLAGS_KNOWN or (flags & FLAG_COMPRESSION_MASK) not in COMPRESSION_NAMES:
         raise CorruptionError(f"block at offset {offset}: unknown flags 0x{flags:02x}", offset)
-    if bool(flags & FLAG_ENCRYPTED) != (ext_len == ENCRYPTION_EXTENSION):
+    if ext_len != (ENCRYPTION_EXTENSION if flags & FLAG_ENCRYPTED else 0):
         raise CorruptionError(
             f"block at offset {offset}: header length {header_len} does not fit its flags",
             offset,

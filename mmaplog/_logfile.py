@@ -44,6 +44,9 @@ def open_no_follow(path: str, flags: int, mode: int) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
+        if flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
+            # A hard link planted at our path would make us write into someone else's file.
+            raise OSError(errno.EPERM, "has other hard links, refusing to write to it", path)
     except BaseException:
         os.close(fd)
         raise
@@ -51,20 +54,71 @@ def open_no_follow(path: str, flags: int, mode: int) -> int:
 
 
 class LogFiles:
-    """Appends blocks to one prefix's dated log files."""
+    """Appends blocks to one prefix's dated log files.
 
-    __slots__ = ("_day", "_fd", "durable", "file_mode", "log_dir", "prefix")
+    With ``max_file_size`` a day's file is split: when a block would take the file
+    past the limit it goes to ``<prefix>_<YYYYMMDD>_1.mmlog``, then ``_2``, and so on
+    (a block is never split, so a file holding one large block may pass the limit).
+    """
 
-    def __init__(self, log_dir: str, prefix: str, *, file_mode: int = 0o600, durable: bool = False):
+    __slots__ = (
+        "_day",
+        "_fd",
+        "_part",
+        "_size",
+        "durable",
+        "file_mode",
+        "log_dir",
+        "max_file_size",
+        "prefix",
+    )
+
+    def __init__(
+        self,
+        log_dir: str,
+        prefix: str,
+        *,
+        file_mode: int = 0o600,
+        durable: bool = False,
+        max_file_size: int = 0,
+    ):
         self.log_dir = log_dir
         self.prefix = prefix
         self.file_mode = file_mode
         self.durable = durable
+        self.max_file_size = max_file_size
         self._fd = -1
         self._day = ""
+        self._part = 0
+        self._size = 0
 
-    def path_for_day(self, day: str) -> str:
-        return os.path.join(self.log_dir, f"{self.prefix}_{day}{SUFFIX}")
+    def path_for(self, day: str, part: int = 0) -> str:
+        tail = f"_{part}" if part else ""
+        return os.path.join(self.log_dir, f"{self.prefix}_{day}{tail}{SUFFIX}")
+
+    def _last_part(self, day: str) -> int:
+        pattern = log_file_re(self.prefix)
+        last = 0
+        try:
+            names = os.listdir(self.log_dir)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            m = pattern.match(name)
+            if m and m.group(1) == day:
+                last = max(last, int(m.group(2) or 0))
+        return last
+
+    def _open(self, day: str, part: int) -> None:
+        self.close()
+        path = self.path_for(day, part)
+        created = not os.path.lexists(path)
+        self._fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.file_mode)
+        self._day = day
+        self._part = part
+        self._size = os.fstat(self._fd).st_size
+        if created and self.durable:
+            _fsync_dir(self.log_dir)
 
     def append(self, block: bytes, first_time_us: int) -> str:
         """Append one whole block to the file of its day; return that file's path.
@@ -73,14 +127,13 @@ class LogFiles:
         did get written is cut off again where that is safe.
         """
         day = day_of(first_time_us)
-        path = self.path_for_day(day)
         if day != self._day or self._fd < 0:
-            self.close()
-            created = not os.path.lexists(path)
-            self._fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.file_mode)
-            self._day = day
-            if created and self.durable:
-                _fsync_dir(self.log_dir)
+            self._open(day, self._last_part(day) if self.max_file_size else 0)
+        if self.max_file_size:
+            # Other processes append too: the file's real size decides.
+            self._size = os.fstat(self._fd).st_size
+            if self._size and self._size + len(block) > self.max_file_size:
+                self._open(day, max(self._part, self._last_part(day)) + 1)
         fd = self._fd
         n = os.write(fd, block)
         if n != len(block):
@@ -88,10 +141,11 @@ class LogFiles:
             end = os.fstat(fd).st_size
             if 0 < n <= end and _ends_with_prefix(fd, end, block[:n]):
                 os.ftruncate(fd, end - n)
-            raise OSError(errno.ENOSPC, f"short write ({n} of {len(block)} bytes)", path)
+            raise OSError(errno.ENOSPC, f"short write ({n} of {len(block)} bytes)")
+        self._size += n
         if self.durable:
             os.fsync(fd)
-        return path
+        return self.path_for(day, self._part)
 
     def contains(self, session: bytes, seq: int, first_time_us: int) -> bool:
         """Whether a block ``(session, seq)`` is already in the log files of its day."""
@@ -108,6 +162,34 @@ class LogFiles:
             if _file_has_block(os.path.join(self.log_dir, name), session, seq):
                 return True
         return False
+
+    def remove_old(self, max_age_days: int, now: float) -> list[str]:
+        """Delete this prefix's log files dated more than ``max_age_days`` days before ``now``.
+
+        Files of other prefixes and files that are not log files are never touched.
+        Returns the paths removed.
+        """
+        if max_age_days <= 0:
+            return []
+        oldest = _dt.datetime.fromtimestamp(now).date() - _dt.timedelta(days=max_age_days)
+        keep_from = oldest.strftime("%Y%m%d")
+        pattern = log_file_re(self.prefix)
+        removed = []
+        try:
+            names = os.listdir(self.log_dir)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            m = pattern.match(name)
+            if m and m.group(1) < keep_from:
+                path = os.path.join(self.log_dir, name)
+                try:
+                    if stat.S_ISREG(os.lstat(path).st_mode):
+                        os.unlink(path)
+                        removed.append(path)
+                except OSError:
+                    continue
+        return removed
 
     def close(self) -> None:
         if self._fd >= 0:

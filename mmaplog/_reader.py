@@ -23,12 +23,14 @@ from .exceptions import (
     KeyMismatchError,
     MmapLogError,
     NeedKeyError,
+    UnsupportedVersionError,
 )
 
 if TYPE_CHECKING:
     from ._crypto import Opener
 
 WHOLE_BLOCK_INDEX = 0xFFFFFFFF
+_MAX_CHUNK_RAW = fmt.MAX_RECORD_TEXT + fmt.RECORD_HEADER.size
 _LOG_NAME = re.compile(r"^(?P<prefix>.+)_(?P<day>\d{8})(?:_(?P<part>\d+))?\.mmlog$")
 
 
@@ -87,6 +89,7 @@ class Reader:
         self.key_mismatch = False
         self._opened_sessions: set[bytes] = set()
         self._last_recovered: tuple[str, bytes] | None = None
+        self._seen_blocks: set[tuple[bytes, int, int]] = set()
 
     # -- reporting -----------------------------------------------------------------
 
@@ -99,7 +102,7 @@ class Reader:
 
     def iter_data(self, data: fmt.Buffer, source: str = "<data>") -> Iterator[Record | Marker]:
         """Yield the records (and markers) of a log file or cache file image."""
-        if data[:4] == fmt.CACHE_MAGIC:
+        if data[:4] == fmt.CACHE_MAGIC and _is_cache(data):
             yield from self._iter_cache(bytes(data), source)
             return
         for item in fmt.scan_blocks(data):
@@ -135,6 +138,17 @@ class Reader:
         elif not h.recovered:
             self._last_recovered = None
         session = h.session.hex()
+        ident = (h.session, h.seq, h.flags & fmt.FLAG_STREAM)
+        if ident in self._seen_blocks and offset >= 0:
+            start = offset
+            self._damage(
+                source,
+                start,
+                start + h.header_len + h.payload_len,
+                f"{where}: block {h.seq} of session {session} appears twice; the copy is skipped",
+            )
+            return
+        self._seen_blocks.add(ident)
         try:
             raws = (
                 self._stream_records(h, payload, offset, source, where)
@@ -189,18 +203,20 @@ class Reader:
         self, h: fmt.BlockHeader, payload: bytes, offset: int, source: str, where: str
     ) -> Iterator[fmt.RawRecord]:
         bodies, end = fmt.walk_chunks(payload, fmt.chunk_seed(h.session, h.seq))
-        dec = StreamDecompressor(h.compression, fmt.MAX_BLOCK_RAW)
-        pending = b""
+        # One chunk carries one record: bound each chunk's output by the largest record.
+        dec = StreamDecompressor(h.compression, fmt.MAX_BLOCK_RAW, per_feed=_MAX_CHUNK_RAW)
         for index, body in enumerate(bodies):
             data = bytes(body)
             if h.encrypted:
                 data = self._open(h, index, data, where)
-            pending += dec.feed(data, where=where)
-            good = 0
-            for r in fmt.iter_records(pending, where=where):
-                good += fmt.RECORD_HEADER.size + len(r.text)
-                yield r
-            pending = pending[good:]
+            records = list(fmt.iter_records(dec.feed(data, where=where), where=where))
+            if len(records) != 1:
+                raise CorruptionError(
+                    f"{where}: chunk {index} holds {len(records)} records, expected 1"
+                )
+            yield records[0]
+        if h.count and len(bodies) < h.count and end == len(payload):
+            raise CorruptionError(f"{where}: holds {len(bodies)} records, header says {h.count}")
         if end != len(payload):
             start = max(offset, 0) + h.header_len + end
             self._damage(
@@ -209,6 +225,21 @@ class Reader:
                 start + len(payload) - end,
                 f"{where}: chunk at payload offset {end} is damaged",
             )
+
+
+def _is_cache(data: fmt.Buffer) -> bool:
+    """Whether data starting with the cache magic really is a cache (one bit separates
+    the two magics, so a damaged log file must not be taken for a cache)."""
+    try:
+        fmt.parse_cache_header(bytes(data[: fmt.CACHE_HEADER_SIZE]))
+        return True
+    except UnsupportedVersionError:
+        return True
+    except CorruptionError:
+        pass
+    # A damaged cache header: a cache still has block templates at page boundaries.
+    first = data.find(fmt.BLOCK_MAGIC)
+    return first < 0 or first >= fmt.CACHE_HEADER_SIZE
 
 
 def log_files_in(folder: str, prefix: str | None = None) -> list[str]:

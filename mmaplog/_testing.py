@@ -98,7 +98,8 @@ def writer_main(config: dict[str, object], ack_fd: int) -> None:
             if flush_every and n % flush_every == 0:
                 handler.flush()
 
-    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    base = int(config.get("thread_base", 0))  # type: ignore[call-overload]
+    workers = [threading.Thread(target=run, args=(base + t,)) for t in range(threads)]
     for w in workers:
         w.start()
     for w in workers:

@@ -28,7 +28,7 @@ from ._cache import (
 )
 from ._flusher import Flusher, build_block
 from ._logfile import LogFiles
-from .exceptions import ConfigError
+from .exceptions import ConfigError, UnsupportedVersionError
 from .recover import recover_fd
 
 __all__ = ["MmapHandler", "XlogFormatter"]
@@ -136,6 +136,9 @@ class MmapHandler(logging.Handler):
         public_key: str | bytes | None = None,
         file_mode: int = 0o600,
         durable: bool = False,
+        max_file_size: int = 0,
+        max_age_days: int = 10,
+        on_full: str = "block",
     ) -> None:
         super().__init__(level)
         self.log_dir = os.fspath(log_dir)
@@ -158,6 +161,17 @@ class MmapHandler(logging.Handler):
             max_record_size,
             block_timeout,
         )
+        for name, value in (("max_file_size", max_file_size), ("max_age_days", max_age_days)):
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
+        if on_full not in ("block", "drop"):
+            raise ConfigError(f"on_full must be 'block' or 'drop', got {on_full!r}")
+        if not isinstance(file_mode, int) or not 0 <= file_mode <= 0o7777:
+            raise ConfigError(f"file_mode must be a permission mode like 0o600, got {file_mode!r}")
+        self.max_file_size = max_file_size
+        self.max_age_days = max_age_days
+        self.on_full = on_full
+        self._wait = float(block_timeout) if on_full == "block" else 0.0
         self.compression = compression
         self._codec = _COMPRESSIONS[compression]
         self._level_whole = compress_level
@@ -181,9 +195,27 @@ class MmapHandler(logging.Handler):
             raise ConfigError(
                 f"cannot create the log folder {exc.filename}: {exc.strerror}"
             ) from None
-        self._logs = LogFiles(self.log_dir, prefix, file_mode=file_mode, durable=durable)
+        self._logs = self._new_logs()
+        self.remove_old_logs()
         self._start()
         _live.add(self)
+
+    def _new_logs(self) -> LogFiles:
+        return LogFiles(
+            self.log_dir,
+            self.prefix,
+            file_mode=self.file_mode,
+            durable=self.durable,
+            max_file_size=self.max_file_size,
+        )
+
+    def remove_old_logs(self, now: float | None = None) -> list[str]:
+        """Delete this prefix's log files older than ``max_age_days`` (done at start and daily)."""
+        try:
+            return self._logs.remove_old(self.max_age_days, time.time() if now is None else now)
+        except OSError as exc:
+            self._warn(f"mmaplog: removing old logs in {self.log_dir}: {exc}")
+            return []
 
     @staticmethod
     def _validate(
@@ -239,10 +271,15 @@ class MmapHandler(logging.Handler):
         self._seq = 0
         self._pid = os.getpid()
         if self.mode == "sync":
-            self.recovered += self._recover_free_caches(None)
+            self._recover_free_caches(None)
             return
-        path, fd = self._claim_cache()
-        self.recovered += self._recover_free_caches(path)
+        try:
+            path, fd = self._claim_cache()
+        except (OSError, ConfigError) as exc:
+            # No cache file at all: keep logging in memory rather than not at all.
+            self._warn(f"mmaplog: no cache file can be used in {self.cache_dir}: {exc}")
+            path, fd = os.path.join(self.cache_dir, f"{self.prefix}.mmap"), -1
+        self._recover_free_caches(path)
         flusher_box: list[Flusher] = []
         cache = Cache(
             path,
@@ -263,6 +300,7 @@ class MmapHandler(logging.Handler):
             interval=self.flush_interval,
             level=self._level_whole,
             on_error=self._warn,
+            daily=self.remove_old_logs,
         )
         flusher_box.append(flusher)
         self._cache = cache
@@ -282,9 +320,19 @@ class MmapHandler(logging.Handler):
                 continue
             if fd is None:
                 continue
-            report = recover_fd(
-                fd, path, log_dir=None, file_mode=self.file_mode, durable=self.durable
-            )
+            try:
+                report = recover_fd(
+                    fd, path, log_dir=None, file_mode=self.file_mode, durable=self.durable
+                )
+            except UnsupportedVersionError as exc:
+                os.close(fd)
+                self._warn(f"mmaplog: {path}: {exc}; left untouched")
+                continue
+            except OSError as exc:
+                os.close(fd)
+                self._warn(f"mmaplog: recovering {path}: {exc}; left for a later recovery")
+                last_error = exc
+                continue
             self._report_recovery(path, report)
             if report.quarantined:
                 os.close(fd)
@@ -294,9 +342,8 @@ class MmapHandler(logging.Handler):
             return path, fd
         raise ConfigError(f"no usable cache file in {self.cache_dir}: {last_error}")
 
-    def _recover_free_caches(self, own: str | None) -> int:
+    def _recover_free_caches(self, own: str | None) -> None:
         """Recover every other cache of this prefix whose owner is dead."""
-        total = 0
         for name in cache_names(self.prefix):
             path = os.path.join(self.cache_dir, name)
             if path == own or not os.path.isfile(path) or os.path.islink(path):
@@ -311,10 +358,12 @@ class MmapHandler(logging.Handler):
                 report = recover_fd(
                     fd, path, log_dir=None, file_mode=self.file_mode, durable=self.durable
                 )
+            except UnsupportedVersionError as exc:
+                self._warn(f"mmaplog: {path}: {exc}; left untouched")
+                continue
             finally:
                 os.close(fd)
             self._report_recovery(path, report)
-        return total
 
     def _report_recovery(self, path: str, report: Any) -> None:
         self.recovered += report.records
@@ -343,9 +392,7 @@ class MmapHandler(logging.Handler):
             self._cache.abandon()
         self._cache = None
         self._flusher = None
-        self._logs = LogFiles(
-            self.log_dir, self.prefix, file_mode=self.file_mode, durable=self.durable
-        )
+        self._logs = self._new_logs()
         if not self._closed:
             self._start()
 
@@ -386,7 +433,7 @@ class MmapHandler(logging.Handler):
         if cache is None:
             self._write_direct(raw, time_us)
             return
-        status = cache.append(raw, time_us, self.block_timeout)
+        status = cache.append(raw, time_us, self._wait)
         if status == APPENDED:
             if self.durable:
                 cache.msync()

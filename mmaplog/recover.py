@@ -19,7 +19,12 @@ from . import _format as fmt
 from . import _testing
 from ._cache import NSLOTS, open_locked, read_image
 from ._logfile import LogFiles
-from .exceptions import CacheLockedError, CorruptionError, MmapLogError
+from .exceptions import (
+    CacheLockedError,
+    CorruptionError,
+    MmapLogError,
+    UnsupportedVersionError,
+)
 
 __all__ = ["RecoveryReport", "recover"]
 
@@ -53,6 +58,8 @@ def _slots_of(
 ) -> tuple[fmt.CacheInfo | None, list[fmt.SlotContent]]:
     try:
         info = fmt.parse_cache_header(image)
+    except UnsupportedVersionError:
+        raise
     except CorruptionError as exc:
         report.problems.append(str(exc))
         return None, _salvage_slots(image, report)
@@ -164,6 +171,8 @@ def recover_fd(
 ) -> RecoveryReport:
     """Recover an open, locked cache file, then empty its slots (or quarantine it)."""
     image = read_image(fd)
+    if not image.strip(b"\0"):
+        return RecoveryReport()
     report = recover_image(image, path, log_dir=log_dir, file_mode=file_mode, durable=durable)
     if report.problems and image.strip(b"\0"):
         try:

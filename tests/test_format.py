@@ -1,0 +1,784 @@
+"""Properties of the pure byte format in mmaplog._format (records, chunks, headers, cache)."""
+
+from __future__ import annotations
+
+import re
+import struct
+import tracemalloc
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmaplog import _format as fmt
+from mmaplog._codec import StreamDecompressor, decompress_whole
+from mmaplog.exceptions import CorruptionError, MmapLogError, UnsupportedVersionError
+
+from .strategies import (
+    CODECS,
+    I64,
+    Rec,
+    as_tuple,
+    build_log,
+    codecs,
+    decode,
+    forms,
+    new_key,
+    record_lists,
+    records,
+    seqs,
+    sessions,
+    split_records,
+    stream_chunks,
+    template,
+)
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"
+
+u32 = st.integers(0, 2**32 - 1)
+
+
+def raw_header(
+    *,
+    magic: bytes = fmt.BLOCK_MAGIC,
+    version: int = fmt.FORMAT_VERSION,
+    flags: int = fmt.COMP_NONE,
+    header_len: int | None = None,
+    session: bytes = b"S" * 8,
+    seq: int = 1,
+    pid: int = 2,
+    payload_len: int = 0,
+    first: int = 3,
+    last: int = 4,
+    count: int = 0,
+    raw_len: int = 0,
+    payload_crc: int = 0,
+    extension: bytes = b"",
+) -> bytes:
+    """A block header with any field values and a header checksum that holds."""
+    if header_len is None:
+        header_len = fmt.BLOCK_HEADER_SIZE + len(extension)
+    fixed = fmt.BLOCK_HEADER.pack(
+        magic, version, flags, header_len, session, seq, pid, payload_len,
+        first, last, count, raw_len, payload_crc, 0,
+    )  # fmt: skip
+    crc = zlib.crc32(extension, zlib.crc32(fixed[:60]))
+    return fixed[:60] + crc.to_bytes(4, "little") + extension
+
+
+@st.composite
+def block_headers(draw: st.DrawFn) -> fmt.BlockHeader:
+    """Any block header the format accepts."""
+    encrypted = draw(st.booleans())
+    flags = (
+        draw(st.sampled_from(CODECS))
+        | (fmt.FLAG_ENCRYPTED if encrypted else 0)
+        | draw(st.sampled_from([0, fmt.FLAG_STREAM]))
+        | draw(st.sampled_from([0, fmt.FLAG_RECOVERED]))
+    )
+    return fmt.BlockHeader(
+        flags=flags,
+        session=draw(sessions),
+        seq=draw(seqs),
+        pid=draw(u32),
+        payload_len=draw(st.integers(0, fmt.MAX_BLOCK_PAYLOAD)),
+        first_time_us=draw(st.integers(*I64)),
+        last_time_us=draw(st.integers(*I64)),
+        count=draw(u32),
+        raw_len=draw(st.integers(0, fmt.MAX_BLOCK_RAW)),
+        payload_crc=draw(u32),
+        extension=draw(st.binary(min_size=32, max_size=32)) if encrypted else b"",
+    )
+
+
+# -- records -----------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(record_lists)
+def test_record_round_trip(recs: list[Rec]) -> None:
+    """Records packed back to back come out of iter_records unchanged and in order."""
+    raw = b"".join(r.raw for r in recs)
+    got = list(fmt.iter_records(raw))
+    assert [(g.time_us, g.level, g.kind, g.text) for g in got] == [
+        (r.time_us, r.level, r.kind, r.text.encode()) for r in recs
+    ]
+
+
+def test_encode_record_clamps_level_to_a_byte() -> None:
+    """A level outside 0..255 is stored as its low byte rather than failing."""
+    (r,) = fmt.iter_records(fmt.encode_record(0, 0x1FF, fmt.KIND_TEXT, b"x"))
+    assert r.level == 0xFF
+
+
+def test_iter_records_rejects_bad_framing() -> None:
+    """A short header, unknown kind or overlong text is a CorruptionError after the good records."""
+    good = fmt.encode_record(1, 20, fmt.KIND_TEXT, b"ok")
+    cases = [
+        good + fmt.encode_record(2, 20, fmt.KIND_TEXT, b"abc")[:10],
+        good + fmt.encode_record(2, 20, 7, b"abc"),
+        good + fmt.RECORD_HEADER.pack(100, 2, 20, fmt.KIND_TEXT) + b"short",
+        good + fmt.RECORD_HEADER.pack(fmt.MAX_RECORD_TEXT + 1, 2, 20, fmt.KIND_TEXT),
+    ]
+    for raw in cases:
+        seen = []
+        with pytest.raises(CorruptionError) as exc:
+            for r in fmt.iter_records(raw):
+                seen.append(r.text)
+        assert seen == [b"ok"]
+        assert exc.value.offset == len(good)
+
+
+# -- blocks: the same records however they are written -------------------------------------
+
+
+_KEY, _SEALER = new_key()
+
+
+@settings(max_examples=80, deadline=None)
+@given(split_records(), forms, codecs, st.booleans(), sessions)
+def test_same_records_however_split_and_encoded(
+    blocks: list[list[Rec]], form: str, codec: int, encrypted: bool, session: bytes
+) -> None:
+    """Records read back identical whatever the block boundaries, form, codec or encryption."""
+    sealer = _SEALER if encrypted else None
+    data, _spans = build_log(blocks, form=form, codec=codec, session=session, sealer=sealer)
+    got, damages = decode(data, _KEY if encrypted else None)
+    assert damages == []
+    assert [as_tuple(g) for g in got] == [as_tuple(r) for b in blocks for r in b]
+    assert [g.seq for g in got] == [seq for seq, b in enumerate(blocks) for _ in b]
+    assert all(g.session == session.hex() for g in got)
+
+
+@settings(max_examples=30, deadline=None)
+@given(record_lists, codecs)
+def test_stream_and_whole_form_carry_the_same_raw_bytes(recs: list[Rec], codec: int) -> None:
+    """The stream-form chunks of a block decompress to the same raw bytes as its whole form."""
+    raw = b"".join(r.raw for r in recs)
+    (whole,) = (b for b in fmt.scan_blocks(build_log([recs], form="whole", codec=codec)[0]))
+    assert isinstance(whole, fmt.ScannedBlock)
+    assert not whole.header.stream and whole.header.raw_len == len(raw)
+    assert decompress_whole(codec, whole.payload, len(raw), where="t") == raw
+    (stream,) = (b for b in fmt.scan_blocks(build_log([recs], form="stream", codec=codec)[0]))
+    assert isinstance(stream, fmt.ScannedBlock)
+    assert stream.header.stream and stream.header.recovered
+    h = stream.header
+    bodies, end = fmt.walk_chunks(stream.payload, fmt.chunk_seed(h.session, h.seq))
+    assert end == len(stream.payload) and len(bodies) == len(recs) == h.count
+    dec = StreamDecompressor(codec, fmt.MAX_BLOCK_RAW)
+    assert [dec.feed(b, where="t") for b in bodies] == [r.raw for r in recs]
+
+
+# -- block headers ---------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(block_headers())
+def test_header_round_trip(h: fmt.BlockHeader) -> None:
+    """parse_header(pack_header(h)) gives h back, at any offset of a larger buffer."""
+    packed = fmt.pack_header(h)
+    assert len(packed) == h.header_len
+    assert fmt.parse_header(packed) == h
+    assert fmt.parse_header(b"junk" + packed + b"tail", 4) == h
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_every_header_bit_flip_is_detected(encrypted: bool) -> None:
+    """Flipping any single bit of a block header (extension included) makes it a CorruptionError."""
+    ext = bytes(range(32)) if encrypted else b""
+    flags = fmt.COMP_ZSTD | fmt.FLAG_STREAM | (fmt.FLAG_ENCRYPTED if encrypted else 0)
+    good = raw_header(flags=flags, extension=ext, payload_len=10, count=3)
+    fmt.parse_header(good)
+    for bit in range(len(good) * 8):
+        bad = bytearray(good)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(CorruptionError) as exc:
+            fmt.parse_header(bytes(bad))
+        # A flipped version byte is damage, not a newer format.
+        assert type(exc.value) is CorruptionError, bit
+        assert exc.value.offset == 0
+
+
+@pytest.mark.parametrize("version", [0, 2, 255])
+def test_parse_header_rejects_unknown_version(version: int) -> None:
+    """A well-formed header of another format version raises UnsupportedVersionError."""
+    with pytest.raises(UnsupportedVersionError, match=f"version {version}"):
+        fmt.parse_header(raw_header(version=version))
+
+
+@pytest.mark.parametrize("flags", [0x03, 0x20, 0x40, 0x80, 0xE0, 0x08 | 0x03, 0xFF & ~0x04])
+def test_parse_header_rejects_unknown_flags(flags: int) -> None:
+    """Reserved flag bits and compression code 3 make a header corrupt."""
+    with pytest.raises(CorruptionError, match="unknown flags") as exc:
+        fmt.parse_header(raw_header(flags=flags))
+    assert not isinstance(exc.value, UnsupportedVersionError)
+
+
+@pytest.mark.parametrize(
+    ("flags", "header_len", "ext"),
+    [
+        (0, 0, b""),
+        (0, 63, b""),
+        pytest.param(0, 65, b"x", id="plain-ext-1"),
+        pytest.param(0, 64 + 256, bytes(256), id="plain-ext-256"),
+        (0, 96, bytes(32)),  # an extension without the encrypted flag
+        (fmt.FLAG_ENCRYPTED, 64, b""),  # the encrypted flag without a key
+        (fmt.FLAG_ENCRYPTED, 95, bytes(31)),
+        (0, 64 + fmt.MAX_HEADER_EXTENSION + 1, bytes(fmt.MAX_HEADER_EXTENSION + 1)),
+        (0, 0xFFFF, b""),  # runs past the end of the input
+        (fmt.FLAG_ENCRYPTED, 96, b""),  # the extension is missing
+    ],
+)
+def test_parse_header_rejects_bad_header_lengths(flags: int, header_len: int, ext: bytes) -> None:
+    """A header_len under 64, over the limit, past the input or not fitting the flags is corrupt."""
+    with pytest.raises(CorruptionError, match="header length"):
+        fmt.parse_header(raw_header(flags=flags, header_len=header_len, extension=ext))
+
+
+def test_parse_header_needs_64_bytes() -> None:
+    """Every prefix of a header shorter than 64 bytes is rejected, not read past its end."""
+    good = raw_header()
+    for n in range(fmt.BLOCK_HEADER_SIZE):
+        with pytest.raises(CorruptionError, match="header needs 64 bytes"):
+            fmt.parse_header(good[:n])
+
+
+@pytest.mark.parametrize(
+    ("payload_len", "raw_len"),
+    [
+        (fmt.MAX_BLOCK_PAYLOAD + 1, 0),
+        (2**32 - 1, 0),
+        (0, fmt.MAX_BLOCK_RAW + 1),
+        (0, 2**32 - 1),
+    ],
+)
+def test_parse_header_rejects_over_limit_lengths_without_allocating(
+    payload_len: int, raw_len: int
+) -> None:
+    """Lengths over the limits are rejected from the header alone, allocating nothing like them."""
+    data = raw_header(payload_len=payload_len, raw_len=raw_len)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptionError, match="over the limit"):
+            fmt.parse_header(data)
+        items = list(fmt.scan_blocks(data))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024
+    assert len(items) == 1 and isinstance(items[0], fmt.Damage)
+    assert (items[0].start, items[0].end) == (0, len(data))
+
+
+def test_payload_past_the_end_is_a_torn_tail_without_allocating() -> None:
+    """A header whose payload (up to the 64 MiB limit) runs past the data is one torn tail."""
+    data = raw_header(payload_len=fmt.MAX_BLOCK_PAYLOAD) + b"x" * 100
+    tracemalloc.start()
+    try:
+        items = list(fmt.scan_blocks(data))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024
+    (d,) = items
+    assert isinstance(d, fmt.Damage) and (d.start, d.end) == (0, len(data))
+    assert "torn tail" in d.reason
+
+
+# -- chunks -----------------------------------------------------------------------------------
+
+
+def _chunks(recs: list[Rec], codec: int, session: bytes, seq: int) -> tuple[bytes, list[int]]:
+    """The chunks of a block and where each chunk ends."""
+    t = template(0, codec=codec, session=session, seq=seq)
+    payload = stream_chunks(recs, t)
+    ends = []
+    pos = 0
+    while pos < len(payload):
+        (n, _crc) = fmt.CHUNK_HEADER.unpack_from(payload, pos)
+        pos += fmt.CHUNK_HEADER.size + n
+        ends.append(pos)
+    assert pos == len(payload)
+    return payload, ends
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(records, min_size=1, max_size=5), codecs, sessions, seqs)
+def test_walk_chunks_stops_at_a_torn_chunk(
+    recs: list[Rec], codec: int, session: bytes, seq: int
+) -> None:
+    """Cut at any byte, the walk keeps exactly the chunks that are complete."""
+    payload, ends = _chunks(recs, codec, session, seq)
+    seed = fmt.chunk_seed(session, seq)
+    full, _ = fmt.walk_chunks(payload, seed)
+    for cut in range(len(payload) + 1):
+        bodies, end = fmt.walk_chunks(payload[:cut], seed)
+        whole = [e for e in ends if e <= cut]
+        assert len(bodies) == len(whole)
+        assert end == (whole[-1] if whole else 0)
+        # Zeros after the cut (unwritten cache space) never make up a chunk that was
+        # not written; they can only complete a torn chunk whose missing tail was zeros.
+        padded, _ = fmt.walk_chunks(payload[:cut] + bytes(64), seed)
+        assert [bytes(b) for b in padded] == [bytes(b) for b in full[: len(padded)]]
+
+
+@settings(max_examples=30, deadline=None)
+@given(record_lists, codecs, sessions, seqs, st.integers(1, 4096))
+def test_walk_chunks_stops_at_zeros(
+    recs: list[Rec], codec: int, session: bytes, seq: int, zeros: int
+) -> None:
+    """A run of zeros after the chunks ends the walk at the last chunk."""
+    payload, _ = _chunks(recs, codec, session, seq)
+    bodies, end = fmt.walk_chunks(payload + bytes(zeros), fmt.chunk_seed(session, seq))
+    assert (len(bodies), end) == (len(recs), len(payload))
+    assert fmt.walk_chunks(bytes(zeros), 0) == ([], 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(record_lists, record_lists, codecs, sessions, seqs, st.data())
+def test_walk_chunks_stops_at_a_stale_chunk(
+    recs: list[Rec], old: list[Rec], codec: int, session: bytes, seq: int, data: st.DataObject
+) -> None:
+    """Intact chunks left by a block of another (session, seq) are not taken as this block's."""
+    other_session, other_seq = data.draw(
+        st.tuples(sessions, seqs).filter(lambda t: t != (session, seq)), label="stale"
+    )
+    fresh, _ = _chunks(recs, codec, session, seq)
+    stale, _ = _chunks(old, codec, other_session, other_seq)
+    seed = fmt.chunk_seed(session, seq)
+    if fmt.chunk_seed(other_session, other_seq) == seed:
+        return  # a 2**-32 seed collision: nothing the format can do
+    bodies, end = fmt.walk_chunks(fresh + stale, seed)
+    assert (len(bodies), end) == (len(recs), len(fresh))
+    assert fmt.walk_chunks(stale, seed) == ([], 0)
+
+
+def test_walk_chunks_stops_at_a_damaged_chunk() -> None:
+    """A bit flip in a chunk body or header ends the walk before that chunk."""
+    recs = [Rec(i, 20, 0, f"record {i}") for i in range(3)]
+    payload, ends = _chunks(recs, fmt.COMP_ZLIB, b"s" * 8, 5)
+    seed = fmt.chunk_seed(b"s" * 8, 5)
+    starts = [0, *ends[:-1]]
+    for i in range(len(payload)):
+        bad = bytearray(payload)
+        bad[i] ^= 0x10
+        which = max(k for k, s in enumerate(starts) if s <= i)
+        bodies, end = fmt.walk_chunks(bytes(bad), seed)
+        assert (len(bodies), end) == (which, starts[which]), i
+
+
+# -- cache header ------------------------------------------------------------------------------
+
+cache_strings = (
+    st.text(max_size=60)
+    .map(lambda s: s.encode("utf-8", "surrogatepass"))
+    .map(lambda b: b.decode("utf-8", "surrogateescape"))
+)
+
+
+@st.composite
+def cache_infos(draw: st.DrawFn) -> fmt.CacheInfo:
+    """Any cache header the format accepts."""
+    return fmt.CacheInfo(
+        version=fmt.FORMAT_VERSION,
+        nslots=draw(st.integers(1, fmt.MAX_SLOTS)),
+        header_size=fmt.CACHE_HEADER_SIZE,
+        slot_size=draw(st.integers(1024, 2**32 - 1)),
+        created_us=draw(st.integers(*I64)),
+        pid=draw(u32),
+        log_dir=draw(st.one_of(cache_strings, st.just("/var/log/é/" + "d" * 2000))),
+        prefix=draw(cache_strings),
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(cache_infos())
+def test_cache_header_round_trip(info: fmt.CacheInfo) -> None:
+    """parse_cache_header(pack_cache_header(info)) gives info back in one 4096-byte page."""
+    page = fmt.pack_cache_header(info)
+    assert len(page) == fmt.CACHE_HEADER_SIZE
+    assert fmt.parse_cache_header(page) == info
+
+
+def test_cache_header_refuses_strings_too_long_to_fit() -> None:
+    """Packing a log_dir and prefix over the page raises ValueError instead of truncating."""
+    info = fmt.CacheInfo(1, 2, 4096, 8192, 0, 0, "d" * 4000, "p" * 61)
+    with pytest.raises(ValueError, match="too long"):
+        fmt.pack_cache_header(info)
+
+
+_INFO = fmt.CacheInfo(1, 2, fmt.CACHE_HEADER_SIZE, 8192, 1_700_000_000_000_000, 77, "/logs", "app")
+
+
+def test_every_cache_header_bit_flip_is_detected() -> None:
+    """Flipping any bit of a cache header's fixed fields or strings raises CorruptionError."""
+    page = fmt.pack_cache_header(_INFO)
+    checked = fmt.CACHE_HEADER.size + len("/logs") + len("app")
+    for bit in range(checked * 8):
+        bad = bytearray(page)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(CorruptionError) as exc:
+            fmt.parse_cache_header(bytes(bad))
+        assert type(exc.value) is CorruptionError, bit
+
+
+def _cache_page(**fields: int | bytes) -> bytes:
+    """A cache header page with chosen raw fields and a checksum that holds."""
+    values = {
+        "magic": fmt.CACHE_MAGIC,
+        "version": 1,
+        "nslots": 2,
+        "reserved": 0,
+        "header_size": fmt.CACHE_HEADER_SIZE,
+        "slot_size": 8192,
+        "created": 0,
+        "pid": 1,
+        "dlen": 0,
+        "plen": 0,
+    }
+    values.update(fields)
+    fixed = fmt.CACHE_HEADER.pack(*values.values(), 0)
+    crc = zlib.crc32(fixed[:32])
+    page = fixed[:32] + crc.to_bytes(4, "little")
+    return page + bytes(fmt.CACHE_HEADER_SIZE - len(page))
+
+
+def test_cache_header_rejects_damage() -> None:
+    """Truncation, a bad magic or version, bad geometry and huge string lengths are typed errors."""
+    fmt.parse_cache_header(_cache_page())
+    page = fmt.pack_cache_header(_INFO)
+    for n in range(fmt.CACHE_HEADER.size):
+        with pytest.raises(CorruptionError):
+            fmt.parse_cache_header(page[:n])
+    with pytest.raises(CorruptionError):  # the strings are cut off: checksum fails
+        fmt.parse_cache_header(page[: fmt.CACHE_HEADER.size + 2])
+    with pytest.raises(UnsupportedVersionError):
+        fmt.parse_cache_header(_cache_page(version=2))
+    for bad in (
+        {"magic": b"MMLB"},
+        {"nslots": 0},
+        {"nslots": fmt.MAX_SLOTS + 1},
+        {"header_size": 8192},
+        {"slot_size": 1023},
+        {"dlen": 0xFFFF},
+        {"dlen": 2030, "plen": 2031},
+    ):
+        with pytest.raises(CorruptionError) as exc:
+            fmt.parse_cache_header(_cache_page(**bad))
+        assert type(exc.value) is CorruptionError, bad
+
+
+# -- cache slots -------------------------------------------------------------------------------
+
+_SLOT_INFO = fmt.CacheInfo(1, 2, fmt.CACHE_HEADER_SIZE, 4096, 0, 0, "", "")
+_SESSION = b"cachesss"
+
+
+def _slot_image(
+    slot: int,
+    recs: list[Rec],
+    *,
+    commit: tuple[int, int, int] | None,
+    seq: int = 3,
+    tail: bytes = b"",
+    encrypted: bool = False,
+) -> tuple[bytearray, bytes, fmt.BlockHeader]:
+    """A two-slot cache image with ``recs`` written into ``slot``, as the writer does."""
+    sealer = _SEALER if encrypted else None
+    t = template(
+        recs[0].time_us if recs else 0, codec=fmt.COMP_ZSTD, session=_SESSION, seq=seq,
+        sealer=sealer,
+    )  # fmt: skip
+    chunks = stream_chunks(recs, t, sealer=sealer)
+    image = bytearray(fmt.pack_cache_header(_SLOT_INFO) + bytes(2 * _SLOT_INFO.slot_size))
+    base = _SLOT_INFO.header_size + slot * _SLOT_INFO.slot_size
+    body = fmt.pack_header(t) + chunks + tail
+    image[base + fmt.SLOT_BLOCK_OFFSET : base + fmt.SLOT_BLOCK_OFFSET + len(body)] = body
+    if commit is not None:
+        fmt.COMMIT.pack_into(image, base, *commit)
+    return image, chunks, t
+
+
+def test_read_slot_of_an_empty_cache() -> None:
+    """Zeroed slots, and a slot whose template magic was cleared, read as empty."""
+    image = bytearray(fmt.pack_cache_header(_SLOT_INFO) + bytes(2 * 4096))
+    assert fmt.read_slot(image, _SLOT_INFO, 0) is None
+    assert fmt.read_slot(image, _SLOT_INFO, 1) is None
+    recs = [Rec(10, 20, 0, "a")]
+    image, _, _ = _slot_image(1, recs, commit=(1, 1, 10))
+    base = 4096 + 4096 + fmt.SLOT_BLOCK_OFFSET
+    image[base : base + 4] = bytes(4)  # the first store of a release
+    assert fmt.read_slot(image, _SLOT_INFO, 1) is None
+    # A slot cut off by the end of the image is empty, not an error.
+    assert fmt.read_slot(image[: 4096 + 4096 + 40], _SLOT_INFO, 1) is None
+
+
+_RECS = [Rec(1_000 + i, 20, fmt.KIND_TEXT, f"slot record {i} " + "z" * i) for i in range(4)]
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+@pytest.mark.parametrize(
+    ("written", "commit_count", "case"),
+    [
+        (4, 4, "committed"),
+        (4, 0, "commit never stored"),
+        (4, 2, "commit behind"),
+        (3, 4, "commit ahead of a torn chunk"),
+    ],
+)
+def test_read_slot_the_chunks_decide(
+    written: int, commit_count: int, case: str, encrypted: bool
+) -> None:
+    """Whatever the commit word says, the slot holds exactly the chunks whose checksums hold."""
+    recs = _RECS[:written]
+    _, chunks, t = _slot_image(0, recs, commit=None, encrypted=encrypted)
+    # Whatever was written of the next chunk when the writer died: half of it.
+    full_chunks = stream_chunks(_RECS, t, sealer=_SEALER if encrypted else None)
+    torn = full_chunks[len(chunks) : len(chunks) + (len(full_chunks) - len(chunks)) // 2]
+    image, _, _ = _slot_image(
+        0, recs, commit=(len(chunks), commit_count, 2_000), tail=torn, encrypted=encrypted
+    )
+    content = fmt.read_slot(image, _SLOT_INFO, 0)
+    assert content is not None, case
+    assert content.template == t
+    assert content.payload == chunks
+    assert content.count == written
+    assert content.committed_len == len(chunks)
+    if commit_count == written:
+        assert content.last_time_us == 2_000
+    else:
+        assert content.last_time_us == t.first_time_us
+    got, damages = decode(bytes(image), _KEY if encrypted else None)
+    assert damages == []
+    assert [as_tuple(g) for g in got] == [as_tuple(r) for r in recs]
+    assert all(g.seq == 3 for g in got)
+
+
+def test_read_slot_ignores_stale_chunks_of_an_older_block() -> None:
+    """Chunks of a previous block left after the current chunks are not read as this block's."""
+    old, _, _ = _slot_image(0, _RECS, commit=(0, 4, 0), seq=2)
+    new, chunks, _ = _slot_image(0, _RECS[:1], commit=None, seq=3)
+    base = 4096 + fmt.SLOT_BLOCK_OFFSET
+    end = base + fmt.BLOCK_HEADER_SIZE + len(chunks)
+    old[base:end] = new[base:end]  # the new block overwrote the start of the old one
+    content = fmt.read_slot(old, _SLOT_INFO, 0)
+    assert content is not None
+    assert (content.count, content.payload) == (1, chunks)
+
+
+def test_read_slot_rejects_a_damaged_template() -> None:
+    """A slot whose template header fails its checks raises CorruptionError naming the slot."""
+    image, _, _ = _slot_image(1, _RECS, commit=(0, 4, 0))
+    image[4096 + 4096 + fmt.SLOT_BLOCK_OFFSET + 20] ^= 1
+    with pytest.raises(CorruptionError, match="cache slot 1") as exc:
+        fmt.read_slot(image, _SLOT_INFO, 1)
+    assert exc.value.offset == 4096 + 4096 + fmt.SLOT_BLOCK_OFFSET
+    assert fmt.read_slot(image, _SLOT_INFO, 0) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(records, min_size=1, max_size=6), st.data())
+def test_read_slot_keeps_the_complete_chunks(recs: list[Rec], data: st.DataObject) -> None:
+    """A slot cut anywhere inside chunk k reads back exactly the records before k."""
+    image, chunks, _ = _slot_image(0, recs, commit=(0, 0, 0))
+    if len(chunks) + fmt.SLOT_BLOCK_OFFSET + 64 > 4096:
+        return  # does not fit in the slot
+    _, ends = _chunks(recs, fmt.COMP_ZSTD, _SESSION, 3)
+    cut = data.draw(st.integers(0, len(chunks)), label="cut")
+    base = 4096 + fmt.SLOT_BLOCK_OFFSET + fmt.BLOCK_HEADER_SIZE
+    image[base + cut : base + len(chunks)] = bytes(len(chunks) - cut)
+    content = fmt.read_slot(image, _SLOT_INFO, 0)
+    assert content is not None
+    kept = [e for e in ends if e <= cut]
+    assert content.count == len(kept)
+    got, _ = decode(bytes(image))
+    assert [as_tuple(g) for g in got] == [as_tuple(r) for r in recs[: len(kept)]]
+
+
+# -- the spec: docs/format.md tables against the struct constants ---------------------------------
+
+_ROW = re.compile(r"^\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*([\w\[\]]+)\s*\|\s*(\w+)\s*\|\s*$")
+_CODES = {"B": "u8", "H": "u16", "I": "u32", "Q": "u64", "q": "i64"}
+_TABLES = {
+    "Record header": fmt.RECORD_HEADER,
+    "Chunk header": fmt.CHUNK_HEADER,
+    "Block header": fmt.BLOCK_HEADER,
+    "Cache header": fmt.CACHE_HEADER,
+    "Slot": fmt.COMMIT,
+}
+
+
+def _doc_tables() -> dict[str, list[tuple[int, int, str, str]]]:
+    """The offset/size/type/field tables of docs/format.md, by the heading above each."""
+    tables: dict[str, list[tuple[int, int, str, str]]] = {}
+    heading = ""
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+            continue
+        m = _ROW.match(line)
+        if m:
+            tables.setdefault(heading, []).append(
+                (int(m.group(1)), int(m.group(2)), m.group(3), m.group(4))
+            )
+    return tables
+
+
+def _struct_types(s: struct.Struct) -> list[str]:
+    """The documented type names of a struct's fields, in order."""
+    out = []
+    for count, code in re.findall(r"(\d*)([a-zA-Z])", s.format.lstrip("<")):
+        if code == "s":
+            out.append(f"bytes[{count}]")
+        else:
+            out.extend([_CODES[code]] * int(count or 1))
+    return out
+
+
+def _field(data: bytes, offset: int, size: int, typ: str) -> int | bytes:
+    """Read one documented field from encoder output."""
+    raw = data[offset : offset + size]
+    if typ.startswith("bytes"):
+        return raw
+    return int.from_bytes(raw, "little", signed=typ.startswith("i"))
+
+
+def _encoded_samples() -> dict[str, tuple[bytes, dict[str, int | bytes]]]:
+    """Output of the real encoders, with the value each documented field must hold."""
+    ext = bytes(range(100, 132))
+    h = fmt.BlockHeader(
+        flags=fmt.COMP_ZLIB | fmt.FLAG_ENCRYPTED | fmt.FLAG_STREAM,
+        session=b"SESSION!",
+        seq=0x0102030405060708,
+        pid=4321,
+        payload_len=5555,
+        first_time_us=-7,
+        last_time_us=99_999,
+        count=12,
+        raw_len=6666,
+        payload_crc=0xDEADBEEF,
+        extension=ext,
+    )
+    block = fmt.pack_header(h)
+    info = fmt.CacheInfo(1, 3, 4096, 12288, -5, 31337, "/var/log", "myapp")
+    page = fmt.pack_cache_header(info)
+    slot = bytearray(
+        fmt.pack_cache_header(_SLOT_INFO) + bytes(2 * 4096)
+    )  # commit area placed by the doc's offsets below
+    t = template(50, codec=fmt.COMP_NONE, session=_SESSION, seq=3)
+    chunks = stream_chunks([Rec(50, 1, 0, "a"), Rec(60, 1, 0, "b")], t)
+    hdr = fmt.pack_header(t)
+    at = 4096 + fmt.SLOT_BLOCK_OFFSET
+    slot[at : at + len(hdr) + len(chunks)] = hdr + chunks
+    return {
+        "Record header": (
+            fmt.encode_record(-123_456_789, 42, fmt.KIND_NOTE, b"hello"),
+            {"text_len": 5, "time_us": -123_456_789, "level": 42, "kind": fmt.KIND_NOTE},
+        ),
+        "Chunk header": (
+            fmt.encode_chunk(b"body!", 99),
+            {"body_len": 5, "body_crc": zlib.crc32(b"body!", 99)},
+        ),
+        "Block header": (
+            block,
+            {
+                "magic": b"MMLB",
+                "version": 1,
+                "flags": h.flags,
+                "header_len": 96,
+                "session": b"SESSION!",
+                "seq": h.seq,
+                "pid": 4321,
+                "payload_len": 5555,
+                "first_time_us": -7,
+                "last_time_us": 99_999,
+                "count": 12,
+                "raw_len": 6666,
+                "payload_crc": 0xDEADBEEF,
+                "header_crc": zlib.crc32(block[:60] + ext),
+            },
+        ),
+        "Cache header": (
+            page,
+            {
+                "magic": b"MMLC",
+                "version": 1,
+                "nslots": 3,
+                "reserved": 0,
+                "header_size": 4096,
+                "slot_size": 12288,
+                "created_us": -5,
+                "pid": 31337,
+                "log_dir_len": 8,
+                "prefix_len": 5,
+                "header_crc": zlib.crc32(page[:32] + b"/var/logmyapp"),
+            },
+        ),
+        "Slot": (bytes(slot), {"payload_len": len(chunks), "count": 2, "last_time_us": 60}),
+    }
+
+
+def test_layout_tables_match_the_struct_constants() -> None:
+    """docs/format.md's offset/size/type tables match the struct constants, field by field."""
+    tables = _doc_tables()
+    assert set(_TABLES) <= set(tables), set(tables)
+    for name, s in _TABLES.items():
+        rows = tables[name]
+        offsets = [r[0] for r in rows]
+        sizes = [r[1] for r in rows]
+        assert offsets == [sum(sizes[:i]) for i in range(len(rows))], name
+        assert sum(sizes) == s.size, name
+        assert [r[2] for r in rows] == _struct_types(s), name
+        for _o, size, typ, _f in rows:
+            if not typ.startswith("bytes"):
+                assert size == int(typ[1:]) // 8, (name, typ)
+    assert fmt.BLOCK_HEADER_SIZE == fmt.BLOCK_HEADER.size == 64
+    assert fmt.COMMIT.size == fmt.SLOT_BLOCK_OFFSET
+
+
+def test_layout_tables_match_the_encoders() -> None:
+    """Each documented field sits where the real encoders put it, in the documented order."""
+    tables = _doc_tables()
+    for name, (data, expected) in _encoded_samples().items():
+        rows = tables[name]
+        assert [r[3] for r in rows] == list(expected), name
+        if name == "Slot":
+            # Write the commit area by the doc's layout; read_slot must see it.
+            image = bytearray(data)
+            for offset, size, typ, field in rows:
+                v = expected[field]
+                assert isinstance(v, int)
+                image[4096 + offset : 4096 + offset + size] = v.to_bytes(
+                    size, "little", signed=typ.startswith("i")
+                )
+            content = fmt.read_slot(image, _SLOT_INFO, 0)
+            assert content is not None
+            assert (content.committed_len, content.count, content.last_time_us) == tuple(
+                expected.values()
+            )
+            continue
+        for offset, size, typ, field in rows:
+            assert _field(data, offset, size, typ) == expected[field], (name, field)
+
+
+def test_format_errors_are_mmaplog_value_errors() -> None:
+    """Format errors derive from both MmapLogError and ValueError and carry the offset."""
+    with pytest.raises(CorruptionError) as exc:
+        fmt.parse_header(b"\0" * 10 + raw_header(magic=b"XXXX"), 10)
+    assert isinstance(exc.value, MmapLogError) and isinstance(exc.value, ValueError)
+    assert exc.value.offset == 10
+    assert "bad magic" in str(exc.value)
+
+
+def test_header_checksum_covers_the_extension() -> None:
+    """Changing the ephemeral key of an encrypted header breaks its checksum."""
+    h = fmt.BlockHeader(fmt.FLAG_ENCRYPTED, b"s" * 8, 0, 0, 0, 0, 0, 0, 0, 0, bytes(32))
+    packed = bytearray(fmt.pack_header(h))
+    assert fmt.parse_header(bytes(packed)) == h
+    packed[-1] ^= 0x80
+    with pytest.raises(CorruptionError, match="header checksum"):
+        fmt.parse_header(bytes(packed))
+    assert replace(h, extension=b"").header_len == 64
