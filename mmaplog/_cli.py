@@ -142,6 +142,10 @@ def _is_log(data: bytes) -> bool:
     """Whether ``data`` is empty, starts like a log or cache, or holds any intact block."""
     if not data or data[:4] in (fmt.BLOCK_MAGIC, fmt.CACHE_MAGIC):
         return True
+    from ._xlog import looks_like_xlog
+
+    if looks_like_xlog(data):
+        return True
     return any(isinstance(item, fmt.ScannedBlock) for item in fmt.scan_blocks(data))
 
 

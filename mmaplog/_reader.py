@@ -7,6 +7,7 @@ every skipped byte range is reported to ``on_damage``.
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import mmap
 import os
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import _format as fmt
 from ._codec import StreamDecompressor, decompress_whole
 from .exceptions import (
+    ConfigError,
     CorruptionError,
     DecryptionError,
     KeyMismatchError,
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 WHOLE_BLOCK_INDEX = 0xFFFFFFFF
 _MAX_CHUNK_RAW = fmt.MAX_RECORD_TEXT + fmt.RECORD_HEADER.size
-_LOG_NAME = re.compile(r"^(?P<prefix>.+)_(?P<day>\d{8})(?:_(?P<part>\d+))?\.mmlog$")
+_LOG_NAME = re.compile(r"^(?P<prefix>.+)_(?P<day>\d{8})(?:_(?P<part>\d+))?\.(?:mmlog|xlog)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +78,9 @@ class Reader:
         markers: bool = False,
     ) -> None:
         self._opener: Opener | None = None
+        self._xlog_key: Any = None
         if private_key is not None:
-            from ._crypto import Opener, load_private_key
-
-            key = private_key
-            if isinstance(key, (str, bytes)):
-                key = load_private_key(key)
-            self._opener = Opener(key)
+            self._load_key(private_key)
         self._on_damage = on_damage
         self.markers = markers
         self.damaged = False
@@ -90,6 +88,25 @@ class Reader:
         self._opened_sessions: set[bytes] = set()
         self._last_recovered: tuple[str, bytes] | None = None
         self._seen_blocks: set[tuple[bytes, int, int]] = set()
+
+    def _load_key(self, key: Any) -> None:
+        from ._crypto import Opener, load_private_key
+        from ._xlog import XlogPrivateKey, load_xlog_private_key
+
+        if isinstance(key, XlogPrivateKey):
+            self._xlog_key = key
+            return
+        if not isinstance(key, (str, bytes)):
+            self._opener = Opener(key)
+            return
+        try:
+            self._opener = Opener(load_private_key(key))
+        except ConfigError as exc:
+            # Not an X25519 key: perhaps xlog's secp256k1 key (64 hex digits or PEM).
+            try:
+                self._xlog_key = load_xlog_private_key(key)
+            except ConfigError:
+                raise exc from None
 
     # -- reporting -----------------------------------------------------------------
 
@@ -105,11 +122,28 @@ class Reader:
         if data[:4] == fmt.CACHE_MAGIC and _is_cache(data):
             yield from self._iter_cache(bytes(data), source)
             return
+        if data[:4] != fmt.BLOCK_MAGIC and data[:1] in _XLOG_MAGICS:
+            from . import _xlog
+
+            if _xlog.looks_like_xlog(_view(data)):
+                yield from self._iter_xlog(data, source)
+                return
         for item in fmt.scan_blocks(data):
             if isinstance(item, fmt.Damage):
                 self._damage(source, item.start, item.end, item.reason)
                 continue
             yield from self.iter_block(item.header, item.payload, item.offset, source)
+
+    def _iter_xlog(self, data: fmt.Buffer, source: str) -> Iterator[Record | Marker]:
+        """Lines of a Mars xlog file (``.xlog``) or cache (``.mmap3``)."""
+        from . import _xlog
+
+        def damaged(d: _xlog.XlogDamage) -> None:
+            self._damage(source, d.start, d.end, d.reason)
+
+        for line in _xlog.iter_lines(_view(data), self._xlog_key, damaged):
+            when, level = _xlog_time_level(line)
+            yield Record(time=when, level=level, text=line, source=source)
 
     def _iter_cache(self, image: bytes, source: str) -> Iterator[Record | Marker]:
         from .recover import RecoveryReport, _slots_of
@@ -225,6 +259,32 @@ class Reader:
                 start + len(payload) - end,
                 f"{where}: chunk at payload offset {end} is damaged",
             )
+
+
+_XLOG_MAGICS = {bytes([m]) for m in range(0x03, 0x0E)}
+_XLOG_LEVELS = {"V": 5, "D": 10, "I": 20, "W": 30, "E": 40, "F": 50}
+_XLOG_STAMP = re.compile(
+    r"^\[([VDIWEF])\]\[(\d{4})-(\d\d)-(\d\d) ([+-]?\d+(?:\.\d+)?) "
+    r"(\d\d):(\d\d):(\d\d)\.(\d{3})\]"
+)
+
+
+def _xlog_time_level(line: str) -> tuple[float, int]:
+    """The time and level of an xlog line (``[I][2026-11-23 +8.0 12:00:00.123]...``)."""
+    m = _XLOG_STAMP.match(line)
+    if m is None:
+        return 0.0, 0
+    try:
+        tz = _dt.timezone(_dt.timedelta(hours=float(m.group(5))))
+        y, mo, d, h, mi, s, ms = (int(m.group(i)) for i in (2, 3, 4, 6, 7, 8, 9))
+        when = _dt.datetime(y, mo, d, h, mi, s, ms * 1000, tzinfo=tz).timestamp()
+    except (ValueError, OverflowError):
+        return 0.0, _XLOG_LEVELS[m.group(1)]
+    return when, _XLOG_LEVELS[m.group(1)]
+
+
+def _view(data: fmt.Buffer) -> bytes | memoryview:
+    return data if isinstance(data, bytes) else memoryview(data)
 
 
 def _is_cache(data: fmt.Buffer) -> bool:

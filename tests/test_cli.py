@@ -215,3 +215,27 @@ def test_bad_usage_exits_2():
     """An unknown command is a usage error with exit status 2."""
     res = run("-m", "mmaplog", "frobnicate")
     assert res.returncode == 2
+
+
+def test_decode_reads_mars_xlog_files(tmp_path):
+    """decode reads a Mars xlog file, encrypted with xlog's scheme, given the secp256k1 key."""
+    from mmaplog import _xlog
+
+    private, public = _xlog.generate_xlog_keypair()
+    writer = _xlog.XlogBlockWriter(mode="async", compression="zstd", public_key_hex=public)
+    lines = [
+        b"[I][2026-11-23 +8.0 12:00:00.123][1, 2*][tag][f.c:1, fn][hello\n",
+        b"[E][2026-11-23 +8.0 12:00:01.000][1, 2*][tag][f.c:2, fn][bad\n",
+    ]
+    path = tmp_path / "app_20261123.xlog"
+    path.write_bytes(writer.encode_block(lines, 1, 12, 12))
+    key = tmp_path / "xlog.key"
+    key.write_text(private)
+    res = run("-m", "mmaplog", "decode", "--key", str(key), str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [line.decode().rstrip("\n") for line in lines]
+    recs = list(mmaplog.read_records(str(path), key=private))
+    assert [r.level for r in recs] == [logging.INFO, logging.ERROR]
+    assert recs[0].time == 1795406400.123
+    no_key = run("-m", "mmaplog", "decode", str(path))
+    assert no_key.returncode == 2 and "private key is needed" in no_key.stderr
