@@ -76,10 +76,26 @@ def writer_main(config: dict[str, object], ack_fd: int) -> None:
         crash_at(step, int(nth))
     options = dict(config.get("handler", {}))  # type: ignore[call-overload]
     handler = MmapHandler(str(config["log_dir"]), str(config.get("prefix", "app")), **options)
-    logger = logging.getLogger("crash")
-    logger.propagate = False
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
+    logger: Any
+    if config.get("via") == "structlog":
+        import structlog
+
+        from .structlog import MmapLoggerFactory
+
+        def render(_logger: object, _name: str, event_dict: dict[str, Any]) -> str:
+            return str(event_dict["event"])
+
+        structlog.configure(
+            processors=[render],
+            logger_factory=MmapLoggerFactory(handler),
+            cache_logger_on_first_use=True,
+        )
+        logger = structlog.get_logger()
+    else:
+        logger = logging.getLogger("crash")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
     count = int(config.get("count", 0))  # type: ignore[call-overload]
     sizes: Any = config.get("sizes", (20, 200))
     lo, hi = int(sizes[0]), int(sizes[1])
