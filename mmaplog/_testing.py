@@ -18,6 +18,7 @@ import signal
 import struct
 import sys
 import threading
+from collections.abc import MutableMapping
 from typing import Any
 
 STEPS = (
@@ -82,7 +83,7 @@ def writer_main(config: dict[str, object], ack_fd: int) -> None:
 
         from .structlog import MmapLoggerFactory
 
-        def render(_logger: object, _name: str, event_dict: dict[str, Any]) -> str:
+        def render(_logger: object, _name: str, event_dict: MutableMapping[str, Any]) -> str:
             return str(event_dict["event"])
 
         structlog.configure(

@@ -1,4 +1,4 @@
-"""Standard logging configuration: dictConfig and fileConfig build MmapHandlers with every option."""
+"""Standard logging configuration: dictConfig and fileConfig build MmapHandlers with any option."""
 
 from __future__ import annotations
 
