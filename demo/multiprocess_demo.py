@@ -58,9 +58,10 @@ def main() -> int:
             n = sum(len(v) for t, v in results[i][0].items())
             print(f"process {i}: {fate}, {n} records acknowledged")
         counts = _testing.check_exactly_once(texts, acked)
+        pids = {r.pid for r in mmaplog.read_records(log_dir)}
         print(
             f"all {counts['acknowledged']} acknowledged records are in the log exactly once "
-            f"({len(texts)} records decoded, from {len({r.pid for r in mmaplog.read_records(log_dir)})} pids)"
+            f"({len(texts)} records decoded, from {len(pids)} pids)"
         )
         return 0
     except AssertionError as exc:
