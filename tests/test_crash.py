@@ -18,6 +18,14 @@ import mmaplog
 from mmaplog import _testing
 
 SEED = int(os.environ.get("MMAPLOG_CRASH_SEED", "20261125"))
+# Every crash test runs with and without encryption: the key changes what is in the
+# cache, never what survives.
+_PRIVATE, _PUBLIC = mmaplog.generate_keypair()
+ENCRYPTION = pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+
+
+def keyed(handler: dict[str, object], encrypted: bool) -> dict[str, object]:
+    return {**handler, "public_key": _PUBLIC} if encrypted else handler
 
 
 def decoded(log_dir: str, key: str | None = None) -> list[str]:
@@ -31,12 +39,13 @@ def kill_and_check(
     handler: dict[str, object] | None = None,
     threads: int = 1,
     sizes: tuple[int, int] = (1, 4096),
-    key: str | None = None,
+    encrypted: bool = False,
     recover_with_handler: bool = False,
 ) -> dict[str, int]:
+    key = _PRIVATE if encrypted else None
     config = {
         "log_dir": log_dir,
-        "handler": {"buffer_size": 64 * 1024, **(handler or {})},
+        "handler": keyed({"buffer_size": 64 * 1024, **(handler or {})}, encrypted),
         "threads": threads,
         "sizes": list(sizes),
     }
@@ -56,72 +65,77 @@ def kill_and_check(
 
 
 _rng = random.Random(SEED)
-RANDOM_DELAYS = [round(_rng.uniform(0.25, 1.5), 3) for _ in range(12)]
+RANDOM_DELAYS = [round(_rng.uniform(0.25, 1.5), 3) for _ in range(10)]
 
 
+@ENCRYPTION
 @pytest.mark.parametrize("delay", RANDOM_DELAYS)
-def test_random_kill_loses_nothing(tmp_path, delay):
+def test_random_kill_loses_nothing(tmp_path, delay, encrypted):
     """A writer killed at a random moment loses no acknowledged record and duplicates none."""
-    kill_and_check(str(tmp_path), delay=delay)
+    kill_and_check(str(tmp_path), delay=delay, encrypted=encrypted)
 
 
+@ENCRYPTION
 @pytest.mark.parametrize("delay", [0.4, 0.7, 1.0, 1.3])
-def test_kill_with_threads_and_a_busy_flusher(tmp_path, delay):
+def test_kill_with_threads_and_a_busy_flusher(tmp_path, delay, encrypted):
     """Four threads on a 16 KiB cache with a flusher always moving: a kill loses nothing."""
     kill_and_check(
         str(tmp_path),
         delay=delay,
+        encrypted=encrypted,
         handler={"buffer_size": 16 * 1024, "flush_interval": 0.001},
         threads=4,
         sizes=(1, 600),
     )
 
 
+@ENCRYPTION
 @pytest.mark.parametrize("compression", ["zlib", None])
-def test_kill_with_other_compressions(tmp_path, compression):
+def test_kill_with_other_compressions(tmp_path, compression, encrypted):
     """zlib and uncompressed caches are recovered as completely as zstd ones."""
-    kill_and_check(str(tmp_path), delay=0.6, handler={"compression": compression})
+    kill_and_check(
+        str(tmp_path), delay=0.6, handler={"compression": compression}, encrypted=encrypted
+    )
 
 
-def test_kill_then_restart_recovers_at_start_up(tmp_path):
+@ENCRYPTION
+def test_kill_then_restart_recovers_at_start_up(tmp_path, encrypted):
     """Opening a new handler on the same folder recovers what the killed process left."""
-    kill_and_check(str(tmp_path), delay=0.8, recover_with_handler=True)
+    kill_and_check(str(tmp_path), delay=0.8, recover_with_handler=True, encrypted=encrypted)
 
 
-def test_kill_with_encryption_loses_nothing(tmp_path):
-    """With encryption on, a kill -9 loses nothing and recovery needs no key."""
-    private, public = mmaplog.generate_keypair()
-    kill_and_check(str(tmp_path), delay=0.8, handler={"public_key": public}, key=private)
-
-
+@ENCRYPTION
 @pytest.mark.parametrize("step", ["after_append", "mid_release", "after_release"])
 @pytest.mark.parametrize("nth", [1, 3])
-def test_kill_at_each_step_of_a_block_move(tmp_path, step, nth):
+def test_kill_at_each_step_of_a_block_move(tmp_path, step, nth, encrypted):
     """A kill at each step of a block move (written, being freed, freed) loses nothing."""
     log_dir = str(tmp_path)
+    key = _PRIVATE if encrypted else None
     config = {
         "log_dir": log_dir,
-        "handler": {"buffer_size": 16 * 1024},
+        "handler": keyed({"buffer_size": 16 * 1024}, encrypted),
         "sizes": [1, 300],
         "crash_at": {step: nth},
     }
     acked, status = _testing.run_writer(config, kill_after=30.0)
     assert status == -9
     mmaplog.recover(log_dir)
-    _testing.check_exactly_once(decoded(log_dir), acked)
+    _testing.check_exactly_once(decoded(log_dir, key), acked)
     # Keep logging after the crash, then check again: the second session adds its own.
     acked2, status2 = _testing.run_writer({**config, "crash_at": {}, "count": 300}, kill_after=None)
     assert status2 == 0
-    texts = decoded(log_dir)
+    texts = decoded(log_dir, key)
     first = [t for t in texts[: len(texts) - 300]]
     _testing.check_exactly_once(first, acked)
     _testing.check_exactly_once(texts[len(texts) - 300 :], acked2, complete=True)
 
 
-def test_kill_during_recovery_then_recover_again(tmp_path):
+@ENCRYPTION
+def test_kill_during_recovery_then_recover_again(tmp_path, encrypted):
     """Recovery killed after writing a block, then run again, still gives every record once."""
     log_dir = str(tmp_path)
-    config = {"log_dir": log_dir, "handler": {"buffer_size": 64 * 1024, "flush_interval": 3600}}
+    handler = keyed({"buffer_size": 64 * 1024, "flush_interval": 3600}, encrypted)
+    config = {"log_dir": log_dir, "handler": handler}
     acked, status = _testing.run_writer(config, kill_after=0.8)
     assert status == -9
     code = (
@@ -133,7 +147,7 @@ def test_kill_during_recovery_then_recover_again(tmp_path):
     res = subprocess.run([sys.executable, "-c", code, log_dir], env=env)
     assert res.returncode == -9
     mmaplog.recover(log_dir)
-    _testing.check_exactly_once(decoded(log_dir), acked)
+    _testing.check_exactly_once(decoded(log_dir, _PRIVATE if encrypted else None), acked)
 
 
 def test_recovered_blocks_are_marked_in_the_decoded_output(tmp_path):
