@@ -118,8 +118,11 @@ def test_wrong_key_says_so(log_dir, keys, tmp_path):
     assert "the key does not match" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_tampered_block_is_reported_and_others_still_decode(log_dir, keys):
-    """A changed byte in one encrypted block loses only that block, reported by position."""
+@pytest.mark.parametrize("region", ["header-seq", "header-key", "record", "tag"])
+def test_tampered_block_is_reported_and_others_still_decode(log_dir, keys, region):
+    """A change in any region of an encrypted block (CRCs forged) loses only that block."""
+    from dataclasses import replace
+
     private, public = keys
     write(log_dir, public, n=4000, buffer_size=16 * 1024).close()
     (name,) = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
@@ -129,14 +132,20 @@ def test_tampered_block_is_reported_and_others_still_decode(log_dir, keys):
     blocks = [b for b in fmt.scan_blocks(bytes(data)) if isinstance(b, fmt.ScannedBlock)]
     assert len(blocks) > 3
     victim = blocks[1]
-    # Change a payload byte and fix the CRCs, as an attacker would: only the AEAD can tell.
-    pos = victim.offset + victim.header.header_len + 5
-    data[pos] ^= 1
-    payload = bytes(data[victim.offset + victim.header.header_len : victim.end])
-    from dataclasses import replace
-
-    forged = fmt.encode_block(replace(victim.header), payload)
-    data[victim.offset : victim.end] = forged
+    h = victim.header
+    payload = bytearray(victim.payload)
+    if region == "header-seq":  # an attacker renumbers the block
+        h = replace(h, seq=h.seq + 1000)
+    elif region == "header-key":  # or swaps the ephemeral public key
+        h = replace(
+            h, extension=bytes(a ^ b for a, b in zip(h.extension, b"\x01" * 32, strict=True))
+        )
+    elif region == "record":
+        payload[len(payload) // 2] ^= 0x10
+    else:  # the AEAD tag: the last 16 bytes
+        payload[-1] ^= 0x01
+    # Forge the CRCs as an attacker would: only the AEAD can tell.
+    data[victim.offset : victim.end] = fmt.encode_block(h, bytes(payload))
     with open(path, "wb") as f:
         f.write(data)
     damage: list[fmt.Damage] = []
@@ -144,9 +153,47 @@ def test_tampered_block_is_reported_and_others_still_decode(log_dir, keys):
         r.text
         for r in mmaplog.read_records(path, key=private, on_damage=lambda s, d: damage.append(d))
     ]
-    assert len(damage) == 1 and damage[0].start == victim.offset
+    assert len(damage) == 1 and damage[0].start == victim.offset, damage
     assert len(got) == 4000 - victim.header.count
     assert all(t.startswith(MARKER) for t in got)
+
+
+def test_tampered_recovered_block_loses_only_later_records(tmp_path, keys):
+    """In a recovered (per-record) block a changed record is reported; the records before it stay."""
+    from dataclasses import replace
+
+    private, public = keys
+    log_dir = str(tmp_path)
+    _testing.run_writer(
+        {"log_dir": log_dir, "handler": {"public_key": public, "flush_interval": 3600}},
+        kill_after=0.5,
+    )
+    mmaplog.recover(log_dir)
+    (name,) = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
+    path = os.path.join(log_dir, name)
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    blocks = [b for b in fmt.scan_blocks(bytes(data)) if isinstance(b, fmt.ScannedBlock)]
+    victim = next(b for b in blocks if b.header.recovered and b.header.count > 4)
+    # Tamper with the third chunk's body and fix its chunk CRC and the block CRCs.
+    seed = fmt.chunk_seed(victim.header.session, victim.header.seq)
+    chunks, _ = fmt.walk_chunks(victim.payload, seed)
+    rebuilt = b""
+    for i, body in enumerate(chunks):
+        body = bytearray(body)
+        if i == 2:
+            body[0] ^= 0x01
+        rebuilt += fmt.encode_chunk(bytes(body), seed)
+    data[victim.offset : victim.end] = fmt.encode_block(replace(victim.header), rebuilt)
+    with open(path, "wb") as f:
+        f.write(data)
+    damage: list[fmt.Damage] = []
+    recs = list(mmaplog.read_records(path, key=private, on_damage=lambda s, d: damage.append(d)))
+    mine = [
+        r for r in recs if r.session == victim.header.session.hex() and r.seq == victim.header.seq
+    ]
+    assert len(mine) == 2 and len(damage) == 1
+    assert "record 2" in damage[0].reason
 
 
 def test_kill_with_encryption_recovers_without_key(tmp_path, keys):
