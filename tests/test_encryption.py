@@ -159,7 +159,7 @@ def test_tampered_block_is_reported_and_others_still_decode(log_dir, keys, regio
 
 
 def test_tampered_recovered_block_loses_only_later_records(tmp_path, keys):
-    """In a recovered (per-record) block a changed record is reported; the records before it stay."""
+    """A changed record in a recovered (per-record) block is reported; earlier records stay."""
     from dataclasses import replace
 
     private, public = keys
