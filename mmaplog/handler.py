@@ -74,8 +74,9 @@ class XlogFormatter(logging.Formatter):
             self._stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(second))
             self._second = second
         msg = record.getMessage()
+        letter = _LETTERS.get(record.levelno) or level_letter(record.levelno)
         s = (
-            f"[{level_letter(record.levelno)}][{self._stamp}.{int(record.msecs):03d}]"
+            f"[{letter}][{self._stamp}.{int(record.msecs):03d}]"
             f"[{record.process}, {record.thread}][{record.name}]"
             f"[{record.filename}:{record.lineno}, {record.funcName}][{msg}"
         )
@@ -89,6 +90,7 @@ class XlogFormatter(logging.Formatter):
 
 
 _DEFAULT_FORMATTER = XlogFormatter()
+_pack_record = fmt.RECORD_HEADER.pack
 _COMPRESSIONS = {
     "zstd": fmt.COMP_ZSTD,
     "zlib": fmt.COMP_ZLIB,
@@ -172,6 +174,7 @@ class MmapHandler(logging.Handler):
         self.max_age_days = max_age_days
         self.on_full = on_full
         self._wait = float(block_timeout) if on_full == "block" else 0.0
+        self._limit = max_record_size or fmt.MAX_RECORD_TEXT
         self.compression = compression
         self._codec = _COMPRESSIONS[compression]
         self._level_whole = compress_level
@@ -400,35 +403,53 @@ class MmapHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> Any:
         """Filter and emit ``record``, without ``Handler.handle``'s lock (the cache has its own)."""
-        rv = self.filter(record)
-        if rv:
+        if self.filters:
+            rv = self.filter(record)
+            if not rv:
+                return rv
             if isinstance(rv, logging.LogRecord):
                 record = rv
-            self.emit(record)
-        return rv
+        self.emit(record)
+        return True
 
     def format(self, record: logging.LogRecord) -> str:
         return (self.formatter or _DEFAULT_FORMATTER).format(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         """Put one record into the cache; on failure, call :meth:`handleError`."""
+        # The hot path: what write() does, without its extra call.
         try:
-            text = self.format(record).encode("utf-8", "backslashreplace")
-            self.write(text, record.created, record.levelno)
+            text = (
+                (self.formatter or _DEFAULT_FORMATTER)
+                .format(record)
+                .encode("utf-8", "backslashreplace")
+            )
+            if len(text) > self._limit:
+                text = _truncate(text, self._limit)
+            time_us = int(record.created * 1e6)
+            levelno = record.levelno
+            if not 0 <= levelno <= 255:
+                levelno = min(max(levelno, 0), 255)
+            self._store(_pack_record(len(text), time_us, levelno, 0) + text, time_us)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
     def write(self, text: bytes, created: float, levelno: int, kind: int = fmt.KIND_TEXT) -> None:
-        """Store one rendered record (the path shared by ``emit`` and structured loggers)."""
+        """Store one rendered record (the path shared by ``emit`` and structured loggers).
+
+        Raises what storing raises; ``emit`` turns that into :meth:`handleError`.
+        """
+        if len(text) > self._limit:
+            text = _truncate(text, self._limit)
+        time_us = int(created * 1e6)
+        raw = _pack_record(len(text), time_us, min(max(levelno, 0), 255), kind) + text
+        self._store(raw, time_us)
+
+    def _store(self, raw: bytes, time_us: int) -> None:
         if self._forked:
             self._after_fork()
-        limit = self.max_record_size or fmt.MAX_RECORD_TEXT
-        if len(text) > limit:
-            text = _truncate(text, limit)
-        time_us = int(created * 1e6)
-        raw = fmt.RECORD_HEADER.pack(len(text), time_us, min(max(levelno, 0), 255), kind) + text
         cache = self._cache
         if cache is None:
             self._write_direct(raw, time_us)
