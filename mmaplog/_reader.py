@@ -358,3 +358,18 @@ def read_records(
         finally:
             if isinstance(data, mmap.mmap):
                 data.close()
+
+
+def data_kind(data: fmt.Buffer) -> str:
+    """How :meth:`Reader.iter_data` reads ``data``: ``"cache"``, ``"xlog"`` or ``"log"``.
+
+    ``"log"`` covers anything else too (``scan_blocks`` reports what is not a block).
+    """
+    if data[:4] == fmt.CACHE_MAGIC and _is_cache(data):
+        return "cache"
+    if data[:4] != fmt.BLOCK_MAGIC and data[:1] in _XLOG_MAGICS:
+        from . import _xlog
+
+        if _xlog.looks_like_xlog(_view(data)):
+            return "xlog"
+    return "log"
