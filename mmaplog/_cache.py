@@ -20,12 +20,15 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import _format as fmt
 from . import _testing
 from ._codec import StreamCompressor
 from ._logfile import day_bounds, open_no_follow
+
+if TYPE_CHECKING:
+    from ._xlog import XlogBlockWriter
 
 PAGE = mmap.PAGESIZE
 NSLOTS = 2
@@ -120,7 +123,11 @@ def _preallocate(fd: int, size: int) -> None:
 
 @dataclass(slots=True)
 class SealedBlock:
-    """A block the writer has finished with, waiting to be moved into the log."""
+    """A block the writer has finished with, waiting to be moved into the log.
+
+    ``raw`` holds the encoded records, or for an xlog block (``FLAG_XLOG``) the chunk
+    bodies, so the flusher never reads the cache back.
+    """
 
     slot: int
     template: fmt.BlockHeader
@@ -148,8 +155,10 @@ class Cache:
         level: int | None,
         sealer: SealerProtocol | None,
         wake: Callable[[], None],
+        xlog: XlogBlockWriter | None = None,
     ) -> None:
         self.path = path
+        self.xlog = xlog
         self.fd = fd
         self.codec = codec
         self.level = level
@@ -254,7 +263,13 @@ class Cache:
         self._next_seq += 1
         flags = self.codec | fmt.FLAG_STREAM
         ext = b""
-        if self.sealer is not None:
+        xlog = self.xlog
+        if xlog is not None:
+            flags |= fmt.FLAG_XLOG
+            if xlog.encrypted:
+                flags |= fmt.FLAG_ENCRYPTED
+                ext = xlog.client_pubkey
+        elif self.sealer is not None:
             flags |= fmt.FLAG_ENCRYPTED
             ext = self.sealer.ephemeral_public
         template = fmt.BlockHeader(
@@ -286,7 +301,11 @@ class Cache:
         self._day_start, self._day_end = day_bounds(time_us)
         self._raw = []
         self._template = template
-        self._chunk = StreamCompressor(self.codec, self.level).chunk
+        self._chunk = (
+            xlog.line_stream().chunk
+            if xlog is not None
+            else StreamCompressor(self.codec, self.level).chunk
+        )
         self._seed = fmt.chunk_seed(self.session, seq)
         self._seq = seq
         self._seal_at = self._payload_start + self.threshold
@@ -310,7 +329,10 @@ class Cache:
     @property
     def capacity(self) -> int:
         """The largest chunk a slot can take."""
-        ext = len(self.sealer.ephemeral_public) if self.sealer else 0
+        if self.xlog is not None:
+            ext = fmt.XLOG_EXTENSION if self.xlog.encrypted else 0
+        else:
+            ext = len(self.sealer.ephemeral_public) if self.sealer else 0
         return self.slot_size - fmt.SLOT_BLOCK_OFFSET - fmt.BLOCK_HEADER_SIZE - ext
 
     def append(self, raw: bytes, time_us: int, timeout: float) -> int:
@@ -378,7 +400,7 @@ class Cache:
         # The commit store: one small write after the chunk is complete.
         _pack_commit(buf, self._commit_at, end - self._payload_start, self._count, self._last_us)
         self._pos = end
-        self._raw.append(raw)
+        self._raw.append(body if self.xlog is not None else raw)
 
     def _count_drop(self, time_us: int) -> None:
         if not self.dropped:
@@ -395,12 +417,24 @@ class Cache:
             "the cache was full because the log files could not be written"
         ).encode()
         self.dropped = 0
-        self._write(fmt.encode_record(time_us, 40, fmt.KIND_NOTE, text), time_us)
+        if self.xlog is not None:
+            from ._xlog import note_line
+
+            self._write(note_line(time_us, self.pid, text), time_us)
+        else:
+            self._write(fmt.encode_record(time_us, 40, fmt.KIND_NOTE, text), time_us)
 
     def seal(self) -> None:
         """Seal the block being written, if it holds anything."""
         with self.lock:
             self._seal_active()
+
+    def take_seq(self) -> int:
+        """Reserve a block sequence number outside the slots (a block written directly)."""
+        with self.lock:
+            seq = self._next_seq
+            self._next_seq += 1
+            return seq
 
     def has_pending(self) -> bool:
         with self.lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from . import _format as fmt
@@ -45,6 +45,38 @@ def build_block(
         template, flags=flags, last_time_us=last_time_us, count=count, raw_len=len(raw)
     )
     return fmt.encode_block(header, payload)
+
+
+def local_hour(time_us: int) -> int:
+    """The local hour (0-23) of a time in µs, as xlog's header hours are."""
+    return time.localtime(time_us // 1_000_000).tm_hour
+
+
+def build_xlog_block(
+    template: fmt.BlockHeader, bodies: Iterable[bytes | memoryview], last_time_us: int
+) -> bytes:
+    """Return the Mars xlog async block for an xlog cache block's chunk bodies.
+
+    Start magic from the template's compression and encryption, seq from its sequence
+    number (1..65535, wrapping), begin/end hour from the first/last record time, the
+    client key from its extension (zeros without encryption), the payload joined from
+    the chunk bodies, then the end magic. The flusher and recovery both call this, so
+    a block moved before a crash and recovered after it have the same bytes.
+    Raises ``CorruptionError`` for chunk bodies that cannot be an xlog payload.
+    """
+    from ._xlog import pack_xlog_block, xlog_magic, xlog_payload, xlog_seq_of
+
+    compression = fmt.COMPRESSION_NAMES[template.compression] or "none"
+    encrypted = template.encrypted
+    payload = xlog_payload(bodies, encrypted)
+    return pack_xlog_block(
+        xlog_magic("async", compression, encrypted),
+        xlog_seq_of(template.seq),
+        local_hour(template.first_time_us),
+        local_hour(max(last_time_us, template.first_time_us)),
+        template.extension if encrypted else bytes(fmt.XLOG_EXTENSION),
+        payload,
+    )
 
 
 class Flusher:
@@ -133,14 +165,17 @@ class Flusher:
                     return False
 
     def _move(self, block: SealedBlock) -> None:
-        data = build_block(
-            block.template,
-            b"".join(block.raw),
-            block.count,
-            block.last_time_us,
-            level=self.level,
-            sealer=self.cache.sealer,
-        )
+        if block.template.flags & fmt.FLAG_XLOG:
+            data = build_xlog_block(block.template, block.raw, block.last_time_us)
+        else:
+            data = build_block(
+                block.template,
+                b"".join(block.raw),
+                block.count,
+                block.last_time_us,
+                level=self.level,
+                sealer=self.cache.sealer,
+            )
         self.logs.append(data, block.template.first_time_us)
         _testing.point("after_append")
         self.cache.release(block)

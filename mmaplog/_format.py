@@ -95,9 +95,13 @@ FLAG_COMPRESSION_MASK = 0x03
 FLAG_ENCRYPTED = 0x04
 FLAG_STREAM = 0x08
 FLAG_RECOVERED = 0x10
-_FLAGS_KNOWN = FLAG_COMPRESSION_MASK | FLAG_ENCRYPTED | FLAG_STREAM | FLAG_RECOVERED
+FLAG_XLOG = 0x20
+"""Cache templates only (with FLAG_STREAM): the chunks hold a Mars xlog payload, not records."""
+_FLAGS_KNOWN = FLAG_COMPRESSION_MASK | FLAG_ENCRYPTED | FLAG_STREAM | FLAG_RECOVERED | FLAG_XLOG
 _AAD_FLAGS = FLAG_COMPRESSION_MASK | FLAG_ENCRYPTED | FLAG_STREAM
 ENCRYPTION_EXTENSION = 32
+XLOG_EXTENSION = 64
+"""FLAG_XLOG with FLAG_ENCRYPTED: the extension is xlog's 64-byte client public key."""
 
 COMPRESSION_NAMES = {COMP_NONE: None, COMP_ZLIB: "zlib", COMP_ZSTD: "zstd"}
 COMPRESSION_CODES = {v: k for k, v in COMPRESSION_NAMES.items()}
@@ -379,9 +383,16 @@ def parse_header(data: View, offset: int = 0) -> BlockHeader:
             f"(this mmaplog reads version {FORMAT_VERSION})",
             offset,
         )
-    if flags & ~_FLAGS_KNOWN or (flags & FLAG_COMPRESSION_MASK) not in COMPRESSION_NAMES:
+    xlog = flags & FLAG_XLOG
+    if (
+        flags & ~_FLAGS_KNOWN
+        or (flags & FLAG_COMPRESSION_MASK) not in COMPRESSION_NAMES
+        or (xlog and (flags & (FLAG_STREAM | FLAG_RECOVERED) != FLAG_STREAM))
+        or (xlog and not flags & FLAG_COMPRESSION_MASK)
+    ):
         raise CorruptionError(f"block at offset {offset}: unknown flags 0x{flags:02x}", offset)
-    if ext_len != (ENCRYPTION_EXTENSION if flags & FLAG_ENCRYPTED else 0):
+    key_len = XLOG_EXTENSION if xlog else ENCRYPTION_EXTENSION
+    if ext_len != (key_len if flags & FLAG_ENCRYPTED else 0):
         raise CorruptionError(
             f"block at offset {offset}: header length {header_len} does not fit its flags",
             offset,

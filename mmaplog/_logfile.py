@@ -16,6 +16,7 @@ import stat
 from . import _format as fmt
 
 SUFFIX = ".mmlog"
+XLOG_SUFFIX = ".xlog"
 _TAIL_SCAN = 32 * 1024 * 1024
 
 
@@ -32,9 +33,9 @@ def day_bounds(time_us: int) -> tuple[int, int]:
     return int(start.timestamp() * 1e6), int(end.timestamp() * 1e6)
 
 
-def log_file_re(prefix: str) -> re.Pattern[str]:
+def log_file_re(prefix: str, suffix: str = SUFFIX) -> re.Pattern[str]:
     """Matches the names of ``prefix``'s log files; groups: date, part."""
-    return re.compile(re.escape(prefix) + r"_(\d{8})(?:_(\d+))?" + re.escape(SUFFIX) + r"\Z")
+    return re.compile(re.escape(prefix) + r"_(\d{8})(?:_(\d+))?" + re.escape(suffix) + r"\Z")
 
 
 def open_no_follow(path: str, flags: int, mode: int) -> int:
@@ -59,6 +60,7 @@ class LogFiles:
     With ``max_file_size`` a day's file is split: when a block would take the file
     past the limit it goes to ``<prefix>_<YYYYMMDD>_1.mmlog``, then ``_2``, and so on
     (a block is never split, so a file holding one large block may pass the limit).
+    ``suffix=".xlog"`` names Mars xlog files instead (``<prefix>_<YYYYMMDD>.xlog``).
     """
 
     __slots__ = (
@@ -71,6 +73,7 @@ class LogFiles:
         "log_dir",
         "max_file_size",
         "prefix",
+        "suffix",
     )
 
     def __init__(
@@ -81,8 +84,10 @@ class LogFiles:
         file_mode: int = 0o600,
         durable: bool = False,
         max_file_size: int = 0,
+        suffix: str = SUFFIX,
     ):
         self.log_dir = log_dir
+        self.suffix = suffix
         self.prefix = prefix
         self.file_mode = file_mode
         self.durable = durable
@@ -94,10 +99,10 @@ class LogFiles:
 
     def path_for(self, day: str, part: int = 0) -> str:
         tail = f"_{part}" if part else ""
-        return os.path.join(self.log_dir, f"{self.prefix}_{day}{tail}{SUFFIX}")
+        return os.path.join(self.log_dir, f"{self.prefix}_{day}{tail}{self.suffix}")
 
     def _last_part(self, day: str) -> int:
-        pattern = log_file_re(self.prefix)
+        pattern = log_file_re(self.prefix, self.suffix)
         last = 0
         try:
             names = os.listdir(self.log_dir)
@@ -150,7 +155,7 @@ class LogFiles:
     def contains(self, session: bytes, seq: int, first_time_us: int) -> bool:
         """Whether a block ``(session, seq)`` is already in the log files of its day."""
         day = day_of(first_time_us)
-        pattern = log_file_re(self.prefix)
+        pattern = log_file_re(self.prefix, self.suffix)
         try:
             names = os.listdir(self.log_dir)
         except FileNotFoundError:
@@ -160,6 +165,28 @@ class LogFiles:
             if not m or m.group(1) != day:
                 continue
             if _file_has_block(os.path.join(self.log_dir, name), session, seq):
+                return True
+        return False
+
+    def contains_xlog(self, block: bytes, first_time_us: int) -> bool:
+        """Whether the xlog ``block`` is already in the ``.xlog`` files of its day.
+
+        A block counts as there when the same start magic, seq, begin hour, length,
+        client key, payload and end magic are found: the payload holds every line
+        with its time, pid and thread, so another block with equal bytes would be a
+        block with equal lines. The end hour is not compared.
+        """
+        day = day_of(first_time_us)
+        pattern = log_file_re(self.prefix, self.suffix)
+        try:
+            names = os.listdir(self.log_dir)
+        except FileNotFoundError:
+            return False
+        for name in names:
+            m = pattern.match(name)
+            if not m or m.group(1) != day:
+                continue
+            if _file_has_xlog_block(os.path.join(self.log_dir, name), block):
                 return True
         return False
 
@@ -173,7 +200,7 @@ class LogFiles:
             return []
         oldest = _dt.datetime.fromtimestamp(now).date() - _dt.timedelta(days=max_age_days)
         keep_from = oldest.strftime("%Y%m%d")
-        pattern = log_file_re(self.prefix)
+        pattern = log_file_re(self.prefix, self.suffix)
         removed = []
         try:
             names = os.listdir(self.log_dir)
@@ -219,6 +246,28 @@ def _file_has_block(path: str, session: bytes, seq: int) -> bool:
             and item.header.seq == seq
         ):
             return True
+    return False
+
+
+def _file_has_xlog_block(path: str, block: bytes) -> bool:
+    # Bytes 0-3: magic, seq, begin hour; 4: end hour (not compared); from 5: length, key,
+    # payload, end magic.
+    head, needle = block[:4], block[5:]
+    try:
+        fd = open_no_follow(path, os.O_RDONLY, 0)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - _TAIL_SCAN - len(block))
+        data = os.pread(fd, size - start, start)
+    finally:
+        os.close(fd)
+    at = data.find(needle, 5)
+    while at >= 0:
+        if data[at - 5 : at - 1] == head:
+            return True
+        at = data.find(needle, at + 1)
     return False
 
 

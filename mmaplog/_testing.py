@@ -135,10 +135,14 @@ _CHILD = (
 def run_writer(
     config: dict[str, object], *, kill_after: float | None, timeout: float = 60.0
 ) -> tuple[dict[int, list[int]], int]:
-    """Run a writer child; SIGKILL it after ``kill_after`` seconds (None: let it finish).
+    """Run a writer child; SIGKILL it ``kill_after`` seconds after its first acknowledged
+    record (None: let it finish).
 
+    The clock starts at the first acknowledgement, not at the start of the process, so
+    a slow start on a loaded machine does not turn the kill into a kill before logging.
     Returns the acknowledged record numbers per thread and the child's exit status.
     """
+    import select
     import subprocess
     import time
 
@@ -154,19 +158,17 @@ def run_writer(
     os.close(wfd)
     acked: dict[int, list[int]] = {}
     buf = b""
-    start = time.monotonic()
-    deadline = start + (kill_after if kill_after is not None else timeout)
+    deadline = time.monotonic() + timeout
+    armed = False
     os.set_blocking(rfd, False)
     try:
         while True:
             now = time.monotonic()
             if now >= deadline:
                 proc.kill()
-                if kill_after is None:
+                if kill_after is None or not armed:
                     raise TimeoutError(f"writer did not finish in {timeout} s")
                 break
-            import select
-
             ready, _, _ = select.select([rfd], [], [], min(0.05, deadline - now))
             if ready:
                 try:
@@ -175,6 +177,9 @@ def run_writer(
                     continue
                 if not chunk:
                     break
+                if kill_after is not None and not armed:
+                    armed = True
+                    deadline = time.monotonic() + kill_after
                 buf += chunk
                 whole = len(buf) - len(buf) % ACK.size
                 for t, n in ACK.iter_unpack(buf[:whole]):

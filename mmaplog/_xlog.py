@@ -54,6 +54,7 @@ __all__ = [
     "XlogBlock",
     "XlogBlockWriter",
     "XlogDamage",
+    "XlogLineStream",
     "XlogPrivateKey",
     "decode_block",
     "generate_xlog_keypair",
@@ -62,8 +63,13 @@ __all__ = [
     "load_xlog_private_key",
     "looks_like_xlog",
     "next_xlog_seq",
+    "note_line",
+    "pack_xlog_block",
     "tea_decrypt",
     "tea_encrypt",
+    "xlog_magic",
+    "xlog_payload",
+    "xlog_seq_of",
 ]
 
 # Start magics, named as in log_magic_num.h (LogMagicNum::kMagic...).  "Sync" blocks
@@ -849,6 +855,134 @@ def next_xlog_seq(seq: int) -> int:
     return following if following != 0 else 1
 
 
+def xlog_seq_of(n: int) -> int:
+    """The xlog seq of a writer's ``n``-th async block (``n`` from 0): 1..65535, wrapping."""
+    return n % _MAX_SEQ + 1
+
+
+def note_line(time_us: int, pid: int, text: bytes) -> bytes:
+    """A line mmaplog writes itself (a count of dropped records), in xlog's line format."""
+    import time as _time
+
+    seconds, micros = divmod(time_us, 1_000_000)
+    stamp = _time.strftime("%Y-%m-%d %z %H:%M:%S", _time.localtime(seconds))
+    head = f"[W][{stamp}.{micros // 1000:03d}][{pid}, 0][mmaplog][:0, ][".encode()
+    return head + text + b"\n"
+
+
+def xlog_magic(mode: str, compression: str, encrypted: bool) -> int:
+    """The start magic xlog writes for a mode, a compression and whether a key is set.
+
+    Raises :class:`ConfigError` for an unknown mode or compression.
+    """
+    if mode not in ("async", "sync"):
+        raise ConfigError(f"xlog mode must be 'async' or 'sync', got {mode!r}")
+    if compression not in ("zlib", "zstd"):
+        raise ConfigError(f"xlog compression must be 'zlib' or 'zstd', got {compression!r}")
+    if mode == "sync":
+        if compression == "zlib":
+            return MAGIC_SYNC_ZLIB if encrypted else MAGIC_SYNC_NO_CRYPT_ZLIB
+        return MAGIC_SYNC_ZSTD if encrypted else MAGIC_SYNC_NO_CRYPT_ZSTD
+    if compression == "zlib":
+        return MAGIC_ASYNC_ZLIB if encrypted else MAGIC_ASYNC_NO_CRYPT_ZLIB
+    return MAGIC_ASYNC_ZSTD if encrypted else MAGIC_ASYNC_NO_CRYPT_ZSTD
+
+
+def pack_xlog_block(
+    magic: int, seq: int, begin_hour: int, end_hour: int, client_pubkey: bytes, payload: bytes
+) -> bytes:
+    """Header, payload and end magic of one block (fields are not checked beyond packing).
+
+    Raises :class:`ConfigError` if the payload does not fit xlog's 32-bit length.
+    """
+    if len(payload) > _MASK32:
+        raise ConfigError(f"xlog block payload of {len(payload)} bytes does not fit 32 bits")
+    header = _HEADER.pack(magic, seq, begin_hour, end_hour, len(payload), client_pubkey)
+    return header + payload + bytes((MAGIC_END,))
+
+
+class XlogLineStream:
+    """The compressor of one async block, fed one line at a time, as xlog's buffer is.
+
+    :meth:`compress` returns the bytes one line adds to the (unencrypted) payload: the
+    line compressed and flushed (zlib: raw deflate, ``Z_SYNC_FLUSH``; zstd: block
+    flush), the stream never ended.  :meth:`chunk` returns what mmaplog's cache stores
+    for the line (see ``docs/xlog.md``, "Writing with MmapHandler"): without a key the
+    same bytes; with a key, the 8-byte units the line completes, TEA-encrypted, then
+    the clear tail (< 8 bytes not yet forming a unit) and one byte giving its length.
+    :func:`xlog_payload` turns a block's chunk bodies back into xlog's payload.
+    """
+
+    __slots__ = ("_compressor", "_flush", "_flush_arg", "_pending", "_tea_key")
+
+    def __init__(
+        self,
+        compression: str,
+        tea_key: bytes | None,
+        *,
+        zlib_level: int = 9,
+        zstd_params: zstandard.ZstdCompressionParameters | None = None,
+    ) -> None:
+        if compression == "zlib":
+            deflater = zlib.compressobj(zlib_level, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
+            self._compressor: Callable[[bytes], bytes] = deflater.compress
+            self._flush: Callable[[int], bytes] = deflater.flush
+            self._flush_arg = zlib.Z_SYNC_FLUSH
+        elif compression == "zstd":
+            params = zstd_params or zstandard.ZstdCompressionParameters.from_level(6, window_log=16)
+            stream = zstandard.ZstdCompressor(compression_params=params).compressobj()
+            self._compressor = stream.compress
+            self._flush = stream.flush
+            self._flush_arg = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+        else:
+            raise ConfigError(f"xlog compression must be 'zlib' or 'zstd', got {compression!r}")
+        self._tea_key = tea_key
+        self._pending = b""
+
+    def compress(self, line: bytes) -> bytes:
+        """The compressed bytes ``line`` adds to the payload (the stream flushed after it)."""
+        return self._compressor(line) + self._flush(self._flush_arg)
+
+    def chunk(self, line: bytes) -> bytes:
+        """The cache chunk body for ``line`` (never plaintext when a key is set)."""
+        data = self.compress(line)
+        key = self._tea_key
+        if key is None:
+            return data
+        data = self._pending + data
+        whole = len(data) - len(data) % 8
+        tail = data[whole:]
+        self._pending = tail
+        return tea_encrypt(data[:whole], key) + tail + bytes((len(tail),))
+
+
+def xlog_payload(bodies: Iterable[bytes | memoryview], encrypted: bool) -> bytes:
+    """Join the cache chunk bodies of one block into xlog's payload.
+
+    Without encryption the bodies are concatenated.  With it, each body is encrypted
+    units + clear tail + tail length; the payload is every body's units followed by the
+    last body's tail, which is exactly TEA-ECB over the whole compressed stream with its
+    last ``len % 8`` bytes in clear.  Raises :class:`CorruptionError` for a body whose
+    framing is impossible.
+    """
+    if not encrypted:
+        return b"".join(bytes(b) for b in bodies)
+    units: list[bytes] = []
+    tail = b""
+    for i, body in enumerate(bodies):
+        size = len(body)
+        tail_len = body[-1] if size else 0
+        if size == 0 or tail_len >= 8 or (size - 1 - tail_len) % 8:
+            raise CorruptionError(
+                f"xlog cache chunk {i}: {size} bytes with a tail of {tail_len} is not "
+                "encrypted units + tail + tail length"
+            )
+        cut = size - 1 - tail_len
+        units.append(bytes(body[:cut]))
+        tail = bytes(body[cut : size - 1])
+    return b"".join(units) + tail
+
+
 class XlogBlockWriter:
     """Build complete xlog blocks byte-for-byte the way Mars xlog's appender does.
 
@@ -862,7 +996,15 @@ class XlogBlockWriter:
     what xlog's ``.mmap3`` cache holds while the block is being filled.
     """
 
-    __slots__ = ("_client_pubkey", "_compression", "_magic", "_mode", "_tea_key", "_zstd_params")
+    __slots__ = (
+        "_client_pubkey",
+        "_compression",
+        "_magic",
+        "_mode",
+        "_tea_key",
+        "_zlib_level",
+        "_zstd_params",
+    )
 
     def __init__(
         self,
@@ -871,22 +1013,31 @@ class XlogBlockWriter:
         public_key_hex: str | None = None,
         *,
         zstd_level: int = 6,
+        zlib_level: int = 9,
     ) -> None:
         """Raises :class:`ConfigError` for an unknown mode/compression or a bad key."""
         if mode not in ("async", "sync"):
             raise ConfigError(f"xlog mode must be 'async' or 'sync', got {mode!r}")
         if compression not in ("zlib", "zstd"):
             raise ConfigError(f"xlog compression must be 'zlib' or 'zstd', got {compression!r}")
-        if not 1 <= zstd_level <= 22:
+        if not isinstance(zstd_level, int) or not 1 <= zstd_level <= 22:
             raise ConfigError(f"zstd level must be 1-22, got {zstd_level}")
+        if not isinstance(zlib_level, int) or not 1 <= zlib_level <= 9:
+            raise ConfigError(f"zlib level must be 1-9, got {zlib_level}")
         self._mode = mode
         self._compression = compression
+        self._zlib_level = zlib_level
         self._zstd_params = zstandard.ZstdCompressionParameters.from_level(
             zstd_level, window_log=16
         )
         self._tea_key: bytes | None = None
         self._client_pubkey = _NO_PUBKEY
         if public_key_hex is not None:
+            if not isinstance(public_key_hex, str):
+                raise ConfigError(
+                    "xlog public key must be a str of 128 hex characters (X||Y), "
+                    f"got {type(public_key_hex).__name__}"
+                )
             text = public_key_hex.strip()
             if _HEX128_RE.fullmatch(text) is None:
                 raise ConfigError(
@@ -899,16 +1050,7 @@ class XlogBlockWriter:
             client = ec.generate_private_key(ec.SECP256K1())
             self._client_pubkey = _xy_of(client.public_key())
             self._tea_key = _tea_key_from_secret(client.exchange(ec.ECDH(), server))
-        encrypted = self._tea_key is not None
-        if mode == "sync":
-            if compression == "zlib":
-                self._magic = MAGIC_SYNC_ZLIB if encrypted else MAGIC_SYNC_NO_CRYPT_ZLIB
-            else:
-                self._magic = MAGIC_SYNC_ZSTD if encrypted else MAGIC_SYNC_NO_CRYPT_ZSTD
-        elif compression == "zlib":
-            self._magic = MAGIC_ASYNC_ZLIB if encrypted else MAGIC_ASYNC_NO_CRYPT_ZLIB
-        else:
-            self._magic = MAGIC_ASYNC_ZSTD if encrypted else MAGIC_ASYNC_NO_CRYPT_ZSTD
+        self._magic = xlog_magic(mode, compression, self._tea_key is not None)
 
     @property
     def magic(self) -> int:
@@ -920,20 +1062,33 @@ class XlogBlockWriter:
         """The 64-byte ephemeral client public key written in headers (zeros: no crypt)."""
         return self._client_pubkey
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether a public key was given (async payloads are then TEA-encrypted)."""
+        return self._tea_key is not None
+
+    @property
+    def compression(self) -> str:
+        """``"zlib"`` or ``"zstd"``."""
+        return self._compression
+
+    @property
+    def mode(self) -> str:
+        """``"async"`` or ``"sync"``."""
+        return self._mode
+
+    def line_stream(self) -> XlogLineStream:
+        """A fresh per-block compressor (and encryptor) for this writer's async blocks."""
+        return XlogLineStream(
+            self._compression,
+            self._tea_key,
+            zlib_level=self._zlib_level,
+            zstd_params=self._zstd_params,
+        )
+
     def _compress(self, lines: Iterable[bytes]) -> bytes:
-        parts: list[bytes] = []
-        if self._compression == "zlib":
-            deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
-            for line in lines:
-                parts.append(deflater.compress(line))
-                parts.append(deflater.flush(zlib.Z_SYNC_FLUSH))
-        else:
-            compressor = zstandard.ZstdCompressor(compression_params=self._zstd_params)
-            stream = compressor.compressobj()
-            for line in lines:
-                parts.append(stream.compress(line))
-                parts.append(stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
-        return b"".join(parts)
+        stream = self.line_stream()
+        return b"".join(stream.compress(line) for line in lines)
 
     def encode_block(self, lines: list[bytes], seq: int, begin_hour: int, end_hour: int) -> bytes:
         """Return one complete block holding ``lines`` (each gets a final ``\\n`` if missing).
@@ -966,9 +1121,4 @@ class XlogBlockWriter:
             payload = self._compress(framed)
             if self._tea_key is not None:
                 payload = tea_encrypt(payload, self._tea_key)
-        if len(payload) > _MASK32:
-            raise ConfigError(f"xlog block payload of {len(payload)} bytes does not fit 32 bits")
-        header = _HEADER.pack(
-            self._magic, seq, begin_hour, end_hour, len(payload), self._client_pubkey
-        )
-        return header + payload + bytes((MAGIC_END,))
+        return pack_xlog_block(self._magic, seq, begin_hour, end_hour, self._client_pubkey, payload)

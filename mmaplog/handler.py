@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _format as fmt
 from ._cache import (
@@ -26,10 +26,13 @@ from ._cache import (
     cache_names,
     open_locked,
 )
-from ._flusher import Flusher, build_block
-from ._logfile import LogFiles
+from ._flusher import Flusher, build_block, local_hour
+from ._logfile import SUFFIX, XLOG_SUFFIX, LogFiles
 from .exceptions import ConfigError, UnsupportedVersionError
 from .recover import recover_fd
+
+if TYPE_CHECKING:
+    from ._xlog import XlogBlockWriter
 
 __all__ = ["MmapHandler", "XlogFormatter"]
 
@@ -117,6 +120,10 @@ class MmapHandler(logging.Handler):
     when another live process holds that cache, the next free ``<prefix>.N.mmap``).
     On start, whatever a dead process left in this prefix's caches is recovered.
 
+    ``format="xlog"`` writes Tencent Mars xlog files (``<prefix>_<YYYYMMDD>.xlog``)
+    instead, optionally encrypted with xlog's weak scheme to ``xlog_public_key``
+    (see ``docs/xlog.md``); the cache and its crash safety are the same.
+
     Raises :class:`~mmaplog.ConfigError` for invalid options. Once constructed it
     never raises into the application: failures go to :meth:`handleError`.
     """
@@ -141,6 +148,8 @@ class MmapHandler(logging.Handler):
         max_file_size: int = 0,
         max_age_days: int = 10,
         on_full: str = "block",
+        format: str = "mmaplog",
+        xlog_public_key: str | None = None,
     ) -> None:
         super().__init__(level)
         self.log_dir = os.fspath(log_dir)
@@ -178,6 +187,12 @@ class MmapHandler(logging.Handler):
         self.compression = compression
         self._codec = _COMPRESSIONS[compression]
         self._level_whole = compress_level
+        self.log_format = format
+        """``"mmaplog"`` or ``"xlog"``: the format of the log files."""
+        self._xlog_key = self._validate_xlog(
+            format, compression, compress_level, public_key, xlog_public_key
+        )
+        self._xlog: XlogBlockWriter | None = None
         self._recipient: bytes | None = None
         if public_key is not None:
             from ._crypto import load_public_key
@@ -210,6 +225,62 @@ class MmapHandler(logging.Handler):
             file_mode=self.file_mode,
             durable=self.durable,
             max_file_size=self.max_file_size,
+            suffix=XLOG_SUFFIX if self.log_format == "xlog" else SUFFIX,
+        )
+
+    @staticmethod
+    def _validate_xlog(
+        format: str,
+        compression: str | None,
+        compress_level: int | None,
+        public_key: object,
+        xlog_public_key: object,
+    ) -> str | None:
+        """Check the xlog options; return the xlog public key."""
+        if format not in ("mmaplog", "xlog"):
+            raise ConfigError(f"format must be 'mmaplog' or 'xlog', got {format!r}")
+        if format == "mmaplog":
+            if xlog_public_key is not None:
+                raise ConfigError(
+                    "xlog_public_key is only for format='xlog'; mmaplog's own format "
+                    "encrypts to an X25519 key given as public_key="
+                )
+            return None
+        if public_key is not None:
+            raise ConfigError(
+                "public_key (X25519) cannot be used with format='xlog': xlog files can only "
+                "use xlog's own scheme (secp256k1 + TEA); give xlog_public_key= (128 hex "
+                "characters, X||Y, as xlog's gen_key prints), or use format='mmaplog'"
+            )
+        if compression not in ("zlib", "zstd"):
+            raise ConfigError(
+                f"format='xlog' needs compression 'zlib' or 'zstd', got {compression!r}"
+            )
+        if compress_level is not None and compression == "zstd" and compress_level < 1:
+            raise ConfigError(
+                f"compress_level for xlog's zstd must be from 1 to 22, got {compress_level!r}"
+            )
+        if xlog_public_key is not None and not isinstance(xlog_public_key, str):
+            raise ConfigError(
+                "xlog_public_key must be a str of 128 hex characters (X||Y), got "
+                f"{type(xlog_public_key).__name__}"
+            )
+        # Parse it once now so a bad key fails here, not at the first record.
+        from ._xlog import XlogBlockWriter
+
+        XlogBlockWriter("async", "zlib", xlog_public_key)
+        return xlog_public_key
+
+    def _new_xlog_writer(self) -> XlogBlockWriter:
+        from ._xlog import XlogBlockWriter
+
+        level = self._level_whole
+        return XlogBlockWriter(
+            "sync" if self.mode == "sync" else "async",
+            "zstd" if self.compression == "zstd" else "zlib",
+            self._xlog_key,
+            zstd_level=level if level is not None and self.compression == "zstd" else 6,
+            zlib_level=level if level is not None and self.compression == "zlib" else 9,
         )
 
     def remove_old_logs(self, now: float | None = None) -> list[str]:
@@ -270,6 +341,8 @@ class MmapHandler(logging.Handler):
 
     def _start(self) -> None:
         self._sealer = self._new_sealer()
+        # One ephemeral client key per start, as xlog makes one per appender.
+        self._xlog = self._new_xlog_writer() if self.log_format == "xlog" else None
         self._session = os.urandom(8)
         self._seq = 0
         self._pid = os.getpid()
@@ -294,6 +367,7 @@ class MmapHandler(logging.Handler):
             level=None,
             sealer=self._sealer,
             wake=lambda: flusher_box[0].wake(),
+            xlog=self._xlog,
         )
         if cache.warning:
             self._warn(cache.warning)
@@ -427,6 +501,9 @@ class MmapHandler(logging.Handler):
             if len(text) > self._limit:
                 text = _truncate(text, self._limit)
             time_us = int(record.created * 1e6)
+            if self._xlog is not None:
+                self._store_line(text, time_us)
+                return
             levelno = record.levelno
             if not 0 <= levelno <= 255:
                 levelno = min(max(levelno, 0), 255)
@@ -444,6 +521,9 @@ class MmapHandler(logging.Handler):
         if len(text) > self._limit:
             text = _truncate(text, self._limit)
         time_us = int(created * 1e6)
+        if self._xlog is not None:
+            self._store_line(text, time_us)
+            return
         raw = _pack_record(len(text), time_us, min(max(levelno, 0), 255), kind) + text
         self._store(raw, time_us)
 
@@ -461,6 +541,49 @@ class MmapHandler(logging.Handler):
         elif status == OVERSIZE:
             self.flush()
             self._write_direct(raw, time_us)
+
+    def _store_line(self, text: bytes, time_us: int) -> None:
+        """Store one xlog line (``\\n`` added if missing, as xlog's formatter does)."""
+        if self._forked:
+            self._after_fork()
+        line = text if text.endswith(b"\n") else text + b"\n"
+        cache = self._cache
+        if cache is None:
+            self._write_xlog_direct(line, time_us)
+            return
+        status = cache.append(line, time_us, self._wait)
+        if status == APPENDED:
+            if self.durable:
+                cache.msync()
+        elif status == OVERSIZE:
+            self.flush()
+            self._write_xlog_direct(line, time_us)
+
+    def _write_xlog_direct(self, line: bytes, time_us: int) -> None:
+        """Append one xlog block holding just this line: a sync block in sync mode,
+        else an async block (a line too large for the cache, or one logged after close)."""
+        xlog = self._xlog
+        if xlog is None:
+            return
+        hour = local_hour(time_us)
+        with self._io_lock:
+            if xlog.mode == "sync":
+                seq = 0
+            else:
+                from ._xlog import xlog_seq_of
+
+                cache = self._cache
+                if cache is not None:
+                    n = cache.take_seq()
+                else:
+                    n = self._seq
+                    self._seq += 1
+                seq = xlog_seq_of(n)
+            block = xlog.encode_block([line], seq, hour, hour)
+            if self._flusher is not None:
+                self._flusher.write_direct(block, time_us)
+            else:
+                self._logs.append(block, time_us)
 
     def _write_direct(self, raw: bytes, time_us: int) -> None:
         """Append a block holding just this record straight to the log (sync mode, big records)."""
