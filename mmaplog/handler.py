@@ -106,6 +106,14 @@ _live: weakref.WeakSet[MmapHandler] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for handler in list(_live):
         handler._forked = True
+        cache = handler._cache
+        if cache is not None:
+            # Let go of the parent's cache at once: the child must never write into it,
+            # and an inherited descriptor would keep the parent's lock after it dies.
+            try:
+                cache.abandon()
+            except Exception:
+                pass
 
 
 if hasattr(os, "register_at_fork"):
@@ -469,6 +477,7 @@ class MmapHandler(logging.Handler):
             self._cache.abandon()
         self._cache = None
         self._flusher = None
+        self._logs.close()
         self._logs = self._new_logs()
         if not self._closed:
             self._start()

@@ -169,6 +169,45 @@ def test_killed_lock_holder_frees_its_cache_at_once(tmp_path):
     _testing.check_exactly_once(texts(log_dir), acked)
 
 
+def test_a_forked_child_does_not_keep_the_parents_cache_locked(tmp_path):
+    """After the parent is killed, its cache is free at once even while a forked child lives."""
+    log_dir = str(tmp_path)
+    code = (
+        "import logging, mmaplog, os, sys, time\n"
+        "h = mmaplog.MmapHandler(sys.argv[1])\n"
+        "logging.getLogger().addHandler(h)\n"
+        "logging.getLogger().warning('parent record')\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(30)\n"
+        "    os._exit(0)\n"
+        "print('forked', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, log_dir],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "forked"
+        proc.kill()
+        proc.wait()
+        h = mmaplog.MmapHandler(log_dir)
+        try:
+            assert os.path.basename(h._cache.path) == "app.mmap"
+            assert h.recovered == 1
+        finally:
+            h.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert [t.endswith("parent record") for t in texts(log_dir)] == [True]
+
+
 # -- files over time ------------------------------------------------------------------------
 
 
