@@ -257,12 +257,13 @@ def recover(path: str, log_dir: str | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mmaplog.recover``: exit 0 on success, 1 on refusal or error, 2 on usage."""
+    """``python -m mmaplog.recover``: exit 0 done, 1 refused or failed, 2 bad usage or path."""
     parser = argparse.ArgumentParser(
         prog="python -m mmaplog.recover",
         description="Move what a dead process left in an mmaplog cache into the log files.",
         epilog="exit status: 0 recovered (or nothing to do), 1 a cache is held by a live "
-        "process or could not be read, 2 bad usage",
+        "process, is of an unknown newer format, or could not be recovered, 2 bad usage "
+        "or a path that does not exist",
     )
     parser.add_argument("path", help="a cache file (.mmap) or a folder of them")
     parser.add_argument(
@@ -271,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         "folder recorded in the cache, else beside the cache)",
     )
     args = parser.parse_args(argv)
+    if not os.path.lexists(args.path):
+        print(f"mmaplog recover: {args.path}: no such file or folder", file=sys.stderr)
+        return 2
+    if args.log_dir is not None and not os.path.isdir(args.log_dir):
+        print(f"mmaplog recover: --log-dir {args.log_dir}: not a folder", file=sys.stderr)
+        return 2
     try:
         n = recover(args.path, args.log_dir)
     except CacheLockedError as exc:

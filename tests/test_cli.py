@@ -193,10 +193,12 @@ def test_recover_refuses_a_cache_held_by_a_live_process(make_handler, log_dir):
         mmaplog.recover(log_dir)
 
 
-def test_recover_of_a_missing_path_exits_1(tmp_path):
-    """recover of a path that does not exist is one line and exit status 1."""
+def test_recover_of_a_missing_path_exits_2(tmp_path):
+    """recover of a path that does not exist is one line and exit status 2."""
     res = run("-m", "mmaplog.recover", str(tmp_path / "nope"))
-    assert res.returncode == 1 and "no such file" in res.stderr
+    assert res.returncode == 2 and "no such file" in res.stderr
+    res = run("-m", "mmaplog.recover", str(tmp_path), "--log-dir", str(tmp_path / "nope"))
+    assert res.returncode == 2 and "not a folder" in res.stderr
 
 
 def test_keygen_writes_a_private_key_file(tmp_path):
