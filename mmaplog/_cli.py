@@ -116,8 +116,9 @@ exit status:
 RECOVER_EPILOG = """\
 exit status:
   0  recovered (or nothing to do)
-  1  a cache is held by a live process, is missing or could not be read
-  2  bad usage
+  1  a cache is held by a live process, is of an unknown newer format, or could
+     not be recovered
+  2  bad usage, or a path (or --log-dir) that does not exist
 """
 
 KEYGEN_EPILOG = """\
