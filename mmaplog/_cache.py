@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import _format as fmt
 from . import _testing
-from ._codec import StreamCompressor
+from ._codec import StreamCompressor, stream_context
 from ._logfile import day_bounds, open_no_follow
 
 if TYPE_CHECKING:
@@ -181,6 +181,7 @@ class Cache:
         self.dropped = 0
         self._drop_first_us = 0
         self._drop_last_us = 0
+        self._zctx = stream_context(codec, level)
         self._buf: mmap.mmap | bytearray = self._map(fd, log_dir, prefix)
         self._reset_block_state()
 
@@ -304,7 +305,7 @@ class Cache:
         self._chunk = (
             xlog.line_stream().chunk
             if xlog is not None
-            else StreamCompressor(self.codec, self.level).chunk
+            else StreamCompressor(self.codec, self.level, context=self._zctx).chunk
         )
         self._seed = fmt.chunk_seed(self.session, seq)
         self._seq = seq
