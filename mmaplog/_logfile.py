@@ -133,7 +133,9 @@ class LogFiles:
         """
         day = day_of(first_time_us)
         if day != self._day or self._fd < 0:
-            self._open(day, self._last_part(day) if self.max_file_size else 0)
+            # Always the newest part of the day: a recovery (which knows no size limit)
+            # must not put late blocks into an earlier part, or reading order breaks.
+            self._open(day, self._last_part(day))
         if self.max_file_size:
             # Other processes append too: the file's real size decides.
             self._size = os.fstat(self._fd).st_size

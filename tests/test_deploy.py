@@ -516,3 +516,19 @@ def test_no_sigbus_when_the_cache_file_is_truncated_by_another_process(make_hand
         numbers.append(n)
     assert numbers == sorted(set(numbers))
     assert set(numbers) <= set(acked[0]) | {max(acked[0]) + 1}
+
+
+def test_recovery_after_size_splits_keeps_reading_order(tmp_path):
+    """A block recovered after a day was split goes to the newest part, so order holds."""
+    log_dir = str(tmp_path)
+    config = {
+        "log_dir": log_dir,
+        "handler": {"buffer_size": 16 * 1024, "max_file_size": 8000, "compression": None},
+        "sizes": [50, 200],
+    }
+    acked, status = _testing.run_writer(config, kill_after=0.8)
+    assert status == -9
+    parts = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
+    assert len(parts) > 2
+    mmaplog.recover(log_dir)
+    _testing.check_exactly_once(texts(log_dir), acked)
