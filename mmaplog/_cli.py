@@ -176,10 +176,23 @@ def _format_json(item: Record | Marker) -> str:
         except ValueError:
             pass
     stamp = _dt.datetime.fromtimestamp(item.time).astimezone().isoformat(timespec="milliseconds")
+    # Records keep the rendered line, not the logger's name: it is read back from
+    # lines in xlog's layout (the default formatter's), and is null otherwise.
+    m = _XLOG_LOGGER.match(item.text)
     return json.dumps(
-        {"time": stamp, "level": item.levelname, "pid": item.pid, "message": item.text},
+        {
+            "time": stamp,
+            "level": item.levelname,
+            "logger": m.group(1) if m else None,
+            "pid": item.pid,
+            "session": item.session,
+            "message": item.text,
+        },
         ensure_ascii=False,
     )
+
+
+_XLOG_LOGGER = re.compile(r"\[[VDIWEF]\]\[[^\]]*\]\[[^\]]*\]\[([^\]]*)\]\[")
 
 
 # -- argument types ---------------------------------------------------------------------

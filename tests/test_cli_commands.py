@@ -523,3 +523,27 @@ def test_help_documents_the_exit_status(command):
     assert "  0  " in status and "  2  " in status
     if command not in (["keygen"],):
         assert "  1  " in status
+
+
+def test_decode_json_names_the_logger_of_xlog_lines(tmp_path):
+    """--format json gives time, level, logger, pid, session and message for text records."""
+    import json as _json
+
+    log_dir = str(tmp_path / "logs")
+    h = mmaplog.MmapHandler(log_dir)
+    lg = logging.getLogger("shop.orders")
+    lg.handlers[:] = [h]
+    lg.propagate = False
+    lg.warning("order %s failed", 42)
+    h.close()
+    res = subprocess.run(
+        [sys.executable, "-m", "mmaplog", "decode", "--format", "json", log_dir],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert res.returncode == 0, res.stderr
+    obj = _json.loads(res.stdout)
+    assert obj["logger"] == "shop.orders" and obj["level"] == "WARNING"
+    assert obj["pid"] == os.getpid() and len(obj["session"]) == 16
+    assert obj["message"].endswith("[order 42 failed")
