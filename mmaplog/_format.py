@@ -23,7 +23,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .exceptions import CorruptionError, UnsupportedVersionError
 
@@ -70,7 +70,7 @@ KIND_JSON = 1
 """A JSON object rendered by a structured logger."""
 KIND_NOTE = 2
 """A line written by mmaplog itself (for example a count of dropped records)."""
-_KINDS = (KIND_TEXT, KIND_JSON, KIND_NOTE)
+_KINDS = frozenset((KIND_TEXT, KIND_JSON, KIND_NOTE))
 
 # -- chunk (stream form) --------------------------------------------------------
 #   0  u32 body_len   4  u32 crc32(body, seed)   8  body
@@ -123,9 +123,12 @@ MAX_CACHE_STRINGS = CACHE_HEADER_SIZE - CACHE_HEADER.size
 MAX_SLOTS = 8
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """One record as stored: time in µs since the epoch, level, kind and text bytes."""
+class RawRecord(NamedTuple):
+    """One record as stored: time in µs since the epoch, level, kind and text bytes.
+
+    A named tuple rather than a dataclass: readers make one per record, and a tuple
+    is several times cheaper to build.
+    """
 
     time_us: int
     level: int
@@ -221,11 +224,12 @@ def iter_records(raw: bytes | memoryview, *, where: str = "records") -> Iterator
     Raises :class:`CorruptionError` at the first record whose framing is wrong; the
     records before it have been yielded.
     """
-    view = memoryview(raw)
+    view = raw if isinstance(raw, bytes) else bytes(raw)
     size = len(view)
     pos = 0
     hsize = RECORD_HEADER.size
     unpack = RECORD_HEADER.unpack_from
+    kinds = _KINDS
     while pos < size:
         if size - pos < hsize:
             raise CorruptionError(
@@ -234,7 +238,7 @@ def iter_records(raw: bytes | memoryview, *, where: str = "records") -> Iterator
                 pos,
             )
         text_len, time_us, level, kind = unpack(view, pos)
-        if kind not in _KINDS:
+        if kind not in kinds:
             raise CorruptionError(f"{where}: record at offset {pos}: unknown kind {kind}", pos)
         end = pos + hsize + text_len
         if text_len > MAX_RECORD_TEXT or end > size:
@@ -243,7 +247,7 @@ def iter_records(raw: bytes | memoryview, *, where: str = "records") -> Iterator
                 f"the end ({size - pos - hsize} bytes left)",
                 pos,
             )
-        yield RawRecord(time_us, level, kind, bytes(view[pos + hsize : end]))
+        yield RawRecord(time_us, level, kind, view[pos + hsize : end])
         pos = end
 
 

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _format as fmt
 from ._codec import StreamDecompressor, decompress_whole
@@ -36,9 +36,8 @@ _MAX_CHUNK_RAW = fmt.MAX_RECORD_TEXT + fmt.RECORD_HEADER.size
 _LOG_NAME = re.compile(r"^(?P<prefix>.+)_(?P<day>\d{8})(?:_(?P<part>\d+))?\.(?:mmlog|xlog)$")
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A record read back from a log."""
+class Record(NamedTuple):
+    """A record read back from a log (a named tuple: cheap to make by the million)."""
 
     time: float
     """Seconds since the epoch, as ``LogRecord.created``."""
@@ -189,17 +188,18 @@ class Reader:
                 if h.stream
                 else self._whole_records(h, payload, where)
             )
-            for r in raws:
+            pid, seq, recovered = h.pid, h.seq, h.recovered
+            for time_us, level, kind, text in raws:
                 yield Record(
-                    time=r.time_us / 1e6,
-                    level=r.level,
-                    text=r.text.decode("utf-8", "replace"),
-                    kind=r.kind,
-                    pid=h.pid,
-                    session=session,
-                    seq=h.seq,
-                    recovered=h.recovered,
-                    source=source,
+                    time_us / 1e6,
+                    level,
+                    text.decode("utf-8", "replace"),
+                    kind,
+                    pid,
+                    session,
+                    seq,
+                    recovered,
+                    source,
                 )
         except KeyMismatchError as exc:
             self.key_mismatch = True
