@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from . import _format as fmt
 from .exceptions import ConfigError, DecryptionError
 
 __all__ = [
@@ -69,7 +70,7 @@ KEY_SIZE: Final = 32
 #: Size of the Poly1305 tag appended to every sealed chunk.
 TAG_SIZE: Final = 16
 #: The chunk index reserved for a block sealed whole (on its way to the log file).
-WHOLE_BLOCK_INDEX: Final = 0xFFFFFFFF
+WHOLE_BLOCK_INDEX: Final = fmt.WHOLE_BLOCK_INDEX
 
 #: Opener keeps the AEADs of this many sessions (ephemeral keys) at most.
 _OPENER_CACHE_SIZE: Final = 64

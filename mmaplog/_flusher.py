@@ -20,7 +20,6 @@ from ._cache import Cache, SealedBlock, SealerProtocol
 from ._codec import compress_whole
 from ._logfile import LogFiles
 
-WHOLE_BLOCK_INDEX = 0xFFFFFFFF
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 5.0
 _DAY = 86400.0
@@ -40,7 +39,7 @@ def build_block(
     payload = compress_whole(template.compression, raw, level)
     if sealer is not None:
         aad = fmt.block_aad(template.session, template.seq, flags)
-        payload = sealer.seal(template.seq, WHOLE_BLOCK_INDEX, payload, aad)
+        payload = sealer.seal(template.seq, fmt.WHOLE_BLOCK_INDEX, payload, aad)
     header = replace(
         template, flags=flags, last_time_us=last_time_us, count=count, raw_len=len(raw)
     )

@@ -103,6 +103,9 @@ ENCRYPTION_EXTENSION = 32
 XLOG_EXTENSION = 64
 """FLAG_XLOG with FLAG_ENCRYPTED: the extension is xlog's 64-byte client public key."""
 
+WHOLE_BLOCK_INDEX = 0xFFFFFFFF
+"""The chunk index under which a whole-form payload is sealed (chunks use 0, 1, ...)."""
+
 COMPRESSION_NAMES = {COMP_NONE: None, COMP_ZLIB: "zlib", COMP_ZSTD: "zstd"}
 COMPRESSION_CODES = {v: k for k, v in COMPRESSION_NAMES.items()}
 

@@ -31,7 +31,6 @@ from .exceptions import (
 if TYPE_CHECKING:
     from ._crypto import Opener
 
-WHOLE_BLOCK_INDEX = 0xFFFFFFFF
 _MAX_CHUNK_RAW = fmt.MAX_RECORD_TEXT + fmt.RECORD_HEADER.size
 _LOG_NAME = re.compile(r"^(?P<prefix>.+)_(?P<day>\d{8})(?:_(?P<part>\d+))?\.(?:mmlog|xlog)$")
 
@@ -226,7 +225,7 @@ class Reader:
         self, h: fmt.BlockHeader, payload: bytes, where: str
     ) -> Iterator[fmt.RawRecord]:
         if h.encrypted:
-            payload = self._open(h, WHOLE_BLOCK_INDEX, payload, where)
+            payload = self._open(h, fmt.WHOLE_BLOCK_INDEX, payload, where)
         raw = decompress_whole(h.compression, payload, h.raw_len, where=where)
         records = list(fmt.iter_records(raw, where=where))
         if len(records) != h.count:
