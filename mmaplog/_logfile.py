@@ -154,21 +154,23 @@ class LogFiles:
             os.fsync(fd)
         return self.path_for(day, self._part)
 
-    def contains(self, session: bytes, seq: int, first_time_us: int) -> bool:
-        """Whether a block ``(session, seq)`` is already in the log files of its day."""
+    def _day_files(self, first_time_us: int) -> list[str]:
+        """The paths of this prefix's log files (all parts) for the day of ``first_time_us``."""
         day = day_of(first_time_us)
         pattern = log_file_re(self.prefix, self.suffix)
         try:
             names = os.listdir(self.log_dir)
         except FileNotFoundError:
-            return False
-        for name in names:
-            m = pattern.match(name)
-            if not m or m.group(1) != day:
-                continue
-            if _file_has_block(os.path.join(self.log_dir, name), session, seq):
-                return True
-        return False
+            return []
+        return [
+            os.path.join(self.log_dir, name)
+            for name in names
+            if (m := pattern.match(name)) is not None and m.group(1) == day
+        ]
+
+    def contains(self, session: bytes, seq: int, first_time_us: int) -> bool:
+        """Whether a block ``(session, seq)`` is already in the log files of its day."""
+        return any(_file_has_block(p, session, seq) for p in self._day_files(first_time_us))
 
     def contains_xlog(self, block: bytes, first_time_us: int) -> bool:
         """Whether the xlog ``block`` is already in the ``.xlog`` files of its day.
@@ -178,19 +180,7 @@ class LogFiles:
         with its time, pid and thread, so another block with equal bytes would be a
         block with equal lines. The end hour is not compared.
         """
-        day = day_of(first_time_us)
-        pattern = log_file_re(self.prefix, self.suffix)
-        try:
-            names = os.listdir(self.log_dir)
-        except FileNotFoundError:
-            return False
-        for name in names:
-            m = pattern.match(name)
-            if not m or m.group(1) != day:
-                continue
-            if _file_has_xlog_block(os.path.join(self.log_dir, name), block):
-                return True
-        return False
+        return any(_file_has_xlog_block(p, block) for p in self._day_files(first_time_us))
 
     def remove_old(self, max_age_days: int, now: float) -> list[str]:
         """Delete this prefix's log files dated more than ``max_age_days`` days before ``now``.

@@ -536,37 +536,31 @@ class MmapHandler(logging.Handler):
         raw = _pack_record(len(text), time_us, min(max(levelno, 0), 255), kind) + text
         self._store(raw, time_us)
 
-    def _store(self, raw: bytes, time_us: int) -> None:
+    def _store(self, data: bytes, time_us: int) -> None:
+        """Put an encoded record (or an xlog line) into the cache, or straight into the log."""
         if self._forked:
             self._after_fork()
         cache = self._cache
         if cache is None:
-            self._write_direct(raw, time_us)
+            self._direct(data, time_us)
             return
-        status = cache.append(raw, time_us, self._wait)
+        status = cache.append(data, time_us, self._wait)
         if status == APPENDED:
             if self.durable:
                 cache.msync()
         elif status == OVERSIZE:
             self.flush()
-            self._write_direct(raw, time_us)
+            self._direct(data, time_us)
+
+    def _direct(self, data: bytes, time_us: int) -> None:
+        if self._xlog is not None:
+            self._write_xlog_direct(data, time_us)
+        else:
+            self._write_direct(data, time_us)
 
     def _store_line(self, text: bytes, time_us: int) -> None:
         """Store one xlog line (``\\n`` added if missing, as xlog's formatter does)."""
-        if self._forked:
-            self._after_fork()
-        line = text if text.endswith(b"\n") else text + b"\n"
-        cache = self._cache
-        if cache is None:
-            self._write_xlog_direct(line, time_us)
-            return
-        status = cache.append(line, time_us, self._wait)
-        if status == APPENDED:
-            if self.durable:
-                cache.msync()
-        elif status == OVERSIZE:
-            self.flush()
-            self._write_xlog_direct(line, time_us)
+        self._store(text if text.endswith(b"\n") else text + b"\n", time_us)
 
     def _write_xlog_direct(self, line: bytes, time_us: int) -> None:
         """Append one xlog block holding just this line: a sync block in sync mode,
