@@ -585,6 +585,11 @@ def read_slot(image: bytes | memoryview, info: CacheInfo, index: int) -> SlotCon
     try:
         template = parse_header(slot, SLOT_BLOCK_OFFSET)
     except CorruptionError as exc:
+        if committed == 0 and count == 0 and not isinstance(exc, UnsupportedVersionError):
+            # The commit word is zeroed before a template is written and no chunk is
+            # written before the template is whole: this is a block whose opening was
+            # cut short, and it holds nothing.
+            return None
         raise CorruptionError(f"cache slot {index}: {exc}", base + SLOT_BLOCK_OFFSET) from None
     body = slot[SLOT_BLOCK_OFFSET + template.header_len :]
     bodies, walked = walk_chunks(body, chunk_seed(template.session, template.seq))

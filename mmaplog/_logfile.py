@@ -118,7 +118,7 @@ class LogFiles:
         self.close()
         path = self.path_for(day, part)
         created = not os.path.lexists(path)
-        self._fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.file_mode)
+        self._fd = open_no_follow(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, self.file_mode)
         self._day = day
         self._part = part
         self._size = os.fstat(self._fd).st_size

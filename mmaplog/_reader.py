@@ -85,7 +85,9 @@ class Reader:
         self.key_mismatch = False
         self._opened_sessions: set[bytes] = set()
         self._last_recovered: tuple[str, bytes] | None = None
-        self._seen_blocks: set[tuple[bytes, int, int]] = set()
+        self._seen_blocks: dict[tuple[bytes, int, int], tuple[int, int]] = {}
+        self.repeated_blocks = 0
+        """Exact copies of a block already read: a write retried after a failed fsync."""
 
     def _load_key(self, key: Any) -> None:
         from ._crypto import Opener, load_private_key
@@ -150,7 +152,7 @@ class Reader:
         _info, contents = _slots_of(image, report)
         for problem in report.problems:
             self._damage(source, 0, 0, problem)
-        for c in sorted(contents, key=lambda c: (c.template.first_time_us, c.template.seq)):
+        for c in sorted(contents, key=lambda c: (c.template.session, c.template.seq)):
             yield from self.iter_block(c.template, c.payload, -1, source)
 
     # -- one block -------------------------------------------------------------------
@@ -171,16 +173,22 @@ class Reader:
             self._last_recovered = None
         session = h.session.hex()
         ident = (h.session, h.seq, h.flags & fmt.FLAG_STREAM)
-        if ident in self._seen_blocks and offset >= 0:
-            start = offset
+        seen = self._seen_blocks.get(ident)
+        if seen is not None and offset >= 0:
+            if seen == (h.payload_len, h.payload_crc):
+                # The same bytes again: a block written a second time because an fsync
+                # failed after its write. Nothing is lost or changed: skip it quietly.
+                self.repeated_blocks += 1
+                return
             self._damage(
                 source,
-                start,
-                start + h.header_len + h.payload_len,
-                f"{where}: block {h.seq} of session {session} appears twice; the copy is skipped",
+                offset,
+                offset + h.header_len + h.payload_len,
+                f"{where}: block {h.seq} of session {session} appears twice with other "
+                "contents; the second is skipped",
             )
             return
-        self._seen_blocks.add(ident)
+        self._seen_blocks[ident] = (h.payload_len, h.payload_crc)
         try:
             raws = (
                 self._stream_records(h, payload, offset, source, where)

@@ -112,6 +112,10 @@ def _salvage_slots(image: bytes, report: RecoveryReport) -> list[fmt.SlotContent
     return found
 
 
+def _block_order(content: fmt.SlotContent) -> tuple[bytes, int]:
+    return content.template.session, content.template.seq
+
+
 def _default_prefix(path: str) -> str:
     name = os.path.basename(path)
     stem = name[: -len(".mmap")] if name.endswith(".mmap") else name
@@ -139,7 +143,9 @@ def recover_image(
     logs = LogFiles(target, prefix, file_mode=file_mode, durable=durable)
     xlogs = LogFiles(target, prefix, file_mode=file_mode, durable=durable, suffix=XLOG_SUFFIX)
     try:
-        for content in sorted(contents, key=lambda c: (c.template.first_time_us, c.template.seq)):
+        # In sequence order: a record stamped earlier can open a later block (its time is
+        # taken before the cache lock), so first times do not order a cache's blocks.
+        for content in sorted(contents, key=_block_order):
             if content.count == 0:
                 continue
             t = content.template
