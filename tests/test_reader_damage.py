@@ -490,7 +490,7 @@ def test_a_replayed_block_is_not_decoded_twice() -> None:
 def test_a_block_reusing_a_session_and_seq_with_other_contents_is_damage() -> None:
     """A block with a seen (session, seq) but other contents is reported and skipped."""
     data, spans = small_log("whole", fmt.COMP_ZSTD, False)
-    s, e = spans[1]
+    s, _e = spans[1]
     h = fmt.parse_header(data, s)
     other = fmt.encode_block(
         h, data[spans[2][0] + fmt.parse_header(data, spans[2][0]).header_len : spans[2][1]]
