@@ -233,6 +233,7 @@ def iter_records(raw: bytes | memoryview, *, where: str = "records") -> Iterator
     hsize = RECORD_HEADER.size
     unpack = RECORD_HEADER.unpack_from
     kinds = _KINDS
+    new = tuple.__new__
     while pos < size:
         if size - pos < hsize:
             raise CorruptionError(
@@ -250,7 +251,8 @@ def iter_records(raw: bytes | memoryview, *, where: str = "records") -> Iterator
                 f"the end ({size - pos - hsize} bytes left)",
                 pos,
             )
-        yield RawRecord(time_us, level, kind, view[pos + hsize : end])
+        # tuple.__new__ skips the named tuple's Python-level __new__: this runs per record.
+        yield new(RawRecord, (time_us, level, kind, view[pos + hsize : end]))
         pos = end
 
 

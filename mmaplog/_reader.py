@@ -196,17 +196,21 @@ class Reader:
                 else self._whole_records(h, payload, where)
             )
             pid, seq, recovered = h.pid, h.seq, h.recovered
+            new = tuple.__new__  # cheaper than Record(...) for a named tuple, per record
             for time_us, level, kind, text in raws:
-                yield Record(
-                    time_us / 1e6,
-                    level,
-                    text.decode("utf-8", "replace"),
-                    kind,
-                    pid,
-                    session,
-                    seq,
-                    recovered,
-                    source,
+                yield new(
+                    Record,
+                    (
+                        time_us / 1e6,
+                        level,
+                        text.decode("utf-8", "replace"),
+                        kind,
+                        pid,
+                        session,
+                        seq,
+                        recovered,
+                        source,
+                    ),
                 )
         except KeyMismatchError as exc:
             self.key_mismatch = True
