@@ -522,20 +522,22 @@ def cmd_decode(args: argparse.Namespace) -> int:
                         done += len(data)
                     progress.update(done)
                     _close(data)
-        except NeedKeyError as exc:
-            _err(prog, str(exc))
-            return EXIT_USAGE
-        except BrokenPipeError:
-            return _broken_pipe()
-        except OSError as exc:
-            _err(prog, f"{exc.filename or ''}: cannot read: {exc.strerror or exc}")
-            return EXIT_USAGE
-        except MmapLogError as exc:
-            _err(prog, str(exc))
-            return EXIT_USAGE
+        except (OSError, MmapLogError) as exc:
+            return _reading_failed(prog, exc)
     if reader.key_mismatch:
         _err(prog, "the key does not match (no record of those blocks authenticates with it)")
     return EXIT_DAMAGED if reader.damaged or scan_damaged else EXIT_OK
+
+
+def _reading_failed(prog: str, exc: OSError | MmapLogError, name: str = "") -> int:
+    """Say in one line what went wrong while reading input; return the exit status."""
+    if isinstance(exc, BrokenPipeError):
+        return _broken_pipe()
+    if isinstance(exc, OSError):
+        _err(prog, f"{exc.filename or name}: cannot read: {exc.strerror or exc}")
+    else:  # NeedKeyError and the other mmaplog errors carry their own message
+        _err(prog, str(exc))
+    return EXIT_USAGE
 
 
 def _broken_pipe() -> int:
@@ -762,17 +764,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
             stop.wait(_POLL_INTERVAL)
             if not stop.is_set():
                 _print_lines(tail.poll())
-    except NeedKeyError as exc:
-        _err(prog, str(exc))
-        return EXIT_USAGE
-    except BrokenPipeError:
-        return _broken_pipe()
-    except OSError as exc:
-        _err(prog, f"{exc.filename or folder}: cannot read: {exc.strerror or exc}")
-        return EXIT_USAGE
-    except MmapLogError as exc:
-        _err(prog, str(exc))
-        return EXIT_USAGE
+    except (OSError, MmapLogError) as exc:
+        return _reading_failed(prog, exc, folder)
     finally:
         if args.follow:
             signal.signal(signal.SIGINT, previous)
