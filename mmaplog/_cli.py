@@ -733,14 +733,21 @@ def _print_lines(lines: list[_Line]) -> None:
     out.flush()
 
 
+def _is_log_folder(prog: str, folder: str) -> bool:
+    """Whether ``folder`` is a folder; if not, say so in one line."""
+    if not os.path.exists(folder):
+        _err(prog, f"{folder}: no such folder")
+        return False
+    if not os.path.isdir(folder):
+        _err(prog, f"{folder}: not a folder (give the log folder)")
+        return False
+    return True
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     prog = "mmaplog tail"
     folder = args.log_dir
-    if not os.path.exists(folder):
-        _err(prog, f"{folder}: no such folder")
-        return EXIT_USAGE
-    if not os.path.isdir(folder):
-        _err(prog, f"{folder}: not a folder (give the log folder)")
+    if not _is_log_folder(prog, folder):
         return EXIT_USAGE
 
     def on_damage(src: str, d: fmt.Damage) -> None:
@@ -1000,11 +1007,7 @@ def _span(seconds: float) -> str:
 def cmd_stats(args: argparse.Namespace) -> int:
     prog = "mmaplog stats"
     folder = args.log_dir
-    if not os.path.exists(folder):
-        _err(prog, f"{folder}: no such folder")
-        return EXIT_USAGE
-    if not os.path.isdir(folder):
-        _err(prog, f"{folder}: not a folder (give the log folder)")
+    if not _is_log_folder(prog, folder):
         return EXIT_USAGE
     try:
         stats = [_file_stats(p) for p in log_files_in(folder, args.prefix)]
