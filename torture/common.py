@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,29 @@ class Decoded:
     torn: list[tuple[str, fmt.Damage]] = field(default_factory=list)
     bad: list[tuple[str, fmt.Damage]] = field(default_factory=list)
     duplicates: list[tuple[str, fmt.Damage]] = field(default_factory=list)
+
+
+def finish_workdir(
+    base: str,
+    *,
+    own_dir: bool,
+    failed: bool,
+    keep_failures: str | None,
+    name: str,
+    what: str,
+    verbose: bool,
+) -> None:
+    """Remove a run's scratch folder when all went well; else keep (and copy) its failures."""
+    if own_dir and not failed:
+        shutil.rmtree(base, ignore_errors=True)
+    elif failed:
+        saved = os.path.join(base, "failures")
+        if keep_failures and os.path.isdir(saved):
+            dest = os.path.join(keep_failures, name)
+            shutil.copytree(saved, dest, dirs_exist_ok=True)
+            saved = dest
+        if verbose:
+            print(f"  failing {what} saved under {saved}")
 
 
 def is_torn_write(data: bytes, d: fmt.Damage) -> bool:

@@ -31,6 +31,7 @@ from mmaplog._flusher import build_block
 from mmaplog._reader import Reader, Record
 from mmaplog.recover import recover_image
 
+from .common import finish_workdir
 from .protocol import time_limit
 
 PATTERNS: dict[str, Callable[[int], int]] = {
@@ -452,16 +453,15 @@ def run(
                     flush=True,
                 )
     finally:
-        if work is None and not stats.failures:
-            shutil.rmtree(base, ignore_errors=True)
-        elif stats.failures:
-            saved = os.path.join(base, "failures")
-            if keep_failures and os.path.isdir(saved):
-                dest = os.path.join(keep_failures, f"corrupt-seed{seed}")
-                shutil.copytree(saved, dest, dirs_exist_ok=True)
-                saved = dest
-            if verbose:
-                print(f"  failing inputs saved under {saved}")
+        finish_workdir(
+            base,
+            own_dir=work is None,
+            failed=bool(stats.failures),
+            keep_failures=keep_failures,
+            name=f"corrupt-seed{seed}",
+            what="inputs",
+            verbose=verbose,
+        )
     return stats
 
 

@@ -43,7 +43,7 @@ from mmaplog._flusher import build_block
 from mmaplog._logfile import LogFiles, day_of
 from mmaplog.recover import clear_slots, recover_image
 
-from .common import decode_dir, describe
+from .common import decode_dir, describe, finish_workdir
 
 Store = tuple[int, bytes]
 
@@ -567,16 +567,15 @@ def run(
                     flush=True,
                 )
     finally:
-        if work is None and not stats.failures:
-            shutil.rmtree(base, ignore_errors=True)
-        elif stats.failures:
-            saved = os.path.join(base, "failures")
-            if keep_failures and os.path.isdir(saved):
-                dest = os.path.join(keep_failures, f"protocol-seed{seed}")
-                shutil.copytree(saved, dest, dirs_exist_ok=True)
-                saved = dest
-            if verbose:
-                print(f"  failing states saved under {saved}")
+        finish_workdir(
+            base,
+            own_dir=work is None,
+            failed=bool(stats.failures),
+            keep_failures=keep_failures,
+            name=f"protocol-seed{seed}",
+            what="states",
+            verbose=verbose,
+        )
     return stats
 
 
