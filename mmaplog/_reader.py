@@ -239,6 +239,8 @@ class Reader:
         if h.encrypted:
             payload = self._open(h, fmt.WHOLE_BLOCK_INDEX, payload, where)
         raw = decompress_whole(h.compression, payload, h.raw_len, where=where)
+        if h.flags & fmt.FLAG_COLUMNS:
+            return iter(fmt.decode_columns(raw, h.count, where=where))
         records = list(fmt.iter_records(raw, where=where))
         if len(records) != h.count:
             raise CorruptionError(f"{where}: holds {len(records)} records, header says {h.count}")

@@ -608,7 +608,7 @@ class MmapHandler(logging.Handler):
                 extension=self._sealer.ephemeral_public if self._sealer else b"",
             )
             block = build_block(
-                template, raw, 1, time_us, level=self._level_whole, sealer=self._sealer
+                template, [raw], time_us, level=self._level_whole, sealer=self._sealer
             )
             if self._flusher is not None:
                 self._flusher.write_direct(block, time_us)

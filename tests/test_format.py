@@ -8,6 +8,7 @@ import tracemalloc
 import zlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -132,6 +133,88 @@ def test_iter_records_rejects_bad_framing() -> None:
         assert exc.value.offset == len(good)
 
 
+# -- columns -------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(record_lists)
+def test_columns_round_trip(recs: list[Rec]) -> None:
+    """Records in column form decode to the same records, and the form is as long as the raw."""
+    raw = b"".join(r.raw for r in recs)
+    columns = fmt.encode_columns([r.raw for r in recs])
+    times = [r.time_us for r in recs]
+    steps = [b - a for a, b in zip([0, *times], times, strict=False)]
+    if not all(-(2**63) <= d < 2**63 for d in steps):
+        assert columns is None  # the steps do not fit an i64: the records stay back to back
+        return
+    assert columns is not None and len(columns) == len(raw)
+    assert fmt.decode_columns(columns, len(recs)) == list(fmt.iter_records(raw))
+
+
+def test_columns_lay_out_times_lengths_levels_kinds_then_texts() -> None:
+    """The column form is time steps and lengths as byte planes, levels, kinds, then texts."""
+    columns = fmt.encode_columns(
+        [
+            fmt.encode_record(0x0102, 20, fmt.KIND_TEXT, b"ab"),
+            fmt.encode_record(0x0103, 40, 2, b"c"),
+        ]
+    )
+    times = bytes([0x02, 0x01, 0x01, 0x00]) + bytes(12)  # steps 0x0102 and 1, planes 0 .. 7
+    lengths = bytes([2, 1]) + bytes(6)
+    assert columns == times + lengths + bytes([20, 40]) + bytes([0, 2]) + b"abc"
+
+
+def test_columns_of_no_records_are_empty() -> None:
+    """An empty block has an empty column form, which decodes to no records."""
+    assert fmt.encode_columns([]) == b""
+    assert fmt.decode_columns(b"", 0) == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c, n: (c[:-1], n), "add up to"),  # a text cut short
+        (lambda c, n: (c + b"x", n), "add up to"),  # a byte too many
+        (lambda c, n: (c, n + 1), "unknown kind|add up to"),  # one record more than there is
+        (lambda c, n: (c[:20], n), "need"),  # the columns themselves cut short
+        (lambda c, n: (c[: 13 * n] + bytes([9]) + c[13 * n + 1 :], n), "unknown kind 9"),
+        (lambda c, n: (c[: 8 * n] + b"\xff" * 4 * n + c[12 * n :], n), "add up to"),
+    ],
+)
+def test_decode_columns_rejects_columns_that_do_not_fit(mutate: Any, message: str) -> None:
+    """Columns that disagree with the data or hold a bad kind are a CorruptionError, not records."""
+    columns = fmt.encode_columns(
+        [fmt.encode_record(1000 + i, 20, fmt.KIND_TEXT, b"rec%d" % i) for i in range(4)]
+    )
+    assert columns is not None
+    data, count = mutate(columns, 4)
+    with pytest.raises(CorruptionError, match=message):
+        fmt.decode_columns(data, count, where="blk")
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [b"short"],
+        [fmt.encode_record(1, 20, 0, b"abc")[:-1]],
+        [fmt.encode_record(1, 20, 0, b"") + b"x"],
+    ],
+)
+def test_encode_columns_refuses_records_that_are_not_encoded_records(records: list[bytes]) -> None:
+    """A record shorter than its header, or whose text is not its header's length, is refused."""
+    with pytest.raises(ValueError, match="records: "):
+        fmt.encode_columns(records)
+
+
+def test_compressed_whole_blocks_hold_columns_and_plain_ones_do_not() -> None:
+    """The flusher writes columns in zlib and zstd blocks, plain records without compression."""
+    recs = [Rec(1_700_000_000_000_000 + i, 20, fmt.KIND_TEXT, f"line {i}") for i in range(5)]
+    for codec in CODECS:
+        (block,) = fmt.scan_blocks(build_log([recs], form="whole", codec=codec)[0])
+        assert isinstance(block, fmt.ScannedBlock)
+        assert bool(block.header.flags & fmt.FLAG_COLUMNS) == (codec != fmt.COMP_NONE)
+
+
 # -- blocks: the same records however they are written -------------------------------------
 
 
@@ -156,12 +239,21 @@ def test_same_records_however_split_and_encoded(
 @settings(max_examples=30, deadline=None)
 @given(record_lists, codecs)
 def test_stream_and_whole_form_carry_the_same_raw_bytes(recs: list[Rec], codec: int) -> None:
-    """The stream-form chunks of a block decompress to the same raw bytes as its whole form."""
+    """The stream-form chunks of a block decompress to the raw bytes its whole form holds.
+
+    A compressed whole form holds them as columns of the same length.
+    """
     raw = b"".join(r.raw for r in recs)
     (whole,) = (b for b in fmt.scan_blocks(build_log([recs], form="whole", codec=codec)[0]))
     assert isinstance(whole, fmt.ScannedBlock)
     assert not whole.header.stream and whole.header.raw_len == len(raw)
-    assert decompress_whole(codec, whole.payload, len(raw), where="t") == raw
+    held = decompress_whole(codec, whole.payload, len(raw), where="t")
+    if whole.header.flags & fmt.FLAG_COLUMNS:
+        assert codec != fmt.COMP_NONE
+        assert held == fmt.encode_columns([r.raw for r in recs])
+        assert fmt.decode_columns(held, len(recs)) == list(fmt.iter_records(raw))
+    else:
+        assert held == raw
     (stream,) = (b for b in fmt.scan_blocks(build_log([recs], form="stream", codec=codec)[0]))
     assert isinstance(stream, fmt.ScannedBlock)
     assert stream.header.stream and stream.header.recovered
@@ -209,9 +301,11 @@ def test_parse_header_rejects_unknown_version(version: int) -> None:
         fmt.parse_header(raw_header(version=version))
 
 
-@pytest.mark.parametrize("flags", [0x03, 0x20, 0x40, 0x80, 0xE0, 0x08 | 0x03, 0xFF & ~0x04])
+@pytest.mark.parametrize(
+    "flags", [0x03, 0x20, 0x80, 0xE0, 0x08 | 0x03, 0xFF & ~0x04, 0x40 | 0x08, 0x40 | 0x20 | 0x08]
+)
 def test_parse_header_rejects_unknown_flags(flags: int) -> None:
-    """Reserved flag bits and compression code 3 make a header corrupt."""
+    """Reserved flag bits, compression code 3 and columns in stream form make a header corrupt."""
     with pytest.raises(CorruptionError, match="unknown flags") as exc:
         fmt.parse_header(raw_header(flags=flags))
     assert not isinstance(exc.value, UnsupportedVersionError)

@@ -122,8 +122,7 @@ def make_fixture(
                 assert block is not None
                 log += build_block(
                     block.template,
-                    b"".join(block.raw),
-                    block.count,
+                    block.raw,
                     block.last_time_us,
                     level=None,
                     sealer=sealer,
@@ -140,8 +139,7 @@ def make_fixture(
                 while (block := cache.take_sealed()) is not None:
                     log += build_block(
                         block.template,
-                        b"".join(block.raw),
-                        block.count,
+                        block.raw,
                         block.last_time_us,
                         level=None,
                         sealer=sealer,

@@ -366,8 +366,7 @@ class Harness:
         self.stats.moves += 1
         data = build_block(
             block.template,
-            b"".join(block.raw),
-            block.count,
+            block.raw,
             block.last_time_us,
             level=None,
             sealer=self.cache.sealer,
