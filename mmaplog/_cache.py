@@ -20,7 +20,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _format as fmt
 from . import _testing
@@ -56,6 +56,10 @@ class SealerProtocol(Protocol):
 
 def _no_block(raw: bytes) -> bytes:
     raise AssertionError("no block is open")
+
+
+def _no_flush(_mode: Any = None) -> bytes:
+    return b""
 
 
 def geometry(buffer_size: int) -> tuple[int, int]:
@@ -163,6 +167,7 @@ class Cache:
         self.codec = codec
         self.level = level
         self.sealer = sealer
+        self._keep_bodies = xlog is not None  # xlog blocks are moved from the chunk bodies
         self._wake = wake
         self.slot_size, self.file_size = geometry(buffer_size)
         self.threshold = max(1, buffer_size // 3)
@@ -247,7 +252,9 @@ class Cache:
         self._day_end = 0
         self._raw: list[bytes] = []
         self._template: fmt.BlockHeader | None = None
-        self._chunk: Callable[[bytes], bytes] = _no_block
+        self._compress: Callable[[bytes], bytes] = _no_block
+        self._flush: Callable[[Any], bytes] = _no_flush
+        self._flush_mode: Any = None
         self._seed = 0
         self._seq = 0
         self._seal_at = 0
@@ -302,11 +309,15 @@ class Cache:
         self._day_start, self._day_end = day_bounds(time_us)
         self._raw = []
         self._template = template
-        self._chunk = (
-            xlog.line_stream().chunk
-            if xlog is not None
-            else StreamCompressor(self.codec, self.level, context=self._zctx).chunk
-        )
+        if xlog is not None:
+            self._compress, self._flush, self._flush_mode = (
+                xlog.line_stream().chunk,
+                _no_flush,
+                None,
+            )
+        else:
+            stream = StreamCompressor(self.codec, self.level, context=self._zctx)
+            self._compress, self._flush, self._flush_mode = stream.steps()
         self._seed = fmt.chunk_seed(self.session, seq)
         self._seq = seq
         self._seal_at = self._payload_start + self.threshold
@@ -387,7 +398,8 @@ class Cache:
         return APPENDED
 
     def _write(self, raw: bytes, time_us: int) -> None:
-        body = self._chunk(raw)
+        """Write one record as a chunk, then its commit store."""
+        body = self._compress(raw) + self._flush(self._flush_mode)
         sealer = self.sealer
         if sealer is not None:
             body = sealer.seal(self._seq, self._count, body, self._aad)
@@ -401,7 +413,7 @@ class Cache:
         # The commit store: one small write after the chunk is complete.
         _pack_commit(buf, self._commit_at, end - self._payload_start, self._count, self._last_us)
         self._pos = end
-        self._raw.append(body if self.xlog is not None else raw)
+        self._raw.append(body if self._keep_bodies else raw)
 
     def _count_drop(self, time_us: int) -> None:
         if not self.dropped:

@@ -72,6 +72,13 @@ class StreamCompressor:
         """Return the stream bytes that carry ``raw``, complete and decodable."""
         return self._compress(raw) + self._flush(self._mode)
 
+    def steps(self) -> tuple[Callable[[bytes], bytes], Callable[[Any], bytes], Any]:
+        """``(compress, flush, mode)``: ``compress(raw) + flush(mode)`` is :meth:`chunk`.
+
+        For a caller that inlines the chunk on its hot path.
+        """
+        return self._compress, self._flush, self._mode
+
 
 def _empty(_mode: int | None = None) -> bytes:
     return b""
