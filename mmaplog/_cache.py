@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import _format as fmt
 from . import _testing
 from ._codec import StreamCompressor, stream_context
+from ._crypto import TAG_SIZE
 from ._logfile import day_bounds, open_no_follow
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ EMPTY, OPEN, SEALED, MOVING = range(4)
 
 APPENDED, DROPPED, OVERSIZE = range(3)
 
-_CHUNK_OVERHEAD = 64 + fmt.CHUNK_HEADER.size + 16
+_CHUNK_OVERHEAD = 64 + fmt.CHUNK_HEADER.size + TAG_SIZE
 _pack_chunk_header = fmt.CHUNK_HEADER.pack
 _pack_commit = fmt.COMMIT.pack_into
 _crc32 = zlib.crc32
@@ -403,6 +404,9 @@ class Cache:
         sealer = self.sealer
         if sealer is not None:
             body = sealer.seal(self._seq, self._count, body, self._aad)
+            # The tags do not count toward sealing: an encrypted block holds as many
+            # records as a plain one, so it compresses as well when it is moved.
+            self._seal_at += TAG_SIZE
         pos = self._pos
         end = pos + 8 + len(body)
         buf = self._buf

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import subprocess
 import sys
 
@@ -237,3 +238,37 @@ def test_fork_child_uses_a_new_key_and_session(log_dir, keys):
             if isinstance(b, fmt.ScannedBlock):
                 keys_used.add((b.header.session, b.header.extension))
     assert len({s for s, _ in keys_used}) == len({e for _, e in keys_used}) == 2
+
+
+def block_counts(folder: str) -> list[int]:
+    """The record count of each block in the log files of ``folder``, in order."""
+    counts = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".mmlog"):
+            with open(os.path.join(folder, name), "rb") as f:
+                data = f.read()
+            counts += [
+                b.header.count for b in fmt.scan_blocks(data) if not isinstance(b, fmt.Damage)
+            ]
+    return counts
+
+
+def test_encrypted_blocks_hold_as_many_records_as_plain_ones(tmp_path, keys):
+    """The per-record tags do not count toward sealing, so encryption does not shrink blocks."""
+    _private, public = keys
+    counts = {}
+    for name, key in (("plain", None), ("sealed", public)):
+        folder = str(tmp_path / name)
+        h = mmaplog.MmapHandler(folder, public_key=key, buffer_size=32 * 1024)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        log = make_logger(name, h)
+        rng = random.Random(7)  # the same application-like lines, of 100-200 bytes, both times
+        for i in range(3000):
+            log.info(
+                "%s %d user %s took %d ms", MARKER, i, rng.randbytes(20).hex(), rng.randrange(999)
+            )
+        h.close()
+        counts[name] = block_counts(folder)
+    assert len(counts["plain"]) > 2
+    # The last block is cut by close(); compare the first, full one.
+    assert abs(counts["sealed"][0] - counts["plain"][0]) <= counts["plain"][0] // 50
