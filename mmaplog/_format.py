@@ -25,6 +25,7 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING, NamedTuple
 
 from .exceptions import CorruptionError, UnsupportedVersionError
@@ -322,8 +323,20 @@ def _header_planes(headers: bytes, first: int, width: int) -> bytes:
     return b"".join([headers[first + k :: _COLUMN_FIXED] for k in range(width)])
 
 
-def decode_columns(data: bytes, count: int, *, where: str = "records") -> list[RawRecord]:
-    """Return the ``count`` records held in column form in ``data``.
+class Columns(NamedTuple):
+    """The records of a column-form block, still as columns (see :func:`split_columns`)."""
+
+    times_us: list[int]
+    levels: bytes
+    kinds: bytes
+    starts: list[int]
+    """Where each record's text starts in ``texts``; it ends where the next one starts."""
+    texts: bytes
+    """All texts back to back; ``starts`` has one more entry, ``len(texts)``."""
+
+
+def split_columns(data: bytes, count: int, *, where: str = "records") -> Columns:
+    """Return the ``count`` records held in column form in ``data``, as columns.
 
     Raises :class:`CorruptionError` when the columns do not fit ``data`` exactly or
     a record is invalid (unknown kind, a text over the limit).
@@ -335,7 +348,7 @@ def decode_columns(data: bytes, count: int, *, where: str = "records") -> list[R
             f"{where}: {count} records need {fixed} bytes of columns, {len(data)} there", 0
         )
     view = memoryview(data)
-    deltas = struct.unpack(f"<{n}q", _from_planes(view[: 8 * n], n, 8))
+    steps = struct.unpack(f"<{n}q", _from_planes(view[: 8 * n], n, 8))
     lengths = struct.unpack(f"<{n}I", _from_planes(view[8 * n : 12 * n], n, 4))
     levels = data[12 * n : 13 * n]
     kinds = data[13 * n : fixed]
@@ -347,16 +360,24 @@ def decode_columns(data: bytes, count: int, *, where: str = "records") -> list[R
             f"{where}: the text lengths add up to {sum(lengths)} bytes, {len(data) - fixed} there",
             fixed,
         )
-    new = tuple.__new__
-    out = []
-    time_us = 0
-    pos = fixed
-    for delta, length, level, kind in zip(deltas, lengths, levels, kinds, strict=True):
-        time_us += delta
-        end = pos + length
-        out.append(new(RawRecord, (time_us, level, kind, data[pos:end])))
-        pos = end
-    return out
+    return Columns(
+        list(accumulate(steps)), levels, kinds, list(accumulate(lengths, initial=0)), data[fixed:]
+    )
+
+
+def decode_columns(data: bytes, count: int, *, where: str = "records") -> list[RawRecord]:
+    """Return the ``count`` records held in column form in ``data``, one by one.
+
+    Raises :class:`CorruptionError` as :func:`split_columns` does.
+    """
+    c = split_columns(data, count, where=where)
+    texts, starts = c.texts, c.starts
+    return [
+        RawRecord(t, level, kind, texts[a:b])
+        for t, level, kind, a, b in zip(
+            c.times_us, c.levels, c.kinds, starts, starts[1:], strict=False
+        )
+    ]
 
 
 # -- chunks ------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
+from operator import truediv
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _format as fmt
@@ -190,6 +192,9 @@ class Reader:
             return
         self._seen_blocks[ident] = (h.payload_len, h.payload_crc)
         try:
+            if h.flags & fmt.FLAG_COLUMNS:
+                yield from self._column_records(h, payload, where, session, source)
+                return
             raws = (
                 self._stream_records(h, payload, offset, source, where)
                 if h.stream
@@ -239,12 +244,48 @@ class Reader:
         if h.encrypted:
             payload = self._open(h, fmt.WHOLE_BLOCK_INDEX, payload, where)
         raw = decompress_whole(h.compression, payload, h.raw_len, where=where)
-        if h.flags & fmt.FLAG_COLUMNS:
-            return iter(fmt.decode_columns(raw, h.count, where=where))
         records = list(fmt.iter_records(raw, where=where))
         if len(records) != h.count:
             raise CorruptionError(f"{where}: holds {len(records)} records, header says {h.count}")
         return iter(records)
+
+    def _column_records(
+        self, h: fmt.BlockHeader, payload: bytes, where: str, session: str, source: str
+    ) -> list[Record]:
+        """The records of a column-form block, built column by column (the common case)."""
+        if h.encrypted:
+            payload = self._open(h, fmt.WHOLE_BLOCK_INDEX, payload, where)
+        raw = decompress_whole(h.compression, payload, h.raw_len, where=where)
+        c = fmt.split_columns(raw, h.count, where=where)
+        starts, ends = c.starts, c.starts[1:]
+        if c.texts.isascii():
+            # Byte offsets are character offsets: decode once, then slice.
+            whole = c.texts.decode("ascii")
+            texts = [whole[a:b] for a, b in zip(starts, ends, strict=False)]
+        else:
+            data = c.texts
+            texts = [
+                data[a:b].decode("utf-8", "replace") for a, b in zip(starts, ends, strict=False)
+            ]
+        # tuple.__new__ over zipped columns: no Python-level step per record.
+        return list(
+            map(
+                tuple.__new__,
+                repeat(Record),
+                zip(
+                    map(truediv, c.times_us, repeat(1e6)),
+                    c.levels,
+                    texts,
+                    c.kinds,
+                    repeat(h.pid),
+                    repeat(session),
+                    repeat(h.seq),
+                    repeat(h.recovered),
+                    repeat(source),
+                    strict=False,
+                ),
+            )
+        )
 
     def _stream_records(
         self, h: fmt.BlockHeader, payload: bytes, offset: int, source: str, where: str

@@ -215,6 +215,24 @@ def test_compressed_whole_blocks_hold_columns_and_plain_ones_do_not() -> None:
         assert bool(block.header.flags & fmt.FLAG_COLUMNS) == (codec != fmt.COMP_NONE)
 
 
+def test_column_blocks_decode_bad_utf8_as_stream_blocks_do() -> None:
+    """Texts that are not UTF-8 read back with replacement characters in either form."""
+    from mmaplog._flusher import build_block
+
+    from .strategies import template
+
+    raws = [
+        fmt.encode_record(10, 20, 0, b"ok \xff\xfe end"),
+        fmt.encode_record(11, 20, 0, b"plain"),
+    ]
+    t = template(10, codec=fmt.COMP_ZSTD, session=b"sessbad8", seq=0)
+    whole = build_block(t, raws, 11, level=None, sealer=None)
+    assert fmt.parse_header(whole).flags & fmt.FLAG_COLUMNS
+    got, damages = decode(whole)
+    assert damages == []
+    assert [r.text for r in got] == ["ok \ufffd\ufffd end", "plain"]
+
+
 # -- blocks: the same records however they are written -------------------------------------
 
 
