@@ -62,27 +62,46 @@ class XlogFormatter(logging.Formatter):
     """Renders records as xlog does:
     ``[W][2026-11-23 +0000 19:40:00.123][pid, tid][logger][file:line, func][message``.
 
-    The date part is rendered once per second and reused.
+    The date part is rendered once per second and reused; the part from the pid
+    to the function is rendered once per thread and call site and reused (at most
+    ``_MAX_PLACES`` of them are kept).
     """
+
+    _MAX_PLACES = 4096
 
     def __init__(self) -> None:
         super().__init__()
         self._second = -1
         self._stamp = ""
+        self._places: dict[tuple[Any, ...], str] = {}
 
     def format(self, record: logging.LogRecord) -> str:
-        created = record.created
-        second = int(created)
+        second = int(record.created)
         if second != self._second:
             self._stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(second))
             self._second = second
         msg = record.getMessage()
         letter = _LETTERS.get(record.levelno) or level_letter(record.levelno)
-        s = (
-            f"[{letter}][{self._stamp}.{int(record.msecs):03d}]"
-            f"[{record.process}, {record.thread}][{record.name}]"
-            f"[{record.filename}:{record.lineno}, {record.funcName}][{msg}"
+        key = (
+            record.process,
+            record.thread,
+            record.name,
+            record.pathname,
+            record.lineno,
+            record.funcName,
         )
+        place = self._places.get(key)
+        if place is None:
+            place = (
+                f"][{record.process}, {record.thread}][{record.name}]"
+                f"[{record.filename}:{record.lineno}, {record.funcName}]["
+            )
+            if len(self._places) >= self._MAX_PLACES:
+                self._places.clear()
+            self._places[key] = place
+        ms = int(record.msecs)
+        millis = _MILLIS[ms] if 0 <= ms < 1000 else f"{ms:03d}"
+        s = f"[{letter}][{self._stamp}.{millis}{place}{msg}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -92,6 +111,7 @@ class XlogFormatter(logging.Formatter):
         return s
 
 
+_MILLIS = [f"{ms:03d}" for ms in range(1000)]
 _DEFAULT_FORMATTER = XlogFormatter()
 _pack_record = fmt.RECORD_HEADER.pack
 _COMPRESSIONS = {

@@ -66,6 +66,51 @@ def test_default_formatter_renders_xlog_lines(make_handler, log_dir):
     assert line.endswith(", test_default_formatter_renders_xlog_lines][order 42 failed")
 
 
+def _xlog_line(r: logging.LogRecord) -> str:
+    """The xlog line of ``r``, rendered field by field with nothing reused."""
+    stamp = dt.datetime.fromtimestamp(int(r.created)).astimezone().strftime("%Y-%m-%d %z %H:%M:%S")
+    return (
+        f"[{mmaplog.handler.level_letter(r.levelno)}][{stamp}.{int(r.msecs):03d}]"
+        f"[{r.process}, {r.thread}][{r.name}]"
+        f"[{r.filename}:{r.lineno}, {r.funcName}][{r.getMessage()}"
+    )
+
+
+def test_xlog_formatter_reuse_never_changes_a_line():
+    """Reused date and call-site parts give the same line as rendering every field anew."""
+    f = mmaplog.XlogFormatter()
+    f._MAX_PLACES = 8  # type: ignore[misc]  # small, so the cache is cleared mid-run
+    base = 1_764_000_000.0
+    for i in range(200):
+        r = logging.makeLogRecord(
+            {
+                "name": f"svc.{i % 3}",
+                "levelno": (5, 10, 20, 30, 40, 50, 60)[i % 7],
+                "pathname": f"/srv/app/mod{i % 5}.py",
+                "filename": f"mod{i % 5}.py",
+                "lineno": i % 11,
+                "funcName": f"f{i % 4}",
+                "msg": "event %d",
+                "args": (i,),
+                "created": base + i * 0.37,
+                "msecs": (i * 370) % 1000,
+                "thread": 1000 + i % 6,
+                "process": 4242 + i % 2,
+            }
+        )
+        assert f.format(r) == _xlog_line(r)
+    assert len(f._places) <= 8
+
+
+@pytest.mark.parametrize("msecs", [-5, 999.9, 1000, 12345])
+def test_xlog_formatter_renders_any_msecs(msecs):
+    """A record whose msecs was set by hand outside 0..999 still renders, as int(msecs)."""
+    r = logging.makeLogRecord(
+        {"msg": "m", "levelno": 20, "msecs": msecs, "created": 1_764_000_000.5}
+    )
+    assert mmaplog.XlogFormatter().format(r) == _xlog_line(r)
+
+
 def test_exception_text_is_kept(make_handler, log_dir):
     """logger.exception stores the traceback with the message."""
     h = make_handler()
