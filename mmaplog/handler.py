@@ -536,7 +536,12 @@ class MmapHandler(logging.Handler):
             levelno = record.levelno
             if not 0 <= levelno <= 255:
                 levelno = min(max(levelno, 0), 255)
-            self._store(_pack_record(len(text), time_us, levelno, 0) + text, time_us)
+            raw = _pack_record(len(text), time_us, levelno, 0) + text
+            cache = self._cache
+            if cache is None or self._forked or self.durable:
+                self._store(raw, time_us)
+            elif cache.append(raw, time_us, self._wait) == OVERSIZE:
+                self._store_oversize(raw, time_us)
         except RecursionError:
             raise
         except Exception:
@@ -569,8 +574,12 @@ class MmapHandler(logging.Handler):
             if self.durable:
                 cache.msync()
         elif status == OVERSIZE:
-            self.flush()
-            self._direct(data, time_us)
+            self._store_oversize(data, time_us)
+
+    def _store_oversize(self, data: bytes, time_us: int) -> None:
+        """A record no slot can take: after what the cache holds, as a block of its own."""
+        self.flush()
+        self._direct(data, time_us)
 
     def _direct(self, data: bytes, time_us: int) -> None:
         if self._xlog is not None:
