@@ -16,6 +16,7 @@ import argparse
 import cProfile
 import gc
 import json
+import logging
 import os
 import platform
 import pstats
@@ -519,6 +520,61 @@ class Bench:
 
     # -- profile -------------------------------------------------------------------------
 
+    def phase_floor(self) -> None:
+        """What every MmapHandler record pays before any of mmaplog's own steps.
+
+        In this process, on the benchmark's records: rendering the xlog line (the same
+        formatter FileHandler gets in the *xlog text* comparison), the per-record zstd
+        flush that keeps the cache decodable after every record, and sealing that
+        chunk when encrypted. Their sum, against half of FileHandler's own cost from
+        the time phase, says how much is left for everything else.
+        """
+        import mmaplog
+        import zstandard
+        from mmaplog import _codec
+        from mmaplog import _format as F
+        from mmaplog._crypto import Sealer, load_public_key
+
+        log("floor: formatter, per-record zstd flush, chunk seal (timed alone)")
+        lg = logging.Logger("bench.floor")
+        records = [
+            lg.makeRecord("bench.floor", logging.INFO, __file__, 52, t, a, None, "_feed")
+            for t, a in self.recs[:5000]
+        ]
+        formatter = mmaplog.XlogFormatter()
+        texts = [formatter.format(r).encode() for r in records]
+        raws = [F.encode_record(1, 20, 0, t) for t in texts]
+        ctx = zstandard.ZstdCompressor(level=_codec.DEFAULT_LEVELS[F.COMP_ZSTD])
+        mode = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+        sealer = Sealer(load_public_key(self.public_key))
+
+        def fmt_all() -> None:
+            for r in records:
+                formatter.format(r)
+
+        def zstd_all() -> None:
+            for i in range(0, len(raws), 700):  # a new stream per block, as the cache does
+                obj = ctx.compressobj()
+                for raw in raws[i : i + 700]:
+                    obj.compress(raw) + obj.flush(mode)
+
+        bodies = [raw[: len(raw) // 3] for raw in raws]  # about a compressed chunk's size
+
+        def seal_all() -> None:
+            for i, body in enumerate(bodies):
+                sealer.seal(1, i, body, b"aad")
+
+        out = {}
+        for name, fn in (("format", fmt_all), ("zstd_flush", zstd_all), ("seal", seal_all)):
+            times = []
+            for _ in range(7):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            out[name] = statistics.median(times) / len(records) * 1e6
+        self.results["floor"] = out
+        log(f"  floor µs/record: {out}")
+
     def phase_profile(self) -> None:
         log("cProfile of the MmapHandler emit path")
         out = {}
@@ -827,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.phase_threads,
             bench.phase_decode,
             bench.phase_micro,
+            bench.phase_floor,
             bench.phase_profile,
             bench.phase_kill_and_rss,
         ):
