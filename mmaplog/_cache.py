@@ -18,6 +18,7 @@ import stat
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -182,7 +183,10 @@ class Cache:
         self.warning: str | None = None
         self._next_seq = 0
         self._states = [EMPTY] * NSLOTS
-        self._sealed: list[SealedBlock] = []
+        # Sealed blocks, oldest first. The writer appends under the lock; the flusher
+        # pops without it (deque appends and pops are thread-safe): a flusher that
+        # waited for the lock the writer holds would cost the writer a GIL hand-over.
+        self._sealed: deque[SealedBlock] = deque()
         self._active = -1
         self.dropped = 0
         self._drop_first_us = 0
@@ -460,19 +464,23 @@ class Cache:
     # -- the flusher's side ----------------------------------------------------------
 
     def take_sealed(self) -> SealedBlock | None:
-        """Hand the oldest sealed block to the flusher (the slot stays reserved)."""
-        with self.lock:
-            if not self._sealed:
-                return None
-            block = self._sealed.pop(0)
-            self._states[block.slot] = MOVING
-            return block
+        """Hand the oldest sealed block to the flusher (the slot stays reserved).
+
+        Does not take the lock: only the flusher takes blocks, and the writer only
+        tells an EMPTY slot from the others.
+        """
+        try:
+            block = self._sealed.popleft()
+        except IndexError:
+            return None
+        self._states[block.slot] = MOVING
+        return block
 
     def give_back(self, block: SealedBlock) -> None:
         """Return a block the flusher could not write; it is retried first next time."""
         with self.lock:
             self._states[block.slot] = SEALED
-            self._sealed.insert(0, block)
+            self._sealed.appendleft(block)
 
     def release(self, block: SealedBlock) -> None:
         """Free the slot of a block that is now safely in the log file."""
@@ -512,4 +520,4 @@ class Cache:
         if self.fd >= 0:
             os.close(self.fd)  # the parent's descriptor keeps the lock
             self.fd = -1
-        self._sealed = []
+        self._sealed = deque()

@@ -9,6 +9,7 @@ slot. A failed write leaves the block in the cache and is retried with back-off.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -106,7 +107,9 @@ class Flusher:
         self.level = level
         self._on_error = on_error
         self._daily = daily
-        self._event = threading.Event()
+        # Wake-ups: a SimpleQueue, not an Event, so that waking up takes no Python-level
+        # lock the writer might hold (each wait for one is a GIL hand-over it pays for).
+        self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._io_lock = threading.Lock()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -123,12 +126,12 @@ class Flusher:
         return self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
-        self._event.set()
+        self._wakeups.put(None)
 
     def stop(self) -> None:
         """Stop the thread after it has moved what is sealed."""
         self._stopping = True
-        self._event.set()
+        self._wakeups.put(None)
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join()
@@ -142,8 +145,12 @@ class Flusher:
             timeout = max(0.0, next_tick - time.monotonic())
             if self._failing:
                 timeout = min(timeout, backoff)
-            self._event.wait(timeout)
-            self._event.clear()
+            try:
+                self._wakeups.get(timeout=timeout)
+                while True:  # wake-ups that came meanwhile are served by this round
+                    self._wakeups.get_nowait()
+            except queue.Empty:
+                pass
             if time.monotonic() >= next_tick:
                 self.cache.seal()
                 next_tick = time.monotonic() + self.interval

@@ -233,6 +233,13 @@ def test_column_blocks_decode_bad_utf8_as_stream_blocks_do() -> None:
     assert [r.text for r in got] == ["ok \ufffd\ufffd end", "plain"]
 
 
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096, 70_001])
+def test_crc32_in_pieces_is_zlibs_crc32(size: int) -> None:
+    """The block checksum taken in 4 KiB pieces equals zlib.crc32 of the whole payload."""
+    data = bytes((i * 131 + 7) % 256 for i in range(size))
+    assert fmt.crc32_holding_gil(data) == zlib.crc32(data)
+
+
 # -- blocks: the same records however they are written -------------------------------------
 
 
