@@ -297,7 +297,7 @@ def encode_columns(records: Sequence[bytes]) -> bytes | None:
     n = len(records)
     hsize = _COLUMN_FIXED
     headers = b"".join([r[:hsize] for r in records])
-    texts = b"".join([r[hsize:] for r in records])
+    texts = [r[hsize:] for r in records]
     if len(headers) != hsize * n:
         raise ValueError(f"records: {n} records need {hsize * n} header bytes, got {len(headers)}")
     times = struct.unpack(f"<{n}q", _from_planes(_header_planes(headers, 4, 8), n, 8))
@@ -305,15 +305,16 @@ def encode_columns(records: Sequence[bytes]) -> bytes | None:
     if n and not _I64_MIN <= min(steps) <= max(steps) <= _I64_MAX:
         return None
     lengths = _header_planes(headers, 0, 4)
-    if sum(struct.unpack(f"<{n}I", _from_planes(lengths, n, 4))) != len(texts):
+    if struct.unpack(f"<{n}I", _from_planes(lengths, n, 4)) != tuple(map(len, texts)):
         raise ValueError("records: the text lengths in the headers do not match the texts")
+    # One join for the whole column form: a block's texts are copied once, not twice.
     return b"".join(
         [
             _to_planes(struct.pack(f"<{n}q", *steps), 8),
             lengths,
             headers[12::hsize],
             headers[13::hsize],
-            texts,
+            *texts,
         ]
     )
 
