@@ -131,8 +131,9 @@ def _preallocate(fd: int, size: int) -> None:
 class SealedBlock:
     """A block the writer has finished with, waiting to be moved into the log.
 
-    ``raw`` holds the encoded records, or for an xlog block (``FLAG_XLOG``) the chunk
-    bodies, so the flusher never reads the cache back.
+    ``heads`` and ``texts`` hold the records (their headers back to back, and their
+    texts), or for an xlog block (``FLAG_XLOG``) ``raw`` holds the chunk bodies, so
+    the flusher never reads the cache back.
     """
 
     slot: int
@@ -140,6 +141,8 @@ class SealedBlock:
     count: int
     last_time_us: int
     raw: list[bytes] = field(default_factory=list)
+    heads: bytes = b""
+    texts: list[bytes] = field(default_factory=list)
 
 
 class Cache:
@@ -256,6 +259,10 @@ class Cache:
         self._day_start = 0
         self._day_end = 0
         self._raw: list[bytes] = []
+        # The records of the open block, kept as the columns the flusher writes: no
+        # per-record objects for it to make (and free) while the application logs.
+        self._heads = bytearray()
+        self._texts: list[bytes] = []
         self._template: fmt.BlockHeader | None = None
         self._compress: Callable[[bytes], bytes] = _no_block
         self._flush: Callable[[Any], bytes] = _no_flush
@@ -313,6 +320,8 @@ class Cache:
         self._last_us = time_us
         self._day_start, self._day_end = day_bounds(time_us)
         self._raw = []
+        self._heads = bytearray()
+        self._texts = []
         self._template = template
         if xlog is not None:
             self._compress, self._flush, self._flush_mode = (
@@ -339,7 +348,15 @@ class Cache:
             assert self._template is not None
             self._states[slot] = SEALED
             self._sealed.append(
-                SealedBlock(slot, self._template, self._count, self._last_us, self._raw)
+                SealedBlock(
+                    slot,
+                    self._template,
+                    self._count,
+                    self._last_us,
+                    self._raw,
+                    bytes(self._heads),
+                    self._texts,
+                )
             )
         self._reset_block_state()
 
@@ -352,13 +369,16 @@ class Cache:
             ext = len(self.sealer.ephemeral_public) if self.sealer else 0
         return self.slot_size - fmt.SLOT_BLOCK_OFFSET - fmt.BLOCK_HEADER_SIZE - ext
 
-    def append(self, raw: bytes, time_us: int, timeout: float) -> int:
-        """Write one encoded record into the cache; return APPENDED, DROPPED or OVERSIZE.
+    def append(self, head: bytes, text: bytes, time_us: int, timeout: float) -> int:
+        """Write one record into the cache; return APPENDED, DROPPED or OVERSIZE.
 
+        ``head`` is the record's header (``fmt.RECORD_HEADER``) and ``text`` its
+        text; in an xlog cache ``head`` is empty and ``text`` is the line.
         Waits up to ``timeout`` seconds for a free slot when both are full.
         """
         # Room for the worst case: compression overhead, chunk header, AEAD tag.
-        need = len(raw) + (len(raw) >> 7) + _CHUNK_OVERHEAD
+        size = len(head) + len(text)
+        need = size + (size >> 7) + _CHUNK_OVERHEAD
         # acquire/release rather than `with`: this is the hot path, and it is cheaper.
         self._acquire()
         try:
@@ -366,7 +386,7 @@ class Cache:
                 status = self._make_room(need, time_us, timeout)
                 if status != APPENDED:
                     return status
-            self._write(raw, time_us)
+            self._write(head, text, time_us)
             if self._pos >= self._seal_at and EMPTY in self._states:
                 self._seal_active()
                 self._wake()
@@ -402,9 +422,9 @@ class Cache:
                 return DROPPED
         return APPENDED
 
-    def _write(self, raw: bytes, time_us: int) -> None:
+    def _write(self, head: bytes, text: bytes, time_us: int) -> None:
         """Write one record as a chunk, then its commit store."""
-        body = self._compress(raw) + self._flush(self._flush_mode)
+        body = self._compress(head + text) + self._flush(self._flush_mode)
         sealer = self.sealer
         if sealer is not None:
             body = sealer.seal(self._seq, self._count, body, self._aad)
@@ -421,7 +441,11 @@ class Cache:
         # The commit store: one small write after the chunk is complete.
         _pack_commit(buf, self._commit_at, end - self._payload_start, self._count, self._last_us)
         self._pos = end
-        self._raw.append(body if self._keep_bodies else raw)
+        if self._keep_bodies:
+            self._raw.append(body)
+        else:
+            self._heads += head
+            self._texts.append(text)
 
     def _count_drop(self, time_us: int) -> None:
         if not self.dropped:
@@ -441,9 +465,9 @@ class Cache:
         if self.xlog is not None:
             from ._xlog import note_line
 
-            self._write(note_line(time_us, self.pid, text), time_us)
+            self._write(b"", note_line(time_us, self.pid, text), time_us)
         else:
-            self._write(fmt.encode_record(time_us, 40, fmt.KIND_NOTE, text), time_us)
+            self._write(fmt.record_head(time_us, 40, fmt.KIND_NOTE, text), text, time_us)
 
     def seal(self) -> None:
         """Seal the block being written, if it holds anything."""

@@ -21,8 +21,11 @@ compresses better than records back to back.
 
 from __future__ import annotations
 
+import operator
 import struct
+import sys
 import zlib
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -223,9 +226,14 @@ class CacheInfo:
 # -- records -----------------------------------------------------------------------
 
 
+def record_head(time_us: int, level: int, kind: int, text: bytes) -> bytes:
+    """Return the header of one record (the stored form is this header + ``text``)."""
+    return RECORD_HEADER.pack(len(text), time_us, level & 0xFF, kind)
+
+
 def encode_record(time_us: int, level: int, kind: int, text: bytes) -> bytes:
     """Return the stored form of one record."""
-    return RECORD_HEADER.pack(len(text), time_us, level & 0xFF, kind) + text
+    return record_head(time_us, level, kind, text) + text
 
 
 def iter_records(raw: bytes | memoryview, *, where: str = "records") -> Iterator[RawRecord]:
@@ -271,8 +279,7 @@ def iter_records(raw: bytes | memoryview, *, where: str = "records") -> Iterator
 # high planes of small deltas and short lengths are runs of zeros, which compress to
 # almost nothing. The column form has exactly the size of the records back to back.
 _COLUMN_FIXED = RECORD_HEADER.size
-_I64_MIN = -(1 << 63)
-_I64_MAX = (1 << 63) - 1
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def _to_planes(packed: bytes, width: int) -> bytes:
@@ -286,37 +293,61 @@ def _from_planes(planes: bytes | memoryview, n: int, width: int) -> bytearray:
     return out
 
 
-def encode_columns(records: Sequence[bytes]) -> bytes | None:
-    """Return the column form of ``records``, each one encoded record (:func:`encode_record`).
+def split_records(records: Sequence[bytes]) -> tuple[bytes, list[bytes]]:
+    """``(heads, texts)`` of encoded records: their headers back to back, and their texts."""
+    hsize = RECORD_HEADER.size
+    return b"".join([r[:hsize] for r in records]), [r[hsize:] for r in records]
+
+
+def join_records(heads: bytes, texts: Sequence[bytes]) -> bytes:
+    """The records of ``heads`` and ``texts`` back to back (the raw bytes of a block)."""
+    hsize = RECORD_HEADER.size
+    return b"".join([heads[i * hsize : (i + 1) * hsize] + t for i, t in enumerate(texts)])
+
+
+def encode_columns(heads: bytes, texts: Sequence[bytes]) -> bytes | None:
+    """Return the column form of the records whose headers are ``heads`` (back to back)
+    and whose texts are ``texts``.
 
     None when a time step between two records does not fit an i64 (times far
     apart at both ends of the range): such records stay back to back. Built from
-    slices of whole columns, with one short loop for the time steps: the flusher
-    runs this for every block while the application logs.
+    slices of whole columns: the flusher runs this for every block while the
+    application logs, and makes no object per record but the time steps.
+    Raises ``ValueError`` when the headers do not describe the texts.
     """
-    n = len(records)
+    n = len(texts)
     hsize = _COLUMN_FIXED
-    headers = b"".join([r[:hsize] for r in records])
-    texts = [r[hsize:] for r in records]
-    if len(headers) != hsize * n:
-        raise ValueError(f"records: {n} records need {hsize * n} header bytes, got {len(headers)}")
-    times = struct.unpack(f"<{n}q", _from_planes(_header_planes(headers, 4, 8), n, 8))
-    steps = [b - a for a, b in zip((0, *times), times, strict=False)]
-    if n and not _I64_MIN <= min(steps) <= max(steps) <= _I64_MAX:
+    if len(heads) != hsize * n:
+        raise ValueError(f"records: {n} records need {hsize * n} header bytes, got {len(heads)}")
+    # Arrays, not tuples of ints: each int lives only while it is converted.
+    times = _array("q", _from_planes(_header_planes(heads, 4, 8), n, 8))
+    try:
+        steps = array("q", map(operator.sub, times, _array("q", bytes(8)) + times[:-1]))
+    except OverflowError:
         return None
-    lengths = _header_planes(headers, 0, 4)
-    if struct.unpack(f"<{n}I", _from_planes(lengths, n, 4)) != tuple(map(len, texts)):
+    lengths = _header_planes(heads, 0, 4)
+    if _array("I", _from_planes(lengths, n, 4)) != array("I", map(len, texts)):
         raise ValueError("records: the text lengths in the headers do not match the texts")
-    # One join for the whole column form: a block's texts are copied once, not twice.
+    if _BIG_ENDIAN:
+        steps.byteswap()
+    # One join for the whole column form: a block's texts are copied once.
     return b"".join(
         [
-            _to_planes(struct.pack(f"<{n}q", *steps), 8),
+            _to_planes(steps.tobytes(), 8),
             lengths,
-            headers[12::hsize],
-            headers[13::hsize],
+            heads[12::hsize],
+            heads[13::hsize],
             *texts,
         ]
     )
+
+
+def _array(typecode: str, little_endian: bytes | bytearray) -> array[int]:
+    """An array of the little-endian integers in ``little_endian``."""
+    out = array(typecode, little_endian)
+    if _BIG_ENDIAN:
+        out.byteswap()
+    return out
 
 
 def _header_planes(headers: bytes, first: int, width: int) -> bytes:

@@ -536,12 +536,12 @@ class MmapHandler(logging.Handler):
             levelno = record.levelno
             if not 0 <= levelno <= 255:
                 levelno = min(max(levelno, 0), 255)
-            raw = _pack_record(len(text), time_us, levelno, 0) + text
+            head = _pack_record(len(text), time_us, levelno, 0)
             cache = self._cache
             if cache is None or self._forked or self.durable:
-                self._store(raw, time_us)
-            elif cache.append(raw, time_us, self._wait) == OVERSIZE:
-                self._store_oversize(raw, time_us)
+                self._store(head, text, time_us)
+            elif cache.append(head, text, time_us, self._wait) == OVERSIZE:
+                self._store_oversize(head, text, time_us)
         except RecursionError:
             raise
         except Exception:
@@ -558,38 +558,39 @@ class MmapHandler(logging.Handler):
         if self._xlog is not None:
             self._store_line(text, time_us)
             return
-        raw = _pack_record(len(text), time_us, min(max(levelno, 0), 255), kind) + text
-        self._store(raw, time_us)
+        head = _pack_record(len(text), time_us, min(max(levelno, 0), 255), kind)
+        self._store(head, text, time_us)
 
-    def _store(self, data: bytes, time_us: int) -> None:
-        """Put an encoded record (or an xlog line) into the cache, or straight into the log."""
+    def _store(self, head: bytes, text: bytes, time_us: int) -> None:
+        """Put a record (header and text; or an xlog line, with no header) into the cache,
+        or straight into the log."""
         if self._forked:
             self._after_fork()
         cache = self._cache
         if cache is None:
-            self._direct(data, time_us)
+            self._direct(head, text, time_us)
             return
-        status = cache.append(data, time_us, self._wait)
+        status = cache.append(head, text, time_us, self._wait)
         if status == APPENDED:
             if self.durable:
                 cache.msync()
         elif status == OVERSIZE:
-            self._store_oversize(data, time_us)
+            self._store_oversize(head, text, time_us)
 
-    def _store_oversize(self, data: bytes, time_us: int) -> None:
+    def _store_oversize(self, head: bytes, text: bytes, time_us: int) -> None:
         """A record no slot can take: after what the cache holds, as a block of its own."""
         self.flush()
-        self._direct(data, time_us)
+        self._direct(head, text, time_us)
 
-    def _direct(self, data: bytes, time_us: int) -> None:
+    def _direct(self, head: bytes, text: bytes, time_us: int) -> None:
         if self._xlog is not None:
-            self._write_xlog_direct(data, time_us)
+            self._write_xlog_direct(text, time_us)
         else:
-            self._write_direct(data, time_us)
+            self._write_direct(head, text, time_us)
 
     def _store_line(self, text: bytes, time_us: int) -> None:
         """Store one xlog line (``\\n`` added if missing, as xlog's formatter does)."""
-        self._store(text if text.endswith(b"\n") else text + b"\n", time_us)
+        self._store(b"", text if text.endswith(b"\n") else text + b"\n", time_us)
 
     def _write_xlog_direct(self, line: bytes, time_us: int) -> None:
         """Append one xlog block holding just this line: a sync block in sync mode,
@@ -617,7 +618,7 @@ class MmapHandler(logging.Handler):
             else:
                 self._logs.append(block, time_us)
 
-    def _write_direct(self, raw: bytes, time_us: int) -> None:
+    def _write_direct(self, head: bytes, text: bytes, time_us: int) -> None:
         """Append a block holding just this record straight to the log (sync mode, big records)."""
         with self._io_lock:
             seq = self._seq
@@ -637,7 +638,7 @@ class MmapHandler(logging.Handler):
                 extension=self._sealer.ephemeral_public if self._sealer else b"",
             )
             block = build_block(
-                template, [raw], time_us, level=self._level_whole, sealer=self._sealer
+                template, head, [text], time_us, level=self._level_whole, sealer=self._sealer
             )
             if self._flusher is not None:
                 self._flusher.write_direct(block, time_us)

@@ -153,7 +153,8 @@ def build(
     """One complete log-file block holding ``recs``, in the given form."""
     t = template(recs[0].time_us, codec=codec, session=session, seq=seq, sealer=sealer)
     if form == "whole":
-        return build_block(t, [r.raw for r in recs], last_time(recs), level=None, sealer=sealer)
+        heads, texts = fmt.split_records([r.raw for r in recs])
+        return build_block(t, heads, texts, last_time(recs), level=None, sealer=sealer)
     payload = stream_chunks(recs, t, sealer=sealer)
     content = fmt.SlotContent(
         index=0,

@@ -141,7 +141,7 @@ def test_iter_records_rejects_bad_framing() -> None:
 def test_columns_round_trip(recs: list[Rec]) -> None:
     """Records in column form decode to the same records, and the form is as long as the raw."""
     raw = b"".join(r.raw for r in recs)
-    columns = fmt.encode_columns([r.raw for r in recs])
+    columns = fmt.encode_columns(*fmt.split_records([r.raw for r in recs]))
     times = [r.time_us for r in recs]
     steps = [b - a for a, b in zip([0, *times], times, strict=False)]
     if not all(-(2**63) <= d < 2**63 for d in steps):
@@ -154,10 +154,8 @@ def test_columns_round_trip(recs: list[Rec]) -> None:
 def test_columns_lay_out_times_lengths_levels_kinds_then_texts() -> None:
     """The column form is time steps and lengths as byte planes, levels, kinds, then texts."""
     columns = fmt.encode_columns(
-        [
-            fmt.encode_record(0x0102, 20, fmt.KIND_TEXT, b"ab"),
-            fmt.encode_record(0x0103, 40, 2, b"c"),
-        ]
+        fmt.record_head(0x0102, 20, fmt.KIND_TEXT, b"ab") + fmt.record_head(0x0103, 40, 2, b"c"),
+        [b"ab", b"c"],
     )
     times = bytes([0x02, 0x01, 0x01, 0x00]) + bytes(12)  # steps 0x0102 and 1, planes 0 .. 7
     lengths = bytes([2, 1]) + bytes(6)
@@ -166,7 +164,7 @@ def test_columns_lay_out_times_lengths_levels_kinds_then_texts() -> None:
 
 def test_columns_of_no_records_are_empty() -> None:
     """An empty block has an empty column form, which decodes to no records."""
-    assert fmt.encode_columns([]) == b""
+    assert fmt.encode_columns(b"", []) == b""
     assert fmt.decode_columns(b"", 0) == []
 
 
@@ -184,7 +182,9 @@ def test_columns_of_no_records_are_empty() -> None:
 def test_decode_columns_rejects_columns_that_do_not_fit(mutate: Any, message: str) -> None:
     """Columns that disagree with the data or hold a bad kind are a CorruptionError, not records."""
     columns = fmt.encode_columns(
-        [fmt.encode_record(1000 + i, 20, fmt.KIND_TEXT, b"rec%d" % i) for i in range(4)]
+        *fmt.split_records(
+            [fmt.encode_record(1000 + i, 20, fmt.KIND_TEXT, b"rec%d" % i) for i in range(4)]
+        )
     )
     assert columns is not None
     data, count = mutate(columns, 4)
@@ -203,7 +203,17 @@ def test_decode_columns_rejects_columns_that_do_not_fit(mutate: Any, message: st
 def test_encode_columns_refuses_records_that_are_not_encoded_records(records: list[bytes]) -> None:
     """A record shorter than its header, or whose text is not its header's length, is refused."""
     with pytest.raises(ValueError, match="records: "):
-        fmt.encode_columns(records)
+        fmt.encode_columns(*fmt.split_records(records))
+
+
+@settings(max_examples=100, deadline=None)
+@given(record_lists)
+def test_split_then_join_records_gives_the_records_back(recs: list[Rec]) -> None:
+    """Records split into headers and texts join back to the same bytes."""
+    raws = [r.raw for r in recs]
+    heads, texts = fmt.split_records(raws)
+    assert len(heads) == len(raws) * fmt.RECORD_HEADER.size
+    assert fmt.join_records(heads, texts) == b"".join(raws)
 
 
 def test_compressed_whole_blocks_hold_columns_and_plain_ones_do_not() -> None:
@@ -226,7 +236,7 @@ def test_column_blocks_decode_bad_utf8_as_stream_blocks_do() -> None:
         fmt.encode_record(11, 20, 0, b"plain"),
     ]
     t = template(10, codec=fmt.COMP_ZSTD, session=b"sessbad8", seq=0)
-    whole = build_block(t, raws, 11, level=None, sealer=None)
+    whole = build_block(t, *fmt.split_records(raws), 11, level=None, sealer=None)
     assert fmt.parse_header(whole).flags & fmt.FLAG_COLUMNS
     got, damages = decode(whole)
     assert damages == []
@@ -275,7 +285,7 @@ def test_stream_and_whole_form_carry_the_same_raw_bytes(recs: list[Rec], codec: 
     held = decompress_whole(codec, whole.payload, len(raw), where="t")
     if whole.header.flags & fmt.FLAG_COLUMNS:
         assert codec != fmt.COMP_NONE
-        assert held == fmt.encode_columns([r.raw for r in recs])
+        assert held == fmt.encode_columns(*fmt.split_records([r.raw for r in recs]))
         assert fmt.decode_columns(held, len(recs)) == list(fmt.iter_records(raw))
     else:
         assert held == raw

@@ -106,8 +106,8 @@ def test_recovery_writes_a_caches_blocks_in_sequence(tmp_path):
         ("C #1", now, False),
         ("A #2", now + 70, False),
     ):
-        raw = fmt.encode_record(t, 20, fmt.KIND_TEXT, text.encode())
-        assert cache.append(raw, t, 0.0) == _cache.APPENDED
+        data = text.encode()
+        assert cache.append(fmt.record_head(t, 20, 0, data), data, t, 0.0) == _cache.APPENDED
         if seal:
             cache.seal()  # the flusher's tick: block 0 sealed, not yet moved
     image = _cache.read_image(fd)  # the process is killed with both blocks in the cache
@@ -149,8 +149,8 @@ def test_a_kill_during_a_template_copy_is_not_reported_as_damage(tmp_path):
             stats=protocol.ProtocolStats(),
         )
         try:
-            raw = fmt.encode_record(1, 20, fmt.KIND_TEXT, b"first")
-            before, stores, _after, _ = h.run_op(lambda: h.cache.append(raw, 1, 0.0))
+            head = fmt.record_head(1, 20, fmt.KIND_TEXT, b"first")
+            before, stores, _after, _ = h.run_op(lambda: h.cache.append(head, b"first", 1, 0.0))
         finally:
             h.close()
     off, data = stores[1]  # commit word zeroed, then the template header copy: cut it at 20
@@ -178,8 +178,11 @@ def test_recording_buffer_sees_every_store_of_the_cache(tmp_path):
         )
         try:
             for n in range(1, 30):
-                raw = fmt.encode_record(n, 20, fmt.KIND_TEXT, b"x" * n)
-                before, stores, after, _ = h.run_op(lambda raw=raw: h.cache.append(raw, 1, 0.0))
+                text = b"x" * n
+                head = fmt.record_head(n, 20, fmt.KIND_TEXT, text)
+                before, stores, after, _ = h.run_op(
+                    lambda head=head, text=text: h.cache.append(head, text, 1, 0.0)
+                )
                 assert stores and protocol.apply(before, stores) == after
         finally:
             h.close()
@@ -316,3 +319,19 @@ def test_decode_dir_reports_no_damage_for_a_clean_close(tmp_path):
     h.close()
     dec = decode_dir(str(tmp_path))
     assert dec.texts == ["T0 #1 "] and not (dec.bad or dec.torn or dec.duplicates)
+
+
+def test_corrupt_accepts_a_spliced_copy_of_a_whole_block():
+    """A splice that copies a whole block elsewhere leaves an authentic block, not damage."""
+    from .strategies import Rec, build_log
+
+    recs = [
+        [Rec(1_764_000_000_000_000 + 10 * b + i, 20, 0, f"b{b} r{i}" + "x" * b) for i in range(3)]
+        for b in range(3)
+    ]
+    data, spans = build_log(recs, form="whole", codec=fmt.COMP_NONE)
+    (_a0, _a1), (b0, b1), (c0, c1) = spans
+    assert c1 - c0 > b1 - b0  # block 2 is the longer: a copy of block 1 fits over its start
+    spliced = data[:c0] + data[b0:b1] + data[c0 + (b1 - b0) :]
+    assert corrupt.copied_block_ranges(spliced) == [(b0, b1), (c0, c0 + b1 - b0)]
+    assert corrupt.copied_block_ranges(data) == []

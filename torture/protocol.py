@@ -329,9 +329,10 @@ class Harness:
         return before, stores, after, result
 
     def append(self, text: str) -> None:
-        raw = fmt.encode_record(time.time_ns() // 1000, 20, fmt.KIND_TEXT, text.encode())
+        data = text.encode()
+        head = fmt.record_head(time.time_ns() // 1000, 20, fmt.KIND_TEXT, data)
         before, stores, _after, status = self.run_op(
-            lambda: self.cache.append(raw, time.time_ns() // 1000, 0.0)
+            lambda: self.cache.append(head, data, time.time_ns() // 1000, 0.0)
         )
         if status != _cache.APPENDED:
             raise AssertionError(f"append returned {status}")
@@ -366,7 +367,8 @@ class Harness:
         self.stats.moves += 1
         data = build_block(
             block.template,
-            block.raw,
+            block.heads,
+            block.texts,
             block.last_time_us,
             level=None,
             sealer=self.cache.sealer,
