@@ -610,6 +610,20 @@ def _markdown(
             )
         L += _table(["contender", "p50", "p90", "p99", "p99.9", "max", "p99 / p50"], rows)
         add("")
+        add(
+            "Where MmapHandler's tail comes from: the writer and the flusher share the GIL, and "
+            "the writer lets go of it twice per record (zstd compresses without it). Each time "
+            "the flusher needs the GIL back (woken for a sealed block, after the whole-block "
+            "compression, after the `write()`, and when freeing the slot finds the cache lock "
+            "taken) the record being written waits for the flusher's step and for the OS to "
+            "wake it again; waking the flusher and opening the next block cost the writer too. "
+            "That is about five slow records per block of about 700, so p99 sits at the edge: "
+            "on a quiet machine it falls under 3 × p50, on a loaded one (where a wake-up takes "
+            "longer) above. (Measured once while tuning, not by this run: with "
+            "`buffer_size=64 MiB`, so that no block is moved during the loop, p99 was 1.7 × "
+            "p50: the hand-overs, not the record path itself, make the tail.)"
+        )
+        add("")
 
     # Threads
     if th:
