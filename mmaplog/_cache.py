@@ -186,6 +186,7 @@ class Cache:
         self.warning: str | None = None
         self._next_seq = 0
         self._states = [EMPTY] * NSLOTS
+        self._waiting = 0  # writers in _make_room waiting for a free slot (under the lock)
         # Sealed blocks, oldest first. The writer appends under the lock; the flusher
         # pops without it (deque appends and pops are thread-safe): a flusher that
         # waited for the lock the writer holds would cost the writer a GIL hand-over.
@@ -416,7 +417,15 @@ class Cache:
             now = time.monotonic()
             if not deadline:
                 deadline = now + timeout
-            timed_out = now >= deadline or not self.cond.wait(deadline - now)
+            # Say so before looking again: release() frees a slot without the lock, then
+            # takes the lock to notify only if someone waits (see release).
+            self._waiting += 1
+            try:
+                if self._free_slot() >= 0:
+                    continue
+                timed_out = now >= deadline or not self.cond.wait(deadline - now)
+            finally:
+                self._waiting -= 1
             if timed_out and self._active < 0 and self._free_slot() < 0:
                 self._count_drop(time_us)
                 return DROPPED
@@ -507,11 +516,20 @@ class Cache:
             self._sealed.appendleft(block)
 
     def release(self, block: SealedBlock) -> None:
-        """Free the slot of a block that is now safely in the log file."""
+        """Free the slot of a block that is now safely in the log file.
+
+        Without the lock unless a writer waits for a slot: the writer holds the lock
+        for every record, and each wait for it costs the writer a GIL hand-over. The
+        order makes this safe: a waiting writer counts itself in ``_waiting`` and then
+        looks at the slots, all under the lock; here the slot is marked EMPTY and then
+        ``_waiting`` read. Either the writer sees the free slot, or this sees the
+        writer and notifies it (taking the lock, so after its ``wait`` began).
+        """
         self._zero_slot(block.slot)
-        with self.lock:
-            self._states[block.slot] = EMPTY
-            self.cond.notify_all()
+        self._states[block.slot] = EMPTY
+        if self._waiting:
+            with self.lock:
+                self.cond.notify_all()
 
     def _zero_slot(self, slot: int) -> None:
         base = fmt.CACHE_HEADER_SIZE + slot * self.slot_size

@@ -333,3 +333,52 @@ def test_a_second_handler_on_the_same_prefix_uses_another_cache(make_handler, lo
     b = make_handler()
     assert a._cache.path != b._cache.path
     assert b._cache.path.endswith("app.1.mmap")
+
+
+def test_a_writer_waiting_for_a_slot_wakes_when_the_flusher_frees_one(tmp_path):
+    """A record that found both slots waiting for the disk goes in as soon as one is freed."""
+    import time
+
+    from mmaplog import _cache
+
+    path = str(tmp_path / "app.mmap")
+    fd = _cache.open_locked(path, 0o600, create=True)
+    assert fd is not None
+    cache = _cache.Cache(
+        path,
+        fd,
+        buffer_size=16 * 1024,
+        log_dir=str(tmp_path),
+        prefix="app",
+        codec=fmt.COMP_NONE,
+        level=None,
+        sealer=None,
+        wake=lambda: None,
+    )
+    try:
+        text = b"r" * 100
+        for slot in range(_cache.NSLOTS):  # one record per block, each block sealed
+            assert cache.append(fmt.record_head(slot, 20, 0, text), text, slot, 0.0) == (
+                _cache.APPENDED
+            )
+            cache.seal()
+        result: list[int] = []
+        started = time.monotonic()
+        writer = threading.Thread(
+            target=lambda: result.append(
+                cache.append(fmt.record_head(9, 20, 0, text), text, 9, 30.0)
+            )
+        )
+        writer.start()
+        time.sleep(0.2)  # the writer is waiting on the condition by now
+        assert not result
+        block = cache.take_sealed()
+        assert block is not None
+        cache.release(block)
+        writer.join(10)
+        assert result == [_cache.APPENDED]
+        assert time.monotonic() - started < 10  # woken by release, not by the 30 s timeout
+    finally:
+        while (b := cache.take_sealed()) is not None:
+            cache.release(b)
+        cache.close()
