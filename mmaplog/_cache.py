@@ -141,7 +141,7 @@ class SealedBlock:
     count: int
     last_time_us: int
     raw: list[bytes] = field(default_factory=list)
-    heads: bytes = b""
+    heads: bytes | bytearray = b""
     texts: list[bytes] = field(default_factory=list)
 
 
@@ -187,6 +187,7 @@ class Cache:
         self._next_seq = 0
         self._states = [EMPTY] * NSLOTS
         self._waiting = 0  # writers in _make_room waiting for a free slot (under the lock)
+        self._day = (0, 0)  # the local day of the last block opened, [start, end) in µs
         # Sealed blocks, oldest first. The writer appends under the lock; the flusher
         # pops without it (deque appends and pops are thread-safe): a flusher that
         # waited for the lock the writer holds would cost the writer a GIL hand-over.
@@ -319,7 +320,10 @@ class Cache:
         self._limit = base + self.slot_size
         self._count = 0
         self._last_us = time_us
-        self._day_start, self._day_end = day_bounds(time_us)
+        day = self._day
+        if not day[0] <= time_us < day[1]:
+            day = self._day = day_bounds(time_us)  # once a day, not once a block
+        self._day_start, self._day_end = day
         self._raw = []
         self._heads = bytearray()
         self._texts = []
@@ -355,7 +359,7 @@ class Cache:
                     self._count,
                     self._last_us,
                     self._raw,
-                    bytes(self._heads),
+                    self._heads,  # not copied: the next block gets a new bytearray
                     self._texts,
                 )
             )

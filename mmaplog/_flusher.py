@@ -28,7 +28,7 @@ _DAY = 86400.0
 
 def build_block(
     template: fmt.BlockHeader,
-    heads: bytes,
+    heads: bytes | bytearray,
     texts: Sequence[bytes],
     last_time_us: int,
     *,

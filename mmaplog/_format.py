@@ -299,13 +299,13 @@ def split_records(records: Sequence[bytes]) -> tuple[bytes, list[bytes]]:
     return b"".join([r[:hsize] for r in records]), [r[hsize:] for r in records]
 
 
-def join_records(heads: bytes, texts: Sequence[bytes]) -> bytes:
+def join_records(heads: bytes | bytearray, texts: Sequence[bytes]) -> bytes:
     """The records of ``heads`` and ``texts`` back to back (the raw bytes of a block)."""
     hsize = RECORD_HEADER.size
     return b"".join([heads[i * hsize : (i + 1) * hsize] + t for i, t in enumerate(texts)])
 
 
-def encode_columns(heads: bytes, texts: Sequence[bytes]) -> bytes | None:
+def encode_columns(heads: bytes | bytearray, texts: Sequence[bytes]) -> bytes | None:
     """Return the column form of the records whose headers are ``heads`` (back to back)
     and whose texts are ``texts``.
 
@@ -350,7 +350,7 @@ def _array(typecode: str, little_endian: bytes | bytearray) -> array[int]:
     return out
 
 
-def _header_planes(headers: bytes, first: int, width: int) -> bytes:
+def _header_planes(headers: bytes | bytearray, first: int, width: int) -> bytes:
     """Byte planes ``first .. first + width - 1`` of packed record headers."""
     return b"".join([headers[first + k :: _COLUMN_FIXED] for k in range(width)])
 
