@@ -10,6 +10,7 @@ their output, so a crafted block cannot make the reader allocate without limit.
 from __future__ import annotations
 
 import io
+import os
 import threading
 import zlib
 from collections.abc import Callable
@@ -30,8 +31,9 @@ or more (level 9 alone takes 4), sized for blocks up to 256 KiB. On the
 benchmark's records that is about 3 % smaller than level 9 and 3.5 % smaller
 than level 6, at about 135 MB/s on the flusher thread, off the emit path.
 """
+_PREPARE_SIZE = 256 * 1024
 _TUNED_WHOLE = zstandard.ZstdCompressionParameters.from_level(
-    WHOLE_LEVELS[COMP_ZSTD], source_size=256 * 1024, min_match=5, write_content_size=1
+    WHOLE_LEVELS[COMP_ZSTD], source_size=_PREPARE_SIZE, min_match=5, write_content_size=1
 )
 
 # Input is fed to a decompressor in slices this large, so one call's output is
@@ -100,19 +102,31 @@ def stream_context(codec: int, level: int | None = None) -> zstandard.ZstdCompre
     return zstandard.ZstdCompressor(level=DEFAULT_LEVELS[codec] if level is None else level)
 
 
-_whole = threading.local()
+# Whole-block compression contexts, one per level (None: the tuned default), shared by
+# every thread under one lock. A context holds megabytes of tables: one per thread
+# that ever moved a block (an application thread calling flush(), say) would keep
+# that much alive per thread. Compressing releases the GIL, so the lock costs other
+# threads nothing but the wait for a block's compression (about a millisecond).
+_whole_lock = threading.Lock()
+_whole_contexts: dict[int | None, zstandard.ZstdCompressor] = {}
+
+
+def _reset_whole_lock() -> None:
+    # A fork while another thread compressed would leave the child a lock that is
+    # never released.
+    global _whole_lock
+    _whole_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_whole_lock)
 
 
 def _whole_context(level: int | None) -> zstandard.ZstdCompressor:
-    # One context per thread and level (None: the tuned default): a new one costs far
-    # more than the compression of a block, and a context must not be shared between
-    # threads.
-    cache: dict[int | None, zstandard.ZstdCompressor] | None = getattr(_whole, "contexts", None)
-    if cache is None:
-        cache = _whole.contexts = {}
-    ctx = cache.get(level)
+    # Under _whole_lock.
+    ctx = _whole_contexts.get(level)
     if ctx is None:
-        ctx = cache[level] = (
+        ctx = _whole_contexts[level] = (
             zstandard.ZstdCompressor(compression_params=_TUNED_WHOLE)
             if level is None
             else zstandard.ZstdCompressor(level=level, write_content_size=True)
@@ -120,10 +134,21 @@ def _whole_context(level: int | None) -> zstandard.ZstdCompressor:
     return ctx
 
 
+def prepare_whole(codec: int, level: int | None = None) -> None:
+    """Make the whole-block context now, and its tables (a handler's start), so that
+    the first block moved allocates nothing: memory is taken up front, not mid-flight."""
+    if codec == COMP_ZSTD:
+        with _whole_lock:
+            # zstd sizes its tables by the input: a block's worth of zeros makes them
+            # full size (about 1 ms, once per process and level).
+            _whole_context(level).compress(bytes(_PREPARE_SIZE))
+
+
 def compress_whole(codec: int, raw: bytes, level: int | None = None) -> bytes:
     """Compress a whole block at once (``level`` None: the default of ``WHOLE_LEVELS``)."""
     if codec == COMP_ZSTD:
-        return _whole_context(level).compress(raw)
+        with _whole_lock:
+            return _whole_context(level).compress(raw)
     lvl = WHOLE_LEVELS[codec] if level is None else level
     if codec == COMP_ZLIB:
         obj = zlib.compressobj(lvl, zlib.DEFLATED, -15)

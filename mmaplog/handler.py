@@ -26,6 +26,7 @@ from ._cache import (
     cache_names,
     open_locked,
 )
+from ._codec import prepare_whole
 from ._flusher import Flusher, build_block, local_hour
 from ._logfile import SUFFIX, XLOG_SUFFIX, LogFiles
 from .exceptions import ConfigError, UnsupportedVersionError
@@ -410,6 +411,8 @@ class MmapHandler(logging.Handler):
         flusher_box.append(flusher)
         self._cache = cache
         self._flusher = flusher
+        if self._xlog is None:
+            prepare_whole(self._codec, self._level_whole)
         flusher.start()
 
     def _claim_cache(self) -> tuple[str, int]:

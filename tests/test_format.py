@@ -911,3 +911,27 @@ def test_header_checksum_covers_the_extension() -> None:
     with pytest.raises(CorruptionError, match="header checksum"):
         fmt.parse_header(bytes(packed))
     assert replace(h, extension=b"").header_len == 64
+
+
+def test_whole_block_compression_is_shared_and_safe_across_threads() -> None:
+    """Threads compressing blocks at once share one context per level and get correct frames."""
+    import threading
+
+    from mmaplog import _codec
+
+    blocks = [bytes([65 + i]) * 5000 + b"%d" % i * 3000 for i in range(8)]
+    out: dict[int, bytes] = {}
+
+    def work(i: int) -> None:
+        for _ in range(20):
+            out[i] = _codec.compress_whole(fmt.COMP_ZSTD, blocks[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, payload in out.items():
+        assert decompress_whole(fmt.COMP_ZSTD, payload, len(blocks[i]), where="t") == blocks[i]
+    assert set(_codec._whole_contexts) <= {None, *range(1, 23)}
+    assert None in _codec._whole_contexts

@@ -382,3 +382,18 @@ def test_a_writer_waiting_for_a_slot_wakes_when_the_flusher_frees_one(tmp_path):
         while (b := cache.take_sealed()) is not None:
             cache.release(b)
         cache.close()
+
+
+def test_the_first_block_moved_allocates_no_compression_tables(make_handler, log_dir):
+    """A handler's start sizes the whole-block zstd context, so moving blocks takes no memory."""
+    from mmaplog import _codec
+
+    h = make_handler()
+    ctx = _codec._whole_contexts[None]
+    before = ctx.memory_size()
+    log = make_logger("mem", h)
+    for i in range(3000):
+        log.info("record %d of a block that is moved %s", i, "x" * (i % 90))
+    h.flush()
+    assert texts(log_dir)
+    assert ctx.memory_size() == before
