@@ -282,8 +282,9 @@ _COLUMN_FIXED = RECORD_HEADER.size
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
-def _to_planes(packed: bytes, width: int) -> bytes:
-    return b"".join([packed[k::width] for k in range(width)])
+def _planes(packed: bytes | bytearray, stride: int, first: int, width: int) -> bytes:
+    """Byte planes ``first .. first + width - 1`` of items ``stride`` bytes long."""
+    return b"".join([packed[first + k :: stride] for k in range(width)])
 
 
 def _from_planes(planes: bytes | memoryview, n: int, width: int) -> bytearray:
@@ -320,12 +321,12 @@ def encode_columns(heads: bytes | bytearray, texts: Sequence[bytes]) -> bytes | 
     if len(heads) != hsize * n:
         raise ValueError(f"records: {n} records need {hsize * n} header bytes, got {len(heads)}")
     # Arrays, not tuples of ints: each int lives only while it is converted.
-    times = _array("q", _from_planes(_header_planes(heads, 4, 8), n, 8))
+    times = _array("q", _from_planes(_planes(heads, hsize, 4, 8), n, 8))
     try:
         steps = array("q", map(operator.sub, times, _array("q", bytes(8)) + times[:-1]))
     except OverflowError:
         return None
-    lengths = _header_planes(heads, 0, 4)
+    lengths = _planes(heads, hsize, 0, 4)
     if _array("I", _from_planes(lengths, n, 4)) != array("I", map(len, texts)):
         raise ValueError("records: the text lengths in the headers do not match the texts")
     if _BIG_ENDIAN:
@@ -333,7 +334,7 @@ def encode_columns(heads: bytes | bytearray, texts: Sequence[bytes]) -> bytes | 
     # One join for the whole column form: a block's texts are copied once.
     return b"".join(
         [
-            _to_planes(steps.tobytes(), 8),
+            _planes(steps.tobytes(), 8, 0, 8),
             lengths,
             heads[12::hsize],
             heads[13::hsize],
@@ -348,11 +349,6 @@ def _array(typecode: str, little_endian: bytes | bytearray) -> array[int]:
     if _BIG_ENDIAN:
         out.byteswap()
     return out
-
-
-def _header_planes(headers: bytes | bytearray, first: int, width: int) -> bytes:
-    """Byte planes ``first .. first + width - 1`` of packed record headers."""
-    return b"".join([headers[first + k :: _COLUMN_FIXED] for k in range(width)])
 
 
 class Columns(NamedTuple):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -55,3 +56,24 @@ def make_logger(name: str, handler: logging.Handler) -> logging.Logger:
     logger.propagate = False
     logger.setLevel(logging.DEBUG)
     return logger
+
+
+def new_cache(folder: str) -> Any:
+    """A real cache file of 16 KiB in ``folder``, with no flusher (wake does nothing)."""
+    from mmaplog import _cache
+    from mmaplog import _format as fmt
+
+    path = os.path.join(folder, "app.mmap")
+    fd = _cache.open_locked(path, 0o600, create=True)
+    assert fd is not None
+    return _cache.Cache(
+        path,
+        fd,
+        buffer_size=16 * 1024,
+        log_dir=folder,
+        prefix="app",
+        codec=fmt.COMP_NONE,
+        level=None,
+        sealer=None,
+        wake=lambda: None,
+    )

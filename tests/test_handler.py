@@ -15,7 +15,7 @@ import pytest
 import mmaplog
 from mmaplog import _format as fmt
 
-from .conftest import make_logger
+from .conftest import make_logger, new_cache
 
 
 def texts(path: str, **kw: object) -> list[str]:
@@ -341,20 +341,7 @@ def test_a_writer_waiting_for_a_slot_wakes_when_the_flusher_frees_one(tmp_path):
 
     from mmaplog import _cache
 
-    path = str(tmp_path / "app.mmap")
-    fd = _cache.open_locked(path, 0o600, create=True)
-    assert fd is not None
-    cache = _cache.Cache(
-        path,
-        fd,
-        buffer_size=16 * 1024,
-        log_dir=str(tmp_path),
-        prefix="app",
-        codec=fmt.COMP_NONE,
-        level=None,
-        sealer=None,
-        wake=lambda: None,
-    )
+    cache = new_cache(str(tmp_path))
     try:
         text = b"r" * 100
         for slot in range(_cache.NSLOTS):  # one record per block, each block sealed

@@ -18,6 +18,8 @@ from mmaplog import _testing
 from torture import corrupt, fuzz, protocol, resources, stateful
 from torture.common import decode_dir, is_torn_write
 
+from .conftest import new_cache
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = int(os.environ.get("TORTURE_SEED", "7"))
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -86,19 +88,8 @@ def test_recovery_writes_a_caches_blocks_in_sequence(tmp_path):
     from mmaplog import _cache
     from mmaplog.recover import recover_image
 
-    path = str(tmp_path / "app.mmap")
-    fd = _cache.open_locked(path, 0o600, create=True)
-    cache = _cache.Cache(
-        path,
-        fd,
-        buffer_size=16 * 1024,
-        log_dir=str(tmp_path),
-        prefix="app",
-        codec=fmt.COMP_NONE,
-        level=None,
-        sealer=None,
-        wake=lambda: None,
-    )
+    cache = new_cache(str(tmp_path))
+    path = cache.path
     now = 1_764_000_000_000_000
     for text, t, seal in (
         ("B #1", now + 50, False),
@@ -110,7 +101,7 @@ def test_recovery_writes_a_caches_blocks_in_sequence(tmp_path):
         assert cache.append(fmt.record_head(t, 20, 0, data), data, t, 0.0) == _cache.APPENDED
         if seal:
             cache.seal()  # the flusher's tick: block 0 sealed, not yet moved
-    image = _cache.read_image(fd)  # the process is killed with both blocks in the cache
+    image = _cache.read_image(cache.fd)  # the process is killed with both blocks in the cache
     cache.close()
     recover_image(image, path)
     texts = [r.text for r in mmaplog.read_records(str(tmp_path))]
