@@ -342,11 +342,13 @@ class Cache:
         self._seal_at = self._payload_start + self.threshold
         self._aad = fmt.block_aad(self.session, seq, flags)
 
-    def _seal_active(self) -> None:
+    def _seal_active(self) -> bool:
+        """Seal the open block; True if it held records (the flusher has work)."""
         slot = self._active
         if slot < 0:
-            return
-        if self._count == 0:
+            return False
+        sealed = self._count > 0
+        if not sealed:
             self._zero_slot(slot)
             self._states[slot] = EMPTY
         else:
@@ -364,6 +366,7 @@ class Cache:
                 )
             )
         self._reset_block_state()
+        return sealed
 
     @property
     def capacity(self) -> int:
@@ -387,29 +390,40 @@ class Cache:
         # acquire/release rather than `with`: this is the hot path, and it is cheaper.
         self._acquire()
         try:
-            if not (self._pos + need <= self._limit and self._day_start <= time_us < self._day_end):
+            if not (
+                self._pos < self._seal_at
+                and self._pos + need <= self._limit
+                and self._day_start <= time_us < self._day_end
+            ):
                 status = self._make_room(need, time_us, timeout)
                 if status != APPENDED:
                     return status
             self._write(head, text, time_us)
-            if self._pos >= self._seal_at and EMPTY in self._states:
-                self._seal_active()
-                self._wake()
         finally:
             self._release()
         return APPENDED
 
     def _make_room(self, need: int, time_us: int, timeout: float) -> int:
-        """Open a block that can take ``need`` more bytes (the slow path of append)."""
+        """The slow path of append: seal a block past its threshold, open one that can
+        take ``need`` more bytes, or wait for a free slot.
+
+        A block past its threshold is sealed by the next record, in the same call that
+        opens the block this record goes into: one slow record per block, not two
+        (sealing wakes the flusher, opening builds a header and a compressor). With
+        no free slot to go on in, records keep filling the block while they fit.
+        """
         if need > self.capacity:
             return OVERSIZE
+        sealed = False
+        if self._active >= 0 and self._pos >= self._seal_at and EMPTY in self._states:
+            sealed = self._seal_active()
         deadline = 0.0
         while not (
             self._active >= 0
             and self._pos + need <= self._limit
             and self._day_start <= time_us < self._day_end
         ):
-            self._seal_active()
+            sealed = self._seal_active() or sealed
             slot = self._free_slot()
             if slot >= 0:
                 self._open_block(slot, time_us)
@@ -418,6 +432,7 @@ class Cache:
                 continue
             # Both slots wait for the flusher: wait for one (or for another thread's block).
             self._wake()
+            sealed = False
             now = time.monotonic()
             if not deadline:
                 deadline = now + timeout
@@ -433,6 +448,8 @@ class Cache:
             if timed_out and self._active < 0 and self._free_slot() < 0:
                 self._count_drop(time_us)
                 return DROPPED
+        if sealed:
+            self._wake()
         return APPENDED
 
     def _write(self, head: bytes, text: bytes, time_us: int) -> None:
