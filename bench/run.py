@@ -571,16 +571,55 @@ class Bench:
             for i, body in enumerate(bodies):
                 sealer.seal(1, i, body, b"aad")
 
-        out = {}
-        for name, fn in (("format", fmt_all), ("zstd_flush", zstd_all), ("seal", seal_all)):
+        def message_all() -> None:
+            for r in records:
+                r.getMessage()
+
+        out: dict[str, Any] = {}
+        for name, fn in (
+            ("format", fmt_all),
+            ("message", message_all),
+            ("zstd_flush", zstd_all),
+            ("seal", seal_all),
+        ):
             times = []
             for _ in range(7):
                 t0 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t0)
             out[name] = statistics.median(times) / len(records) * 1e6
+        out["zstd_flush_c"] = self.zstd_flush_in_c(raws, _codec.DEFAULT_LEVELS[F.COMP_ZSTD])
         self.results["floor"] = out
         log(f"  floor µs/record: {out}")
+
+    def zstd_flush_in_c(self, raws: list[bytes], level: int) -> dict[str, Any]:
+        """The same per-record flushes timed in C (bench/zstd_flush.c), where it builds."""
+        cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        if cc is None:
+            return {"skipped": "no C compiler"}
+        work = tempfile.mkdtemp(prefix="mmaplog-zstd-c-")
+        try:
+            exe = os.path.join(work, "zstd_flush")
+            built = subprocess.run(
+                [cc, "-O2", "-o", exe, os.path.join(HERE, "zstd_flush.c"), "-ldl"],
+                capture_output=True,
+                text=True,
+            )
+            if built.returncode != 0:
+                return {"skipped": "bench/zstd_flush.c does not build: " + built.stderr[-200:]}
+            data = os.path.join(work, "records")
+            with open(data, "wb") as f:
+                for raw in raws:
+                    f.write(ACK.pack(len(raw)) + raw)
+            ran = subprocess.run(
+                [exe, data, str(level), "700", "7"], capture_output=True, text=True, timeout=300
+            )
+            if ran.returncode != 0:
+                return {"skipped": ran.stderr.strip() or f"exit status {ran.returncode}"}
+            version, us, ratio = ran.stdout.split()
+            return {"version": version, "us": float(us), "ratio": float(ratio)}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def phase_profile(self) -> None:
         log("cProfile of the MmapHandler emit path")
