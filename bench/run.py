@@ -589,6 +589,7 @@ class Bench:
                 times.append(time.perf_counter() - t0)
             out[name] = statistics.median(times) / len(records) * 1e6
         out["zstd_flush_c"] = self.zstd_flush_in_c(raws, _codec.DEFAULT_LEVELS[F.COMP_ZSTD])
+        out["native"] = self.native_sketch(records, formatter, _codec.DEFAULT_LEVELS[F.COMP_ZSTD])
         self.results["floor"] = out
         log(f"  floor µs/record: {out}")
 
@@ -618,6 +619,84 @@ class Bench:
                 return {"skipped": ran.stderr.strip() or f"exit status {ran.returncode}"}
             version, us, ratio = ran.stdout.split()
             return {"version": version, "us": float(us), "ratio": float(ratio)}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def native_sketch(
+        self, records: list[logging.LogRecord], formatter: logging.Formatter, level: int
+    ) -> dict[str, Any]:
+        """``handle(record)`` timed for FileHandler, MmapHandler and bench/native_emit.c.
+
+        The C sketch renders the same xlog line (checked on every record), compresses it
+        with a per-record zstd flush (or not at all), checksums it and copies it into a
+        buffer: what an emit written in C could not avoid. Interleaved rounds, medians.
+        """
+        import importlib.util
+        import sysconfig
+
+        import mmaplog
+
+        cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        include = sysconfig.get_paths().get("include")
+        if cc is None or not include or not os.path.exists(os.path.join(include, "Python.h")):
+            return {"skipped": "no C compiler or no Python headers"}
+        work = tempfile.mkdtemp(prefix="mmaplog-native-")
+        try:
+            suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+            lib = os.path.join(work, "native_emit" + suffix)
+            flags = ["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else []
+            source = os.path.join(HERE, "native_emit.c")
+            built = subprocess.run(
+                [cc, "-O2", "-shared", "-fPIC", f"-I{include}", *flags, source, "-o", lib, "-ldl"],
+                capture_output=True,
+                text=True,
+            )
+            if built.returncode != 0:
+                return {"skipped": "bench/native_emit.c does not build: " + built.stderr[-200:]}
+            spec = importlib.util.spec_from_file_location("native_emit", lib)
+            assert spec is not None and spec.loader is not None
+            native: Any = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(native)
+            try:
+                native.setup(True, level)
+            except OSError as exc:
+                return {"skipped": str(exc)}
+            wrong = sum(native.line(r) != formatter.format(r).encode() for r in records)
+            if wrong:
+                return {"skipped": f"the C sketch renders {wrong} lines unlike XlogFormatter"}
+
+            file_handler = logging.FileHandler(os.path.join(work, "file.log"))
+            file_handler.setFormatter(mmaplog.XlogFormatter())
+            mmap_handler = mmaplog.MmapHandler(os.path.join(work, "mmap"), "bench")
+
+            def run(handle: Any) -> None:
+                for r in records:
+                    handle(r)
+
+            def c_zstd() -> None:
+                native.setup(True, level)
+                run(native.emit)
+
+            def c_none() -> None:
+                native.setup(False, 0)
+                run(native.emit)
+
+            ways = {
+                "file": lambda: run(file_handler.handle),
+                "mmap": lambda: run(mmap_handler.handle),
+                "c_zstd": c_zstd,
+                "c_none": c_none,
+            }
+            times: dict[str, list[float]] = {k: [] for k in ways}
+            for _ in range(7):
+                for key, fn in ways.items():
+                    gc.collect()
+                    t0 = time.perf_counter()
+                    fn()
+                    times[key].append((time.perf_counter() - t0) / len(records) * 1e6)
+            mmap_handler.close()
+            file_handler.close()
+            return {k: statistics.median(v) for k, v in times.items()}
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
