@@ -145,7 +145,10 @@ class Bench:
     def phase_latency(self) -> None:
         rounds = self.args.latency_rounds
         log(f"emit latency: {rounds} rounds x {self.args.records} records, each call timed")
+        from mmaplog import _format as F
+
         samples: dict[str, list[int]] = {c.key: [] for c in self.active}
+        blocks: dict[str, int] = {}
         for r in range(rounds):
             order = self.active[r % len(self.active) :] + self.active[: r % len(self.active)]
             for c in order:
@@ -155,6 +158,12 @@ class Bench:
                 _feed_timed(run.info, self.recs_for(c), samples[c.key])
                 run.drain()
                 run.close()
+                if run.mmaplog:  # blocks moved: each costs the writer a few slow records
+                    for path in run.files():
+                        with open(path, "rb") as f:
+                            found = F.scan_blocks(f.read())
+                        n = sum(not isinstance(item, F.Damage) for item in found)
+                        blocks[c.key] = blocks.get(c.key, 0) + n
                 shutil.rmtree(folder, ignore_errors=True)
         out = {}
         for key, s in samples.items():
@@ -171,7 +180,10 @@ class Bench:
                 "p99": pct(0.99),
                 "p999": pct(0.999),
                 "max": s[-1] / 1000.0,
+                "over_3x_p50": sum(x > 3 * s[k // 2] for x in s),
             }
+            if key in blocks:
+                out[key]["blocks"] = blocks[key]
         self.results["latency"] = out
 
     # -- throughput with threads -------------------------------------------------------
