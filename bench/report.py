@@ -452,7 +452,7 @@ def _markdown(
     add("```")
     add("")
     add(
-        "The full run takes about 7 minutes on 2 idle cores (most of it the 1M-record RSS "
+        "The full run takes about 3 minutes on 2 cores (most of it the 1M-record RSS "
         "children), longer on a loaded machine. "
         "A contender whose package is missing is skipped and marked in the tables. "
         "`--json FILE` also saves the raw measurements."
