@@ -64,10 +64,11 @@ def test_four_processes_two_killed_recovered_by_a_third(tmp_path):
     code = (
         "import mmaplog, sys; h = mmaplog.MmapHandler(sys.argv[1]); print(h.recovered); h.close()"
     )
+    moved = len(texts(log_dir))
     out = subprocess.run(
         [sys.executable, "-c", code, log_dir], capture_output=True, text=True, env=ENV, check=True
     )
-    assert int(out.stdout) > 0
+    assert int(out.stdout) == len(texts(log_dir)) - moved
     acked: dict[int, list[int]] = {}
     for i in range(4):
         acked.update(results[i][0])
@@ -160,12 +161,13 @@ def test_killed_lock_holder_frees_its_cache_at_once(tmp_path):
     log_dir = str(tmp_path)
     acked, status = _testing.run_writer({"log_dir": log_dir}, kill_after=0.5)
     assert status == -9
+    moved = len(texts(log_dir))
     h = mmaplog.MmapHandler(log_dir)
     try:
         assert os.path.basename(h._cache.path) == "app.mmap"
-        assert h.recovered > 0
     finally:
         h.close()
+    assert h.recovered == len(texts(log_dir)) - moved
     _testing.check_exactly_once(texts(log_dir), acked)
 
 
@@ -270,10 +272,11 @@ def test_cache_of_another_buffer_size_is_recovered(tmp_path):
         {"log_dir": log_dir, "handler": {"buffer_size": 256 * 1024, "flush_interval": 3600}},
         kill_after=0.6,
     )
+    moved = len(texts(log_dir))
     h = mmaplog.MmapHandler(log_dir, buffer_size=16 * 1024)
-    assert h.recovered > 0
     assert os.path.getsize(h._cache.path) < 64 * 1024
     h.close()
+    assert h.recovered == len(texts(log_dir)) - moved
     _testing.check_exactly_once(texts(log_dir), acked)
 
 
