@@ -390,10 +390,12 @@ class Cache:
         # acquire/release rather than `with`: this is the hot path, and it is cheaper.
         self._acquire()
         try:
+            # Past the threshold, the slow path seals the block, unless no slot is free
+            # to go on in: then records keep filling it, on the fast path.
             if not (
-                self._pos < self._seal_at
-                and self._pos + need <= self._limit
+                self._pos + need <= self._limit
                 and self._day_start <= time_us < self._day_end
+                and (self._pos < self._seal_at or EMPTY not in self._states)
             ):
                 status = self._make_room(need, time_us, timeout)
                 if status != APPENDED:
