@@ -46,6 +46,11 @@ ACK = struct.Struct("<I")
 _REC = re.compile(r"rec=(\d+) ")
 
 
+def _c_compiler() -> str | None:
+    """The C compiler that builds bench/zstd_flush.c and bench/native_emit.c, if any."""
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -607,7 +612,7 @@ class Bench:
 
     def zstd_flush_in_c(self, raws: list[bytes], level: int) -> dict[str, Any]:
         """The same per-record flushes timed in C (bench/zstd_flush.c), where it builds."""
-        cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        cc = _c_compiler()
         if cc is None:
             return {"skipped": "no C compiler"}
         work = tempfile.mkdtemp(prefix="mmaplog-zstd-c-")
@@ -648,7 +653,7 @@ class Bench:
 
         import mmaplog
 
-        cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        cc = _c_compiler()
         include = sysconfig.get_paths().get("include")
         if cc is None or not include or not os.path.exists(os.path.join(include, "Python.h")):
             return {"skipped": "no C compiler or no Python headers"}

@@ -417,7 +417,7 @@ class Cache:
         if need > self.capacity:
             return OVERSIZE
         sealed = False
-        if self._active >= 0 and self._pos >= self._seal_at and EMPTY in self._states:
+        if self._active >= 0 and self._pos >= self._seal_at and self._free_slot() >= 0:
             sealed = self._seal_active()
         deadline = 0.0
         while not (

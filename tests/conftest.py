@@ -77,3 +77,13 @@ def new_cache(folder: str) -> Any:
         sealer=None,
         wake=lambda: None,
     )
+
+
+@pytest.fixture
+def bare_cache(tmp_path: Any) -> Iterator[Any]:
+    """``new_cache`` in ``tmp_path``; afterwards its sealed blocks are released and it is closed."""
+    cache = new_cache(str(tmp_path))
+    yield cache
+    while (b := cache.take_sealed()) is not None:
+        cache.release(b)
+    cache.close()

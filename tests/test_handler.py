@@ -15,7 +15,7 @@ import pytest
 import mmaplog
 from mmaplog import _format as fmt
 
-from .conftest import make_logger, new_cache
+from .conftest import make_logger
 
 
 def texts(path: str, **kw: object) -> list[str]:
@@ -335,93 +335,76 @@ def test_a_second_handler_on_the_same_prefix_uses_another_cache(make_handler, lo
     assert b._cache.path.endswith("app.1.mmap")
 
 
-def test_a_block_past_its_threshold_is_sealed_by_the_next_record_which_opens_the_next(tmp_path):
+def test_a_block_past_its_threshold_is_sealed_by_the_next_record_which_opens_the_next(bare_cache):
     """The record after the threshold seals the block, opens the next and wakes the flusher once."""
     from mmaplog import _cache
 
-    cache = new_cache(str(tmp_path))
+    cache = bare_cache
     wakes: list[None] = []
     cache._wake = lambda: wakes.append(None)
-    try:
-        text = b"r" * 100
-        n = 0
-        while cache._pos < cache._seal_at or n == 0:
-            assert cache.append(fmt.record_head(n, 20, 0, text), text, n, 0.0) == _cache.APPENDED
-            n += 1
-        assert cache.take_sealed() is None and not wakes  # the crossing record seals nothing
+    text = b"r" * 100
+    n = 0
+    while cache._pos < cache._seal_at or n == 0:
         assert cache.append(fmt.record_head(n, 20, 0, text), text, n, 0.0) == _cache.APPENDED
-        block = cache.take_sealed()
-        assert block is not None and block.count == n
-        assert wakes == [None]
-        assert cache._count == 1 and cache._template.first_time_us == n
-        cache.release(block)
-    finally:
-        while (b := cache.take_sealed()) is not None:
-            cache.release(b)
-        cache.close()
+        n += 1
+    assert cache.take_sealed() is None and not wakes  # the crossing record seals nothing
+    assert cache.append(fmt.record_head(n, 20, 0, text), text, n, 0.0) == _cache.APPENDED
+    block = cache.take_sealed()
+    assert block is not None and block.count == n
+    assert wakes == [None]
+    assert cache._count == 1 and cache._template.first_time_us == n
+    cache.release(block)
 
 
-def test_a_block_past_its_threshold_keeps_filling_while_no_slot_is_free(tmp_path):
+def test_a_block_past_its_threshold_keeps_filling_while_no_slot_is_free(bare_cache):
     """With the other slot still being moved, records go on into the open block until it is full."""
     from mmaplog import _cache
 
-    cache = new_cache(str(tmp_path))
-    try:
-        text = b"r" * 100
-        assert cache.append(fmt.record_head(0, 20, 0, text), text, 0, 0.0) == _cache.APPENDED
-        cache.seal()
-        moving = cache.take_sealed()  # the flusher holds the other slot
-        assert moving is not None
-        n = 1
-        while n == 1 or cache._pos + 200 <= cache._limit:
-            assert cache.append(fmt.record_head(n, 20, 0, text), text, n, 0.0) == _cache.APPENDED
-            n += 1
-        assert cache._pos > cache._seal_at and cache.take_sealed() is None
-        cache.release(moving)
+    cache = bare_cache
+    text = b"r" * 100
+    assert cache.append(fmt.record_head(0, 20, 0, text), text, 0, 0.0) == _cache.APPENDED
+    cache.seal()
+    moving = cache.take_sealed()  # the flusher holds the other slot
+    assert moving is not None
+    n = 1
+    while n == 1 or cache._pos + 200 <= cache._limit:
         assert cache.append(fmt.record_head(n, 20, 0, text), text, n, 0.0) == _cache.APPENDED
-        block = cache.take_sealed()
-        assert block is not None and block.count == n - 1
-        cache.release(block)
-    finally:
-        while (b := cache.take_sealed()) is not None:
-            cache.release(b)
-        cache.close()
+        n += 1
+    assert cache._pos > cache._seal_at and cache.take_sealed() is None
+    cache.release(moving)
+    assert cache.append(fmt.record_head(n, 20, 0, text), text, n, 0.0) == _cache.APPENDED
+    block = cache.take_sealed()
+    assert block is not None and block.count == n - 1
+    cache.release(block)
 
 
-def test_a_writer_waiting_for_a_slot_wakes_when_the_flusher_frees_one(tmp_path):
+def test_a_writer_waiting_for_a_slot_wakes_when_the_flusher_frees_one(bare_cache):
     """A record that found both slots waiting for the disk goes in as soon as one is freed."""
     import time
 
     from mmaplog import _cache
 
-    cache = new_cache(str(tmp_path))
-    try:
-        text = b"r" * 100
-        for slot in range(_cache.NSLOTS):  # one record per block, each block sealed
-            assert cache.append(fmt.record_head(slot, 20, 0, text), text, slot, 0.0) == (
-                _cache.APPENDED
-            )
-            cache.seal()
-        result: list[int] = []
-        started = time.monotonic()
-        writer = threading.Thread(
-            target=lambda: result.append(
-                cache.append(fmt.record_head(9, 20, 0, text), text, 9, 30.0)
-            )
+    cache = bare_cache
+    text = b"r" * 100
+    for slot in range(_cache.NSLOTS):  # one record per block, each block sealed
+        assert cache.append(fmt.record_head(slot, 20, 0, text), text, slot, 0.0) == (
+            _cache.APPENDED
         )
-        writer.start()
-        time.sleep(0.2)  # the writer is waiting on the condition by now
-        assert not result
-        block = cache.take_sealed()
-        assert block is not None
-        cache.release(block)
-        writer.join(10)
-        assert result == [_cache.APPENDED]
-        assert time.monotonic() - started < 10  # woken by release, not by the 30 s timeout
-    finally:
-        while (b := cache.take_sealed()) is not None:
-            cache.release(b)
-        cache.close()
+        cache.seal()
+    result: list[int] = []
+    started = time.monotonic()
+    writer = threading.Thread(
+        target=lambda: result.append(cache.append(fmt.record_head(9, 20, 0, text), text, 9, 30.0))
+    )
+    writer.start()
+    time.sleep(0.2)  # the writer is waiting on the condition by now
+    assert not result
+    block = cache.take_sealed()
+    assert block is not None
+    cache.release(block)
+    writer.join(10)
+    assert result == [_cache.APPENDED]
+    assert time.monotonic() - started < 10  # woken by release, not by the 30 s timeout
 
 
 def test_the_first_block_moved_allocates_no_compression_tables(make_handler, log_dir):
