@@ -21,16 +21,15 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from . import _format as fmt
-from . import _testing
+from ._blocks import BlockSession
 from ._codec import StreamCompressor, stream_context
 from ._crypto import TAG_SIZE
+from ._faults import point
 from ._logfile import day_bounds, open_no_follow
-
-if TYPE_CHECKING:
-    from ._xlog import XlogBlockWriter
+from ._xlog import note_line
 
 PAGE = mmap.PAGESIZE
 NSLOTS = 2
@@ -45,15 +44,6 @@ _CHUNK_OVERHEAD = 64 + fmt.CHUNK_HEADER.size + TAG_SIZE
 _pack_chunk_header = fmt.CHUNK_HEADER.pack
 _pack_commit = fmt.COMMIT.pack_into
 _crc32 = zlib.crc32
-
-
-class SealerProtocol(Protocol):
-    """What the writer needs of an encryption session (see ``_crypto.Sealer``)."""
-
-    @property
-    def ephemeral_public(self) -> bytes: ...
-
-    def seal(self, seq: int, index: int, plaintext: bytes, aad: bytes) -> bytes: ...
 
 
 def _no_block(raw: bytes) -> bytes:
@@ -133,7 +123,9 @@ class SealedBlock:
 
     ``heads`` and ``texts`` hold the records (their headers back to back, and their
     texts), or for an xlog block (``FLAG_XLOG``) ``raw`` holds the chunk bodies, so
-    the flusher never reads the cache back.
+    the flusher never reads the cache back. ``data`` keeps the log-file bytes once
+    the flusher has built them: a move that failed is retried with the same bytes,
+    never sealed a second time.
     """
 
     slot: int
@@ -143,13 +135,15 @@ class SealedBlock:
     raw: list[bytes] = field(default_factory=list)
     heads: bytes | bytearray = b""
     texts: list[bytes] = field(default_factory=list)
+    data: bytes = b""
 
 
 class Cache:
     """An open, locked, mapped cache file and the writer that fills its slots.
 
     All writer state is guarded by ``lock``; the flusher takes sealed blocks with
-    :meth:`take_sealed` and gives slots back with :meth:`release`.
+    :meth:`take_sealed` and gives slots back with :meth:`release`. Blocks are
+    numbered and sealed by ``blocks``, the session's one owner of block identity.
     """
 
     def __init__(
@@ -160,18 +154,16 @@ class Cache:
         buffer_size: int,
         log_dir: str,
         prefix: str,
-        codec: int,
-        level: int | None,
-        sealer: SealerProtocol | None,
+        blocks: BlockSession,
         wake: Callable[[], None],
-        xlog: XlogBlockWriter | None = None,
     ) -> None:
         self.path = path
-        self.xlog = xlog
+        self.blocks = blocks
+        self.xlog = xlog = blocks.xlog
         self.fd = fd
-        self.codec = codec
-        self.level = level
-        self.sealer = sealer
+        self.codec = blocks.codec
+        sealer = blocks.sealer
+        self._seal = sealer.seal if sealer is not None else None
         self._keep_bodies = xlog is not None  # xlog blocks are moved from the chunk bodies
         self._wake = wake
         self.slot_size, self.file_size = geometry(buffer_size)
@@ -180,11 +172,9 @@ class Cache:
         self.cond = threading.Condition(self.lock)
         self._acquire = self.lock.acquire
         self._release = self.lock.release
-        self.session = os.urandom(8)
-        self.pid = os.getpid()
+        self.pid = blocks.pid
         self.mapped = False
         self.warning: str | None = None
-        self._next_seq = 0
         self._states = [EMPTY] * NSLOTS
         self._waiting = 0  # writers in _make_room waiting for a free slot (under the lock)
         self._day = (0, 0)  # the local day of the last block opened, [start, end) in µs
@@ -196,7 +186,7 @@ class Cache:
         self.dropped = 0
         self._drop_first_us = 0
         self._drop_last_us = 0
-        self._zctx = stream_context(codec, level)
+        self._zctx = stream_context(self.codec, None)
         self._buf: mmap.mmap | bytearray = self._map(fd, log_dir, prefix)
         self._reset_block_state()
 
@@ -281,32 +271,9 @@ class Cache:
         return -1
 
     def _open_block(self, slot: int, time_us: int) -> None:
-        seq = self._next_seq
-        self._next_seq += 1
-        flags = self.codec | fmt.FLAG_STREAM
-        ext = b""
+        template = self.blocks.open_block(time_us)
+        seq = template.seq
         xlog = self.xlog
-        if xlog is not None:
-            flags |= fmt.FLAG_XLOG
-            if xlog.encrypted:
-                flags |= fmt.FLAG_ENCRYPTED
-                ext = xlog.client_pubkey
-        elif self.sealer is not None:
-            flags |= fmt.FLAG_ENCRYPTED
-            ext = self.sealer.ephemeral_public
-        template = fmt.BlockHeader(
-            flags=flags,
-            session=self.session,
-            seq=seq,
-            pid=self.pid,
-            payload_len=0,
-            first_time_us=time_us,
-            last_time_us=0,
-            count=0,
-            raw_len=0,
-            payload_crc=0,
-            extension=ext,
-        )
         base = fmt.CACHE_HEADER_SIZE + slot * self.slot_size
         hdr = fmt.pack_header(template)
         buf = self._buf
@@ -335,12 +302,12 @@ class Cache:
                 None,
             )
         else:
-            stream = StreamCompressor(self.codec, self.level, context=self._zctx)
+            stream = StreamCompressor(self.codec, None, context=self._zctx)
             self._compress, self._flush, self._flush_mode = stream.steps()
-        self._seed = fmt.chunk_seed(self.session, seq)
+        self._seed = fmt.chunk_seed(template.session, seq)
         self._seq = seq
         self._seal_at = self._payload_start + self.threshold
-        self._aad = fmt.block_aad(self.session, seq, flags)
+        self._aad = fmt.block_aad(template.session, seq, template.flags)
 
     def _seal_active(self) -> bool:
         """Seal the open block; True if it held records (the flusher has work)."""
@@ -371,10 +338,7 @@ class Cache:
     @property
     def capacity(self) -> int:
         """The largest chunk a slot can take."""
-        if self.xlog is not None:
-            ext = fmt.XLOG_EXTENSION if self.xlog.encrypted else 0
-        else:
-            ext = len(self.sealer.ephemeral_public) if self.sealer else 0
+        ext = len(self.blocks.extension)
         return self.slot_size - fmt.SLOT_BLOCK_OFFSET - fmt.BLOCK_HEADER_SIZE - ext
 
     def append(self, head: bytes, text: bytes, time_us: int, timeout: float) -> int:
@@ -457,9 +421,11 @@ class Cache:
     def _write(self, head: bytes, text: bytes, time_us: int) -> None:
         """Write one record as a chunk, then its commit store."""
         body = self._compress(head + text) + self._flush(self._flush_mode)
-        sealer = self.sealer
-        if sealer is not None:
-            body = sealer.seal(self._seq, self._count, body, self._aad)
+        seal = self._seal
+        if seal is not None:
+            # The nonce (seq, index): seq from the session's one counter, index the
+            # chunk's place in the block, so it never repeats (see _blocks).
+            body = seal(self._seq, self._count, body, self._aad)
             # The tags do not count toward sealing: an encrypted block holds as many
             # records as a plain one, so it compresses as well when it is moved.
             self._seal_at += TAG_SIZE
@@ -495,8 +461,6 @@ class Cache:
         ).encode()
         self.dropped = 0
         if self.xlog is not None:
-            from ._xlog import note_line
-
             self._write(b"", note_line(time_us, self.pid, text), time_us)
         else:
             self._write(fmt.record_head(time_us, 40, fmt.KIND_NOTE, text), text, time_us)
@@ -505,13 +469,6 @@ class Cache:
         """Seal the block being written, if it holds anything."""
         with self.lock:
             self._seal_active()
-
-    def take_seq(self) -> int:
-        """Reserve a block sequence number outside the slots (a block written directly)."""
-        with self.lock:
-            seq = self._next_seq
-            self._next_seq += 1
-            return seq
 
     def has_pending(self) -> bool:
         with self.lock:
@@ -559,7 +516,7 @@ class Cache:
         buf = self._buf
         magic_at = base + fmt.SLOT_BLOCK_OFFSET
         buf[magic_at : magic_at + 4] = b"\0\0\0\0"  # empty from here on, for recovery
-        _testing.point("mid_release")
+        point("mid_release")
         buf[base : base + self.slot_size] = bytes(self.slot_size)
 
     def msync(self) -> None:

@@ -16,18 +16,18 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _format as fmt
+from ._blocks import BlockSession
 from ._cache import (
     APPENDED,
     MAX_BUFFER,
     MIN_BUFFER,
     OVERSIZE,
     Cache,
-    SealerProtocol,
     cache_names,
     open_locked,
 )
 from ._codec import prepare_whole
-from ._flusher import Flusher, build_block, local_hour
+from ._flusher import Flusher
 from ._logfile import SUFFIX, XLOG_SUFFIX, LogFiles
 from .exceptions import ConfigError, UnsupportedVersionError
 from .recover import recover_fd
@@ -231,7 +231,8 @@ class MmapHandler(logging.Handler):
         """How many records of dead processes were recovered when this handler started."""
         self._closed = False
         self._forked = False
-        self._io_lock = threading.Lock()
+        self._direct_lock = threading.Lock()  # the log files, when no flusher writes them
+        self._close_lock = threading.Lock()
         self._cache: Cache | None = None
         self._flusher: Flusher | None = None
         self._warned: set[str] = set()
@@ -361,20 +362,21 @@ class MmapHandler(logging.Handler):
 
     # -- start-up -----------------------------------------------------------------------
 
-    def _new_sealer(self) -> SealerProtocol | None:
-        if self._recipient is None:
-            return None
-        from ._crypto import Sealer
-
-        return Sealer(self._recipient)
-
-    def _start(self) -> None:
-        self._sealer = self._new_sealer()
+    def _new_session(self) -> None:
+        """Make this process's block session: a new id, counter and key."""
         # One ephemeral client key per start, as xlog makes one per appender.
         self._xlog = self._new_xlog_writer() if self.log_format == "xlog" else None
-        self._session = os.urandom(8)
-        self._seq = 0
-        self._pid = os.getpid()
+        # Every block of this start, on every path, is numbered and sealed by this one
+        # session: a new key and a new counter per start (and per forked child).
+        self._blocks = BlockSession(
+            codec=self._codec,
+            level=self._level_whole,
+            recipient=self._recipient,
+            xlog=self._xlog,
+        )
+
+    def _start(self) -> None:
+        self._new_session()
         if self.mode == "sync":
             self._recover_free_caches(None)
             return
@@ -392,11 +394,8 @@ class MmapHandler(logging.Handler):
             buffer_size=self.buffer_size,
             log_dir=os.path.abspath(self.log_dir),
             prefix=self.prefix,
-            codec=self._codec,
-            level=None,
-            sealer=self._sealer,
+            blocks=self._blocks,
             wake=lambda: flusher_box[0].wake(),
-            xlog=self._xlog,
         )
         if cache.warning:
             self._warn(cache.warning)
@@ -404,7 +403,6 @@ class MmapHandler(logging.Handler):
             cache,
             self._logs,
             interval=self.flush_interval,
-            level=self._level_whole,
             on_error=self._warn,
             daily=self.remove_old_logs,
         )
@@ -494,7 +492,8 @@ class MmapHandler(logging.Handler):
     def _after_fork(self) -> None:
         # In a forked child: the parent's cache, lock, key and flusher are not ours.
         self._forked = False
-        self._io_lock = threading.Lock()
+        self._direct_lock = threading.Lock()
+        self._close_lock = threading.Lock()
         self.createLock()
         if self._cache is not None:
             self._cache.abandon()
@@ -504,6 +503,8 @@ class MmapHandler(logging.Handler):
         self._logs = self._new_logs()
         if not self._closed:
             self._start()
+        else:  # records after close() are written directly, never under the parent's key
+            self._new_session()
 
     # -- the logging.Handler contract ---------------------------------------------------
 
@@ -585,67 +586,19 @@ class MmapHandler(logging.Handler):
         self.flush()
         self._direct(head, text, time_us)
 
-    def _direct(self, head: bytes, text: bytes, time_us: int) -> None:
-        if self._xlog is not None:
-            self._write_xlog_direct(text, time_us)
-        else:
-            self._write_direct(head, text, time_us)
-
     def _store_line(self, text: bytes, time_us: int) -> None:
         """Store one xlog line (``\\n`` added if missing, as xlog's formatter does)."""
         self._store(b"", text if text.endswith(b"\n") else text + b"\n", time_us)
 
-    def _write_xlog_direct(self, line: bytes, time_us: int) -> None:
-        """Append one xlog block holding just this line: a sync block in sync mode,
-        else an async block (a line too large for the cache, or one logged after close)."""
-        xlog = self._xlog
-        if xlog is None:
-            return
-        hour = local_hour(time_us)
-        with self._io_lock:
-            if xlog.mode == "sync":
-                seq = 0
-            else:
-                from ._xlog import xlog_seq_of
-
-                cache = self._cache
-                if cache is not None:
-                    n = cache.take_seq()
-                else:
-                    n = self._seq
-                    self._seq += 1
-                seq = xlog_seq_of(n)
-            block = xlog.encode_block([line], seq, hour, hour)
-            if self._flusher is not None:
-                self._flusher.write_direct(block, time_us)
-            else:
-                self._logs.append(block, time_us)
-
-    def _write_direct(self, head: bytes, text: bytes, time_us: int) -> None:
-        """Append a block holding just this record straight to the log (sync mode, big records)."""
-        with self._io_lock:
-            seq = self._seq
-            self._seq += 1
-            flags = self._codec | (fmt.FLAG_ENCRYPTED if self._sealer else 0)
-            template = fmt.BlockHeader(
-                flags=flags,
-                session=self._session,
-                seq=seq,
-                pid=self._pid,
-                payload_len=0,
-                first_time_us=time_us,
-                last_time_us=time_us,
-                count=1,
-                raw_len=0,
-                payload_crc=0,
-                extension=self._sealer.ephemeral_public if self._sealer else b"",
-            )
-            block = build_block(
-                template, head, [text], time_us, level=self._level_whole, sealer=self._sealer
-            )
-            if self._flusher is not None:
-                self._flusher.write_direct(block, time_us)
-            else:
+    def _direct(self, head: bytes, text: bytes, time_us: int) -> None:
+        """Append a block holding just this record (or xlog line) straight to the log:
+        sync mode, a record too large for a slot, a record logged after ``close()``."""
+        block = self._blocks.direct_block(head, text, time_us)
+        flusher = self._flusher
+        if flusher is not None:
+            flusher.write_direct(block, time_us)  # in order with the moves
+        else:
+            with self._direct_lock:
                 self._logs.append(block, time_us)
 
     def flush(self) -> None:
@@ -661,7 +614,7 @@ class MmapHandler(logging.Handler):
 
     def close(self) -> None:
         """Flush, stop the flusher, unmap the cache. Calling it again does nothing."""
-        with self._io_lock:
+        with self._close_lock:
             if self._closed:
                 return
             self._closed = True
@@ -681,7 +634,8 @@ class MmapHandler(logging.Handler):
         finally:
             self._cache = None
             self._flusher = None
-            _live.discard(self)
+            # Stays in _live: a forked child must still give a closed handler a session
+            # of its own for the records it writes directly.
             super().close()
 
     def __repr__(self) -> str:

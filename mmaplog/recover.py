@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field, replace
 
 from . import _format as fmt
-from . import _testing
+from ._blocks import build_xlog_block
 from ._cache import NSLOTS, open_locked, read_image
-from ._flusher import build_xlog_block
+from ._faults import point
 from ._logfile import XLOG_SUFFIX, LogFiles
 from .exceptions import (
     CacheLockedError,
@@ -159,7 +159,7 @@ def recover_image(
                     report.skipped_blocks += 1
                     continue
                 xlogs.append(block, t.first_time_us)
-                _testing.point("recover_after_append")
+                point("recover_after_append")
                 report.blocks += 1
                 report.records += content.count
                 continue
@@ -167,7 +167,7 @@ def recover_image(
                 report.skipped_blocks += 1
                 continue
             logs.append(recovered_block(content), t.first_time_us)
-            _testing.point("recover_after_append")
+            point("recover_after_append")
             report.blocks += 1
             report.records += content.count
     finally:

@@ -62,6 +62,7 @@ def new_cache(folder: str) -> Any:
     """A real cache file of 16 KiB in ``folder``, with no flusher (wake does nothing)."""
     from mmaplog import _cache
     from mmaplog import _format as fmt
+    from mmaplog._blocks import BlockSession
 
     path = os.path.join(folder, "app.mmap")
     fd = _cache.open_locked(path, 0o600, create=True)
@@ -72,9 +73,7 @@ def new_cache(folder: str) -> Any:
         buffer_size=16 * 1024,
         log_dir=folder,
         prefix="app",
-        codec=fmt.COMP_NONE,
-        level=None,
-        sealer=None,
+        blocks=BlockSession(codec=fmt.COMP_NONE),
         wake=lambda: None,
     )
 

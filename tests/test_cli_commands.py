@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 import mmaplog
-from mmaplog import _testing
+from torture import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *sys.path])}
@@ -440,7 +440,7 @@ def test_stats_counts_files_records_span_and_ratio(log_dir):
 def test_stats_lists_recovered_blocks_apart(tmp_path):
     """Blocks moved by recovery count as records but are listed apart from the ratio."""
     log_dir = str(tmp_path)
-    _testing.run_writer(
+    harness.run_writer(
         {"log_dir": log_dir, "handler": {"flush_interval": 3600}, "sizes": [10, 100]},
         kill_after=0.5,
     )

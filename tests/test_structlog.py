@@ -13,7 +13,7 @@ import pytest
 
 import mmaplog
 from mmaplog import _format as fmt
-from mmaplog import _testing
+from torture import harness
 
 structlog = pytest.importorskip("structlog")
 
@@ -164,10 +164,10 @@ def test_kill_through_the_direct_path_loses_nothing(tmp_path):
     """A process logging through the direct structlog path, killed with SIGKILL, loses nothing."""
     log_dir = str(tmp_path)
     config = {"log_dir": log_dir, "via": "structlog", "handler": {"buffer_size": 32 * 1024}}
-    acked, status = _testing.run_writer(config, kill_after=0.8)
+    acked, status = harness.run_writer(config, kill_after=0.8)
     assert status == -9
     mmaplog.recover(log_dir)
-    _testing.check_exactly_once([r.text for r in mmaplog.read_records(log_dir)], acked)
+    harness.check_exactly_once([r.text for r in mmaplog.read_records(log_dir)], acked)
 
 
 def test_mmaplog_imports_without_structlog():

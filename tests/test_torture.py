@@ -14,8 +14,7 @@ import pytest
 
 import mmaplog
 from mmaplog import _format as fmt
-from mmaplog import _testing
-from torture import corrupt, fuzz, protocol, resources, stateful
+from torture import corrupt, fuzz, harness, protocol, resources, stateful
 from torture.common import decode_dir, is_torn_write
 
 from .conftest import new_cache
@@ -76,10 +75,10 @@ def test_recovery_after_size_splits_keeps_the_order(tmp_path):
         "sizes": [100, 300],
         "handler": {"buffer_size": 16 * 1024, "max_file_size": 4096, "flush_interval": 3600},
     }
-    acked, status = _testing.run_writer(config, kill_after=1.0)
+    acked, status = harness.run_writer(config, kill_after=1.0)
     assert status == -9
     mmaplog.recover(log_dir)
-    _testing.check_exactly_once([r.text for r in mmaplog.read_records(log_dir)], acked)
+    harness.check_exactly_once([r.text for r in mmaplog.read_records(log_dir)], acked)
 
 
 def test_recovery_writes_a_caches_blocks_in_sequence(tmp_path):
