@@ -38,7 +38,7 @@ MAX_BUFFER = 64 * 1024 * 1024
 
 EMPTY, OPEN, SEALED, MOVING = range(4)
 
-APPENDED, DROPPED, OVERSIZE = range(3)
+APPENDED, DROPPED, OVERSIZE, CLOSED = range(4)
 
 _CHUNK_OVERHEAD = 64 + fmt.CHUNK_HEADER.size + TAG_SIZE
 _pack_chunk_header = fmt.CHUNK_HEADER.pack
@@ -173,6 +173,7 @@ class Cache:
         self._acquire = self.lock.acquire
         self._release = self.lock.release
         self.pid = blocks.pid
+        self.closed = False  # set under the lock by shut(): no store into the slots after it
         self.mapped = False
         self.warning: str | None = None
         self._states = [EMPTY] * NSLOTS
@@ -342,7 +343,7 @@ class Cache:
         return self.slot_size - fmt.SLOT_BLOCK_OFFSET - fmt.BLOCK_HEADER_SIZE - ext
 
     def append(self, head: bytes, text: bytes, time_us: int, timeout: float) -> int:
-        """Write one record into the cache; return APPENDED, DROPPED or OVERSIZE.
+        """Write one record into the cache; return APPENDED, DROPPED, OVERSIZE or CLOSED.
 
         ``head`` is the record's header (``fmt.RECORD_HEADER``) and ``text`` its
         text; in an xlog cache ``head`` is empty and ``text`` is the line.
@@ -378,6 +379,8 @@ class Cache:
         (sealing wakes the flusher, opening builds a header and a compressor). With
         no free slot to go on in, records keep filling the block while they fit.
         """
+        if self.closed:
+            return CLOSED
         if need > self.capacity:
             return OVERSIZE
         sealed = False
@@ -389,6 +392,8 @@ class Cache:
             and self._pos + need <= self._limit
             and self._day_start <= time_us < self._day_end
         ):
+            if self.closed:  # shut() while this writer waited for a slot
+                return CLOSED
             sealed = self._seal_active() or sealed
             slot = self._free_slot()
             if slot >= 0:
@@ -468,7 +473,20 @@ class Cache:
     def seal(self) -> None:
         """Seal the block being written, if it holds anything."""
         with self.lock:
-            self._seal_active()
+            if not self.closed:
+                self._seal_active()
+
+    def shut(self) -> None:
+        """Seal the open block and take no record after it: ``append`` returns CLOSED.
+
+        Under the lock, so a writer is either done with its record or has not begun
+        it: the mapping can then be unmapped once the sealed blocks are moved.
+        """
+        with self.lock:
+            if not self.closed:
+                self._seal_active()
+                self.closed = True
+            self.cond.notify_all()
 
     def has_pending(self) -> bool:
         with self.lock:
@@ -520,13 +538,16 @@ class Cache:
         buf[base : base + self.slot_size] = bytes(self.slot_size)
 
     def msync(self) -> None:
-        if isinstance(self._buf, mmap.mmap):
-            self._buf.flush()
+        """Write the mapped pages to the disk (``durable=True``); nothing once shut."""
+        with self.lock:
+            if not self.closed and isinstance(self._buf, mmap.mmap):
+                self._buf.flush()
 
     # -- lifetime ----------------------------------------------------------------------
 
     def close(self) -> None:
         """Unmap and unlock. Pending blocks must have been moved out before."""
+        self.closed = True
         buf = self._buf
         if isinstance(buf, mmap.mmap) and not buf.closed:
             buf.close()
@@ -536,6 +557,7 @@ class Cache:
 
     def abandon(self) -> None:
         """Forget the cache without touching it (in a forked child: it is the parent's)."""
+        self.closed = True
         buf = self._buf
         if isinstance(buf, mmap.mmap) and not buf.closed:
             buf.close()  # unmaps only this process's view

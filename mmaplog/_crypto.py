@@ -286,7 +286,7 @@ class Sealer:
     so that cannot happen by mistake either.
     """
 
-    __slots__ = ("__weakref__", "_encrypt", "_pack", "ephemeral_public")
+    __slots__ = ("__weakref__", "_encrypt", "_pack", "_pid", "ephemeral_public")
 
     ephemeral_public: bytes
 
@@ -321,6 +321,7 @@ class Sealer:
         aead = _derive(shared, self.ephemeral_public, recipient)
         self._encrypt = aead.encrypt
         self._pack = _NONCE.pack
+        self._pid = os.getpid()
         _sealers.add(self)
 
     def seal(self, seq: int, index: int, plaintext: Buffer, aad: Buffer) -> bytes:
@@ -353,9 +354,13 @@ _sealers: weakref.WeakSet[Sealer] = weakref.WeakSet()
 def _forget_sealers_in_child() -> None:
     # The child shares the parent's key and counters: one seal here could repeat a
     # nonce the parent uses. Make every inherited Sealer refuse, and drop the AEAD.
+    # A Sealer made in the child already (by a record logged from another module's
+    # at-fork hook, before this one ran) is the child's own and stays usable.
+    pid = os.getpid()
     for sealer in list(_sealers):
-        sealer._encrypt = _refuse_in_child
-    _sealers.clear()
+        if sealer._pid != pid:
+            sealer._encrypt = _refuse_in_child
+            _sealers.discard(sealer)
 
 
 if hasattr(os, "register_at_fork"):

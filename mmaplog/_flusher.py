@@ -23,6 +23,7 @@ from ._logfile import LogFiles
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 5.0
 _DAY = 86400.0
+_SWEEP = 30.0  # seconds between looks for caches that dead processes left
 
 
 class Flusher:
@@ -35,18 +36,29 @@ class Flusher:
         *,
         interval: float,
         on_error: Callable[[str], None],
+        file_lock: threading.Lock,
+        inside: set[int],
+        after_round: Callable[[int], None],
         daily: Callable[[], object] | None = None,
+        sweep: Callable[[], object] | None = None,
     ) -> None:
+        """``file_lock`` is the one lock of the log files (shared with the handler's
+        direct writes); ``inside`` the handler's set of threads inside a log call, which
+        the flusher thread joins while it works so that a finalizer logging on it is
+        deferred, not deadlocked; ``after_round(ident)`` writes what was deferred."""
         self.cache = cache
         self.logs = logs
         self.interval = interval
         self._on_error = on_error
         self._daily = daily
+        self._sweep = sweep
+        self._inside = inside
+        self._after_round = after_round
         # Wake-ups: a SimpleQueue, not an Event, so that waking up takes no Python-level
         # lock the writer might hold (each wait for one is a GIL hand-over it pays for).
         self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
         # One writer of the log files at a time: moves and blocks written directly.
-        self._move_lock = threading.Lock()
+        self._move_lock = file_lock
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -74,9 +86,21 @@ class Flusher:
         self._thread = None
 
     def _run(self) -> None:
+        me = threading.get_ident()
+        inside = self._inside
+        inside.add(me)
+        try:
+            self._loop(me)
+        finally:
+            inside.discard(me)
+            self._after_round(me)
+
+    def _loop(self, me: int) -> None:
         backoff = _BACKOFF_MIN
         next_tick = time.monotonic() + self.interval
         next_day = time.monotonic() + _DAY
+        next_sweep = time.monotonic() + _SWEEP
+        inside = self._inside
         while True:
             timeout = max(0.0, next_tick - time.monotonic())
             if self._failing:
@@ -99,6 +123,14 @@ class Flusher:
             if self._daily is not None and time.monotonic() >= next_day:
                 next_day = time.monotonic() + _DAY
                 self._daily()
+            if self._sweep is not None and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + _SWEEP
+                self._sweep()
+            inside.discard(me)  # records deferred on this thread (finalizers) go in now
+            try:
+                self._after_round(me)
+            finally:
+                inside.add(me)
 
     def drain(self) -> bool:
         """Move every sealed block, oldest first; False if a write failed."""

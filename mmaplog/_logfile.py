@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import stat
+import time
 
 from . import _format as fmt
 
@@ -22,15 +23,17 @@ _TAIL_SCAN = 32 * 1024 * 1024
 
 def day_of(time_us: int) -> str:
     """The local date of a time in µs, as ``YYYYMMDD``."""
-    return _dt.datetime.fromtimestamp(time_us / 1e6).strftime("%Y%m%d")
+    # time, not datetime: datetime's strftime imports a module, which fails in a
+    # finalizer that logs while the interpreter shuts down.
+    return time.strftime("%Y%m%d", time.localtime(time_us // 1_000_000))
 
 
 def day_bounds(time_us: int) -> tuple[int, int]:
     """The local day holding ``time_us``, as ``[start, end)`` in µs."""
-    d = _dt.datetime.fromtimestamp(time_us / 1e6).date()
-    start = _dt.datetime.combine(d, _dt.time.min)
-    end = _dt.datetime.combine(d + _dt.timedelta(days=1), _dt.time.min)
-    return int(start.timestamp() * 1e6), int(end.timestamp() * 1e6)
+    t = time.localtime(time_us // 1_000_000)
+    start = time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))
+    end = time.mktime((t.tm_year, t.tm_mon, t.tm_mday + 1, 0, 0, 0, 0, 0, -1))
+    return int(start) * 1_000_000, int(end) * 1_000_000
 
 
 def log_file_re(prefix: str, suffix: str = SUFFIX) -> re.Pattern[str]:

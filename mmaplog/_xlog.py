@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -862,10 +863,8 @@ def xlog_seq_of(n: int) -> int:
 
 def note_line(time_us: int, pid: int, text: bytes) -> bytes:
     """A line mmaplog writes itself (a count of dropped records), in xlog's line format."""
-    import time as _time
-
     seconds, micros = divmod(time_us, 1_000_000)
-    stamp = _time.strftime("%Y-%m-%d %z %H:%M:%S", _time.localtime(seconds))
+    stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(seconds))
     head = f"[W][{stamp}.{micros // 1000:03d}][{pid}, 0][mmaplog][:0, ][".encode()
     return head + text + b"\n"
 

@@ -13,12 +13,13 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _format as fmt
 from ._blocks import BlockSession
 from ._cache import (
     APPENDED,
+    CLOSED,
     MAX_BUFFER,
     MIN_BUFFER,
     OVERSIZE,
@@ -27,13 +28,12 @@ from ._cache import (
     open_locked,
 )
 from ._codec import prepare_whole
+from ._crypto import load_public_key
 from ._flusher import Flusher
 from ._logfile import SUFFIX, XLOG_SUFFIX, LogFiles
+from ._xlog import XlogBlockWriter
 from .exceptions import ConfigError, UnsupportedVersionError
 from .recover import recover_fd
-
-if TYPE_CHECKING:
-    from ._xlog import XlogBlockWriter
 
 __all__ = ["MmapHandler", "XlogFormatter"]
 
@@ -122,23 +122,35 @@ _COMPRESSIONS = {
     "none": fmt.COMP_NONE,
 }
 _live: weakref.WeakSet[MmapHandler] = weakref.WeakSet()
+_get_ident = threading.get_ident
+
+
+def _before_fork() -> None:
+    # Until the child's hook below has run, a record logged in the child (by a
+    # finalizer the at-fork machinery of another module triggers) must not take the
+    # fast path into the parent's cache: it goes the slow path, which asks the pid.
+    for handler in list(_live):
+        handler._forking = True
+        handler._fast = None
+
+
+def _after_fork_in_parent() -> None:
+    for handler in list(_live):
+        handler._forking = False
+        handler._update_fast()
 
 
 def _after_fork_in_child() -> None:
     for handler in list(_live):
-        handler._forked = True
-        cache = handler._cache
-        if cache is not None:
-            # Let go of the parent's cache at once: the child must never write into it,
-            # and an inherited descriptor would keep the parent's lock after it dies.
-            try:
-                cache.abandon()
-            except Exception:
-                pass
+        handler._become_child()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class MmapHandler(logging.Handler):
@@ -156,6 +168,8 @@ class MmapHandler(logging.Handler):
     Raises :class:`~mmaplog.ConfigError` for invalid options. Once constructed it
     never raises into the application: failures go to :meth:`handleError`.
     """
+
+    _closed: bool  # logging.Handler's own flag, set by its __init__ and close()
 
     def __init__(
         self,
@@ -180,10 +194,14 @@ class MmapHandler(logging.Handler):
         format: str = "mmaplog",
         xlog_public_key: str | None = None,
     ) -> None:
-        super().__init__(level)
-        self.log_dir = os.fspath(log_dir)
+        # Everything is checked before logging.Handler.__init__ registers the handler
+        # for shutdown: a handler whose construction failed leaves nothing behind.
+        # Paths are made absolute once, as FileHandler does: a later chdir changes nothing.
+        self.log_dir = os.path.abspath(os.fspath(log_dir))
         self.prefix = prefix
-        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else self.log_dir
+        self.cache_dir = (
+            os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else self.log_dir
+        )
         self.mode = mode
         self.max_record_size = max_record_size
         self.block_timeout = block_timeout
@@ -224,18 +242,7 @@ class MmapHandler(logging.Handler):
         self._xlog: XlogBlockWriter | None = None
         self._recipient: bytes | None = None
         if public_key is not None:
-            from ._crypto import load_public_key
-
             self._recipient = load_public_key(public_key)
-        self.recovered = 0
-        """How many records of dead processes were recovered when this handler started."""
-        self._closed = False
-        self._forked = False
-        self._direct_lock = threading.Lock()  # the log files, when no flusher writes them
-        self._close_lock = threading.Lock()
-        self._cache: Cache | None = None
-        self._flusher: Flusher | None = None
-        self._warned: set[str] = set()
         try:
             for d in {self.log_dir, self.cache_dir}:
                 os.makedirs(d, mode=0o700, exist_ok=True)
@@ -243,6 +250,17 @@ class MmapHandler(logging.Handler):
             raise ConfigError(
                 f"cannot create the log folder {exc.filename}: {exc.strerror}"
             ) from None
+        super().__init__(level)
+        self.recovered = 0
+        """How many records of dead processes were recovered when this handler started."""
+        self._forked = False
+        self._forking = False
+        self._pid = os.getpid()
+        self._new_locks()
+        self._cache: Cache | None = None
+        self._fast: Cache | None = None  # the cache while records may take the fast path
+        self._flusher: Flusher | None = None
+        self._warned: set[str] = set()
         self._logs = self._new_logs()
         self.remove_old_logs()
         self._start()
@@ -296,14 +314,10 @@ class MmapHandler(logging.Handler):
                 f"{type(xlog_public_key).__name__}"
             )
         # Parse it once now so a bad key fails here, not at the first record.
-        from ._xlog import XlogBlockWriter
-
         XlogBlockWriter("async", "zlib", xlog_public_key)
         return xlog_public_key
 
     def _new_xlog_writer(self) -> XlogBlockWriter:
-        from ._xlog import XlogBlockWriter
-
         level = self._level_whole
         return XlogBlockWriter(
             "sync" if self.mode == "sync" else "async",
@@ -404,11 +418,16 @@ class MmapHandler(logging.Handler):
             self._logs,
             interval=self.flush_interval,
             on_error=self._warn,
+            file_lock=self._file_lock,
+            inside=self._inside,
+            after_round=self._flusher_round,
             daily=self.remove_old_logs,
+            sweep=lambda: self._recover_free_caches(path),
         )
         flusher_box.append(flusher)
         self._cache = cache
         self._flusher = flusher
+        self._update_fast()
         if self._xlog is None:
             prepare_whole(self._codec, self._level_whole)
         flusher.start()
@@ -489,22 +508,64 @@ class MmapHandler(logging.Handler):
             except Exception:
                 pass
 
-    def _after_fork(self) -> None:
-        # In a forked child: the parent's cache, lock, key and flusher are not ours.
-        self._forked = False
-        self._direct_lock = threading.Lock()
+    def _update_fast(self) -> None:
+        cache = self._cache
+        ok = cache is not None and not (self.durable or self._forked or self._forking)
+        self._fast = cache if ok else None
+
+    def _new_locks(self) -> None:
+        """The handler's own locks and re-entry state (at start, and in a forked child)."""
+        # The one lock of the log files: the flusher's moves and the direct writes.
+        self._file_lock = threading.Lock()
         self._close_lock = threading.Lock()
+        # Threads inside a log call (or a flush, close or move) of this handler, and
+        # what they logged meanwhile from a signal handler, finalizer or formatter.
+        self._inside: set[int] = set()
+        self._deferred: dict[int, list[tuple[Any, ...]]] = {}
+
+    def _become_child(self) -> None:
+        """In a forked child, at once: nothing of the parent's is used again.
+
+        Another thread of the parent may have held any lock at the fork, and in the
+        child nobody would ever release it: every one is made anew. The parent's
+        cache is let go (an inherited descriptor would keep its lock after the parent
+        dies) and a new session means a new key. Runs once per process.
+        """
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        self._pid = pid
+        self._forking = False
+        self._forked = True
+        self._fast = None
+        self._new_locks()
         self.createLock()
-        if self._cache is not None:
-            self._cache.abandon()
+        cache = self._cache
+        if cache is not None:
+            try:
+                cache.abandon()
+            except Exception:
+                pass
+        self._new_session()
+
+    def _after_fork(self) -> None:
+        # In a forked child, at its first record after fork: start anew (a cache and a
+        # flusher of its own), or, closed, write directly with the child's session.
+        self._forked = False
         self._cache = None
         self._flusher = None
         self._logs.close()
         self._logs = self._new_logs()
-        if not self._closed:
+        if not self._closed:  # closed: records are written directly, with the new session
             self._start()
-        else:  # records after close() are written directly, never under the parent's key
-            self._new_session()
+            self._close_at_child_exit()
+
+    def _close_at_child_exit(self) -> None:
+        # A multiprocessing child ends with os._exit, after its finalizers: close there,
+        # so that its records are in the log when the parent has joined it.
+        util = sys.modules.get("multiprocessing.util")
+        if util is not None:
+            util.Finalize(self, self.close, exitpriority=0)
 
     # -- the logging.Handler contract ---------------------------------------------------
 
@@ -522,52 +583,133 @@ class MmapHandler(logging.Handler):
     def format(self, record: logging.LogRecord) -> str:
         return (self.formatter or _DEFAULT_FORMATTER).format(record)
 
+    # Re-entry. A log call can be re-entered on its own thread: a signal handler, a
+    # finalizer run by the garbage collector, a formatter or filter that logs. The
+    # locks are never taken twice by one thread: a thread already inside a log call
+    # (or a flush, a close, or the flusher's move) queues what it logs, and the outer
+    # call writes it as soon as it is done, right after its own record.
+
     def emit(self, record: logging.LogRecord) -> None:
         """Put one record into the cache; on failure, call :meth:`handleError`."""
-        # The hot path: what write() does, without its extra call.
+        ident = _get_ident()
+        inside = self._inside
+        if ident in inside:
+            self._defer(ident, ("emit", record))
+            return
+        inside.add(ident)
         try:
-            text = (
-                (self.formatter or _DEFAULT_FORMATTER)
-                .format(record)
-                .encode("utf-8", "backslashreplace")
-            )
-            if len(text) > self._limit:
-                text = _truncate(text, self._limit)
-            time_us = int(record.created * 1e6)
-            if self._xlog is not None:
-                self._store_line(text, time_us)
-                return
-            levelno = record.levelno
-            if not 0 <= levelno <= 255:
-                levelno = min(max(levelno, 0), 255)
-            head = _pack_record(len(text), time_us, levelno, 0)
-            cache = self._cache
-            if cache is None or self._forked or self.durable:
+            head, text, time_us = self._render(record)
+            cache = self._fast
+            if cache is None:
                 self._store(head, text, time_us)
-            elif cache.append(head, text, time_us, self._wait) == OVERSIZE:
-                self._store_oversize(head, text, time_us)
+            else:
+                status = cache.append(head, text, time_us, self._wait)
+                if status != APPENDED:
+                    self._not_appended(status, head, text, time_us)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+        finally:
+            inside.discard(ident)
+            if self._deferred:
+                self._run_deferred(ident)
 
-    def write(self, text: bytes, created: float, levelno: int, kind: int = fmt.KIND_TEXT) -> None:
-        """Store one rendered record (the path shared by ``emit`` and structured loggers).
+    def _render(self, record: logging.LogRecord) -> tuple[bytes, bytes, int]:
+        """The record's header, text (or xlog line, with no header) and time in µs."""
+        text = (
+            (self.formatter or _DEFAULT_FORMATTER)
+            .format(record)
+            .encode("utf-8", "backslashreplace")
+        )
+        return self._frame(text, record.created, record.levelno, fmt.KIND_TEXT)
 
-        Raises what storing raises; ``emit`` turns that into :meth:`handleError`.
-        """
+    def _frame(
+        self, text: bytes, created: float, levelno: int, kind: int
+    ) -> tuple[bytes, bytes, int]:
         if len(text) > self._limit:
             text = _truncate(text, self._limit)
         time_us = int(created * 1e6)
         if self._xlog is not None:
-            self._store_line(text, time_us)
+            return b"", text if text.endswith(b"\n") else text + b"\n", time_us
+        if not 0 <= levelno <= 255:
+            levelno = min(max(levelno, 0), 255)
+        return _pack_record(len(text), time_us, levelno, kind), text, time_us
+
+    def write(self, text: bytes, created: float, levelno: int, kind: int = fmt.KIND_TEXT) -> None:
+        """Store one rendered record (the path of structured loggers, such as structlog's).
+
+        ``text`` is the rendered record (UTF-8), ``created`` its time in seconds since
+        the epoch, ``levelno`` a ``logging`` level, ``kind`` ``KIND_TEXT`` or
+        ``KIND_JSON``. Raises what storing raises; the caller reports it.
+        """
+        ident = _get_ident()
+        inside = self._inside
+        if ident in inside:
+            self._defer(ident, ("write", text, created, levelno, kind))
             return
-        head = _pack_record(len(text), time_us, min(max(levelno, 0), 255), kind)
-        self._store(head, text, time_us)
+        inside.add(ident)
+        try:
+            self._store(*self._frame(text, created, levelno, kind))
+        finally:
+            inside.discard(ident)
+            if self._deferred:
+                self._run_deferred(ident)
+
+    def _defer(self, ident: int, item: tuple[Any, ...]) -> None:
+        self._deferred.setdefault(ident, []).append(item)
+
+    def _run_deferred(self, ident: int, *, direct: bool = False) -> None:
+        """Write what this thread logged while it was inside a call of this handler.
+
+        ``direct``: on the flusher thread, as blocks of their own (the flusher must not
+        wait for a cache slot that only it can free).
+        """
+        while True:
+            items = self._deferred.pop(ident, None)
+            if not items:
+                return
+            for item in items:
+                what = item[0]
+                if what == "close":
+                    self.close()
+                    continue
+                if not direct:
+                    if what == "emit":
+                        self.emit(item[1])
+                    else:
+                        self._write_safely(*item[1:])
+                    continue
+                try:
+                    if what == "emit":
+                        self._direct(*self._render(item[1]))
+                    else:
+                        self._direct(*self._frame(*item[1:]))
+                except Exception:
+                    if what == "emit":
+                        self.handleError(item[1])
+                    else:
+                        self._warn("mmaplog: a record logged during a move was lost")
+
+    def _write_safely(self, text: bytes, created: float, levelno: int, kind: int) -> None:
+        try:
+            self.write(text, created, levelno, kind)
+        except Exception as exc:
+            self._warn(f"mmaplog: a structured record could not be stored: {exc}")
+
+    def _flusher_round(self, ident: int) -> None:
+        if self._deferred:
+            self._run_deferred(ident, direct=True)
 
     def _store(self, head: bytes, text: bytes, time_us: int) -> None:
         """Put a record (header and text; or an xlog line, with no header) into the cache,
         or straight into the log."""
+        if self._forking and os.getpid() != self._pid:
+            # In a forked child whose at-fork hook has not run yet (a finalizer run by
+            # another module's hook logged): a block of its own, with a key of its own.
+            self._become_child()
+            self._direct(head, text, time_us)
+            return
         if self._forked:
             self._after_fork()
         cache = self._cache
@@ -578,31 +720,48 @@ class MmapHandler(logging.Handler):
         if status == APPENDED:
             if self.durable:
                 cache.msync()
-        elif status == OVERSIZE:
-            self._store_oversize(head, text, time_us)
+        else:
+            self._not_appended(status, head, text, time_us)
 
-    def _store_oversize(self, head: bytes, text: bytes, time_us: int) -> None:
-        """A record no slot can take: after what the cache holds, as a block of its own."""
-        self.flush()
-        self._direct(head, text, time_us)
-
-    def _store_line(self, text: bytes, time_us: int) -> None:
-        """Store one xlog line (``\\n`` added if missing, as xlog's formatter does)."""
-        self._store(b"", text if text.endswith(b"\n") else text + b"\n", time_us)
+    def _not_appended(self, status: int, head: bytes, text: bytes, time_us: int) -> None:
+        if status == OVERSIZE:
+            # A record no slot can take: after what the cache holds, as a block of its own.
+            self._flush()
+            self._direct(head, text, time_us)
+        elif status == CLOSED:  # close() ran meanwhile: the documented path after it
+            self._direct(head, text, time_us)
+        # DROPPED: counted by the cache, noted in the log when a slot is free again
 
     def _direct(self, head: bytes, text: bytes, time_us: int) -> None:
         """Append a block holding just this record (or xlog line) straight to the log:
         sync mode, a record too large for a slot, a record logged after ``close()``."""
         block = self._blocks.direct_block(head, text, time_us)
-        flusher = self._flusher
-        if flusher is not None:
-            flusher.write_direct(block, time_us)  # in order with the moves
-        else:
-            with self._direct_lock:
-                self._logs.append(block, time_us)
+        with self._file_lock:  # in order with the flusher's moves
+            self._logs.append(block, time_us)
 
     def flush(self) -> None:
-        """Move every record emitted so far into the log file before returning."""
+        """Move every record emitted so far into the log file before returning.
+
+        Also recovers the caches that other processes of this prefix left when they
+        died (forked workers killed or ended with ``os._exit``). Called from inside a
+        log call on the same thread (a signal handler that interrupted one), it
+        returns at once: that thread holds the locks a move needs.
+        """
+        ident = _get_ident()
+        inside = self._inside
+        if ident in inside:
+            return
+        inside.add(ident)
+        try:
+            self._flush()
+            if self._cache is not None and not self._forked:
+                self._recover_free_caches(self._cache.path)
+        finally:
+            inside.discard(ident)
+            if self._deferred:
+                self._run_deferred(ident)
+
+    def _flush(self) -> None:
         if self._forked:
             return
         cache, flusher = self._cache, self._flusher
@@ -613,30 +772,51 @@ class MmapHandler(logging.Handler):
             self._warn(flusher.last_error)
 
     def close(self) -> None:
-        """Flush, stop the flusher, unmap the cache. Calling it again does nothing."""
+        """Flush, stop the flusher, unmap the cache. Calling it again does nothing.
+
+        Safe while other threads log: a record whose ``emit`` had begun is in the
+        cache and moved, or written directly; records logged after ``close()`` are
+        written directly into the log file, one block each.
+        """
+        ident = _get_ident()
+        if ident in self._inside:  # from a signal handler inside a log call: right after it
+            self._defer(ident, ("close",))
+            return
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
+        self._inside.add(ident)
         try:
-            if not self._forked:
-                self.flush()
-                if self._flusher is not None:
-                    self._flusher.stop()
-                if self._cache is not None:
-                    if not self._cache.has_pending():
-                        self._cache.close()
-                    else:  # the log cannot be written: leave it for recovery
-                        self._cache.abandon()
-            self._logs.close()
+            self._shut()
         except Exception as exc:
             self._warn(f"mmaplog: closing {self.prefix}: {exc}")
         finally:
-            self._cache = None
-            self._flusher = None
-            # Stays in _live: a forked child must still give a closed handler a session
-            # of its own for the records it writes directly.
+            self._inside.discard(ident)
             super().close()
+            if self._deferred:
+                self._run_deferred(ident)
+
+    def _shut(self) -> None:
+        cache, flusher = self._cache, self._flusher
+        if self._forked:
+            cache = flusher = None  # the parent's: never touched by the child
+        if cache is not None:
+            cache.shut()  # from here on appends return CLOSED: those records go direct
+        if flusher is not None:
+            flusher.stop()  # the thread moves what is sealed, then ends
+            if not flusher.drain() and flusher.last_error:
+                self._warn(flusher.last_error)
+        with self._file_lock:  # no move or direct write is under way
+            if cache is not None:
+                if not cache.has_pending():
+                    cache.close()
+                else:  # the log cannot be written: leave it for recovery
+                    cache.abandon()
+            self._cache = None
+            self._fast = None
+            self._flusher = None
+            self._logs.close()
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)

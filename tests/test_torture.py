@@ -325,3 +325,13 @@ def test_corrupt_accepts_a_spliced_copy_of_a_whole_block():
     spliced = data[:c0] + data[b0:b1] + data[c0 + (b1 - b0) :]
     assert corrupt.copied_block_ranges(spliced) == [(b0, b1), (c0, c0 + b1 - b0)]
     assert corrupt.copied_block_ranges(data) == []
+
+
+def test_lifecycle_schedules_neither_hang_nor_lose_records():
+    """Random schedules of signals, finalizers, fork, reopen, reloads, renames and chdir
+    around threads that log: no hang, no logging error, every acknowledged record once."""
+    from torture.lifecycle import main_lifecycle
+
+    status, summary = main_lifecycle(schedules=6, seconds=None, seed=4242, quiet=True)
+    assert status == 0
+    assert summary["schedules"] == 6 and summary["hangs"] == 0
