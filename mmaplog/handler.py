@@ -66,21 +66,28 @@ class XlogFormatter(logging.Formatter):
     The date part is rendered once per second and reused; the part from the pid
     to the function is rendered once per thread and call site and reused (at most
     ``_MAX_PLACES`` of them are kept).
+
+    Safe to share between threads without a lock: the date cache is one
+    ``(second, stamp)`` tuple, read once and replaced whole, so a thread never pairs
+    one record's second with another's stamp; a call-site entry is a pure function
+    of its key, so a lost or cleared entry is only rendered again.
     """
 
     _MAX_PLACES = 4096
 
     def __init__(self) -> None:
         super().__init__()
-        self._second = -1
-        self._stamp = ""
+        self._clock: tuple[int, str] = (-1, "")
         self._places: dict[tuple[Any, ...], str] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(second))
-            self._second = second
+        # One read of one attribute: two attributes could be read between another
+        # thread's two writes and give this record that thread's second.
+        cached, stamp = self._clock
+        if second != cached:
+            stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(second))
+            self._clock = (second, stamp)
         msg = record.getMessage()
         letter = _LETTERS.get(record.levelno) or level_letter(record.levelno)
         key = (
@@ -102,7 +109,7 @@ class XlogFormatter(logging.Formatter):
             self._places[key] = place
         ms = int(record.msecs)
         millis = _MILLIS[ms] if 0 <= ms < 1000 else f"{ms:03d}"
-        s = f"[{letter}][{self._stamp}.{millis}{place}{msg}"
+        s = f"[{letter}][{stamp}.{millis}{place}{msg}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
