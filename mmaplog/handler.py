@@ -263,6 +263,7 @@ class MmapHandler(logging.Handler):
             durable=self.durable,
             max_file_size=self.max_file_size,
             suffix=XLOG_SUFFIX if self.log_format == "xlog" else SUFFIX,
+            on_warning=self._warn,
         )
 
     @staticmethod

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
+import shutil
 import sys
 import threading
 import time
 
+import pytest
+
 import mmaplog
+
+from .conftest import make_logger
+
+
+def plain(h: mmaplog.MmapHandler, name: str) -> logging.Logger:
+    h.setFormatter(logging.Formatter("%(message)s"))
+    return make_logger(name, h)
+
+
+def texts(*paths: str) -> list[str]:
+    return [r.text for r in mmaplog.read_records(*paths)]
+
+
+def today_log(log_dir: str) -> str:
+    return os.path.join(log_dir, f"app_{dt.datetime.now().strftime('%Y%m%d')}.mmlog")
+
+
+def warnings_in(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("mmaplog:")]
+
 
 # -- threads sharing the formatter's caches ------------------------------------------------
 
@@ -43,3 +68,70 @@ def test_xlog_formatter_stamps_every_record_with_its_own_second():
     finally:
         sys.setswitchinterval(old)
     assert not wrong, f"{len(wrong)} records stamped with another second, e.g. {wrong[0]}"
+
+
+# -- the log file and its folder changed underneath ------------------------------------------
+
+
+def test_a_deleted_log_file_is_opened_again_at_its_path(make_handler, log_dir, capfd):
+    """After the log file is deleted, the next move writes a new file there, with one warning."""
+    h = make_handler()
+    log = plain(h, "deleted")
+    log.info("before")
+    h.flush()
+    os.remove(today_log(log_dir))
+    for i in range(3):
+        log.info("after %d", i)
+        h.flush()
+    h.close()
+    assert texts(log_dir) == ["after 0", "after 1", "after 2"]
+    reopened = [w for w in warnings_in(capfd.readouterr().err) if "deleted or replaced" in w]
+    assert len(reopened) == 1
+
+
+def test_a_log_file_renamed_away_keeps_its_records_and_a_new_one_takes_the_rest(
+    make_handler, log_dir, capfd
+):
+    """A log file renamed away keeps what it had; later records go to a new file at the path."""
+    h = make_handler()
+    log = plain(h, "renamed")
+    log.info("old 1")
+    log.info("old 2")
+    h.flush()
+    moved = today_log(log_dir) + ".1"
+    os.rename(today_log(log_dir), moved)
+    log.info("new 1")
+    h.close()
+    assert texts(moved) == ["old 1", "old 2"]
+    assert texts(today_log(log_dir)) == ["new 1"]
+    assert "deleted or replaced" in capfd.readouterr().err
+
+
+def test_a_log_file_replaced_by_another_file_is_left_to_the_replacement(make_handler, log_dir):
+    """A file put in place of the log file (a different inode) is appended to, not the old one."""
+    h = make_handler()
+    log = plain(h, "replaced")
+    log.info("one")
+    h.flush()
+    path = today_log(log_dir)
+    shutil.copy(path, path + ".tmp")
+    os.replace(path + ".tmp", path)  # what an editor or a copying rotation does
+    log.info("two")
+    h.close()
+    assert texts(path) == ["one", "two"]
+
+
+@pytest.mark.parametrize("recreate", [True, False], ids=["recreated", "removed"])
+def test_a_log_folder_removed_underneath_is_written_again(make_handler, log_dir, recreate, capfd):
+    """The log folder removed (and made again, or not) while logging: later records land in it."""
+    h = make_handler()
+    log = plain(h, "folder")
+    log.info("gone with the folder")
+    h.flush()
+    shutil.rmtree(log_dir)
+    if recreate:
+        os.makedirs(log_dir)
+    log.info("in the new folder")
+    h.close()
+    assert texts(log_dir) == ["in the new folder"]
+    assert "deleted or replaced" in capfd.readouterr().err
