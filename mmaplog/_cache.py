@@ -40,6 +40,10 @@ EMPTY, OPEN, SEALED, MOVING = range(4)
 
 APPENDED, DROPPED, OVERSIZE = range(3)
 
+# While records are dropped at once (both slots wait for the disk), the flusher is
+# woken this often to try again, so a disk with room again is seen within this time.
+_STARVED_RETRY = 0.1
+
 _CHUNK_OVERHEAD = 64 + fmt.CHUNK_HEADER.size + TAG_SIZE
 _pack_chunk_header = fmt.CHUNK_HEADER.pack
 _pack_commit = fmt.COMMIT.pack_into
@@ -183,7 +187,12 @@ class Cache:
         # waited for the lock the writer holds would cost the writer a GIL hand-over.
         self._sealed: deque[SealedBlock] = deque()
         self._active = -1
-        self.dropped = 0
+        self.dropped = 0  # dropped since the last note in the log
+        self.dropped_total = 0  # dropped over the cache's life, for the report at close
+        # Set when a wait for a slot timed out, cleared when a move frees a slot: until
+        # then records are dropped at once, not after another block_timeout each.
+        self._starved = False
+        self._starved_wake = 0.0
         self._drop_first_us = 0
         self._drop_last_us = 0
         self._zctx = stream_context(self.codec, None)
@@ -396,6 +405,12 @@ class Cache:
                 if self.dropped:
                     self._write_drop_note(time_us)
                 continue
+            if self._starved:  # a wait already timed out and no move has succeeded since
+                self._count_drop(time_us)
+                if time.monotonic() >= self._starved_wake:  # a retry now, not after back-off
+                    self._starved_wake = time.monotonic() + _STARVED_RETRY
+                    self._wake()
+                return DROPPED
             # Both slots wait for the flusher: wait for one (or for another thread's block).
             self._wake()
             sealed = False
@@ -412,6 +427,7 @@ class Cache:
             finally:
                 self._waiting -= 1
             if timed_out and self._active < 0 and self._free_slot() < 0:
+                self._starved = True
                 self._count_drop(time_us)
                 return DROPPED
         if sealed:
@@ -449,9 +465,16 @@ class Cache:
         if not self.dropped:
             self._drop_first_us = time_us
         self.dropped += 1
+        self.dropped_total += 1
         self._drop_last_us = time_us
 
     def _write_drop_note(self, time_us: int) -> None:
+        head, text = self.drop_note(time_us)
+        self._write(head, text, time_us)
+
+    def drop_note(self, time_us: int) -> tuple[bytes, bytes]:
+        """The note record (header and text, or an xlog line) saying how many records
+        were dropped since the last note, and when; the count starts again from 0."""
         first = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._drop_first_us / 1e6))
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._drop_last_us / 1e6))
         text = (
@@ -461,9 +484,8 @@ class Cache:
         ).encode()
         self.dropped = 0
         if self.xlog is not None:
-            self._write(b"", note_line(time_us, self.pid, text), time_us)
-        else:
-            self._write(fmt.record_head(time_us, 40, fmt.KIND_NOTE, text), text, time_us)
+            return b"", note_line(time_us, self.pid, text)
+        return fmt.record_head(time_us, 40, fmt.KIND_NOTE, text), text
 
     def seal(self) -> None:
         """Seal the block being written, if it holds anything."""
@@ -507,6 +529,7 @@ class Cache:
         """
         self._zero_slot(block.slot)
         self._states[block.slot] = EMPTY
+        self._starved = False
         if self._waiting:
             with self.lock:
                 self.cond.notify_all()

@@ -497,6 +497,25 @@ class MmapHandler(logging.Handler):
             except Exception:
                 pass
 
+    def _report_losses(self, cache: Cache) -> None:
+        """At close, say on stderr what never reached the log, and note in the log the
+        drops no block has noted yet (a note is otherwise written when a block opens)."""
+        if cache.dropped and not cache.has_pending():
+            time_us = time.time_ns() // 1000
+            with cache.lock:
+                note = cache.drop_note(time_us) if cache.dropped else None
+            if note is not None:
+                try:
+                    self._direct(note[0], note[1], time_us)
+                except OSError:
+                    pass
+        if cache.dropped_total:
+            n = cache.dropped_total
+            self._warn(
+                f"mmaplog: {n} record{'s were' if n > 1 else ' was'} dropped because the cache "
+                f"was full while the log files in {self.log_dir} could not be written"
+            )
+
     def _after_fork(self) -> None:
         # In a forked child: the parent's cache, lock, key and flusher are not ours.
         self._forked = False
@@ -632,6 +651,7 @@ class MmapHandler(logging.Handler):
                 if self._flusher is not None:
                     self._flusher.stop()
                 if self._cache is not None:
+                    self._report_losses(self._cache)
                     if not self._cache.has_pending():
                         self._cache.close()
                     else:  # the log cannot be written: leave it for recovery

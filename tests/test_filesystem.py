@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -135,3 +136,49 @@ def test_a_log_folder_removed_underneath_is_written_again(make_handler, log_dir,
     h.close()
     assert texts(log_dir) == ["in the new folder"]
     assert "deleted or replaced" in capfd.readouterr().err
+
+
+# -- a full disk -----------------------------------------------------------------------------
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+_FULL_DISK = """
+import logging, mmaplog, resource, signal, sys, time
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+h = mmaplog.MmapHandler(sys.argv[1], buffer_size=16 * 1024, block_timeout=1.0, compression=None)
+h.setFormatter(logging.Formatter('%(message)s'))
+log = logging.getLogger('full'); log.addHandler(h); log.propagate = False
+log.warning('before'); h.flush()
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))  # the log file cannot grow: a full disk
+t0 = time.monotonic()
+for i in range(400): log.warning('full %03d %s', i, 'x' * 100)
+print(round(time.monotonic() - t0, 2), h._cache.dropped_total, flush=True)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+h.flush()
+for i in range(5): log.warning('after %d', i)
+h.close()
+"""
+
+
+def test_a_full_disk_costs_one_timeout_then_drops_at_once_and_counts(tmp_path):
+    """A full disk costs one block_timeout, then records drop at once, counted in log and close."""
+    log_dir = str(tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, log_dir],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    seconds, dropped = res.stdout.split()
+    # Before: every record past the two slots waited block_timeout (about 300 s here).
+    assert float(seconds) < 10, f"400 records took {seconds} s on a full disk"
+    got = texts(log_dir)
+    kept = [t for t in got if t.startswith("full ")]
+    assert int(dropped) > 0 and len(kept) + int(dropped) == 400
+    notes = [t for t in got if "dropped between" in t]
+    assert len(notes) == 1 and f"mmaplog: {dropped} records dropped" in notes[0]
+    assert got[0] == "before" and got[-5:] == [f"after {i}" for i in range(5)]
+    assert f"{dropped} records were dropped" in res.stderr
