@@ -160,6 +160,7 @@ class Cache:
         prefix: str,
         blocks: BlockSession,
         wake: Callable[[], None],
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
         self.blocks = blocks
@@ -170,6 +171,7 @@ class Cache:
         self._seal = sealer.seal if sealer is not None else None
         self._keep_bodies = xlog is not None  # xlog blocks are moved from the chunk bodies
         self._wake = wake
+        self._warn = warn
         self.slot_size, self.file_size = geometry(buffer_size)
         self.threshold = max(1, buffer_size // 3)
         self.lock = threading.Lock()
@@ -178,6 +180,7 @@ class Cache:
         self._release = self.lock.release
         self.pid = blocks.pid
         self.mapped = False
+        self._header = b""  # the header page's bytes, written again if the file shrinks
         self.warning: str | None = None
         self._states = [EMPTY] * NSLOTS
         self._waiting = 0  # writers in _make_room waiting for a free slot (under the lock)
@@ -229,6 +232,7 @@ class Cache:
             for i in range(NSLOTS):
                 os.pwrite(fd, zeros, fmt.CACHE_HEADER_SIZE + i * self.slot_size)
             os.pwrite(fd, header, 0)
+            self._header = header
             flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
             mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except (OSError, ValueError) as exc:
@@ -280,6 +284,8 @@ class Cache:
         return -1
 
     def _open_block(self, slot: int, time_us: int) -> None:
+        if self.mapped:
+            self._check_size()  # one fstat per block: never a syscall per record
         template = self.blocks.open_block(time_us)
         seq = template.seq
         xlog = self.xlog
@@ -526,7 +532,9 @@ class Cache:
         looks at the slots, all under the lock; here the slot is marked EMPTY and then
         ``_waiting`` read. Either the writer sees the free slot, or this sees the
         writer and notifies it (taking the lock, so after its ``wait`` began).
+        Zeroing the slot stores into the mapping, so the file's size is checked first.
         """
+        self.check_file()
         self._zero_slot(block.slot)
         self._states[block.slot] = EMPTY
         self._starved = False
@@ -541,6 +549,67 @@ class Cache:
         buf[magic_at : magic_at + 4] = b"\0\0\0\0"  # empty from here on, for recovery
         point("mid_release")
         buf[base : base + self.slot_size] = bytes(self.slot_size)
+
+    # -- the cache file shrunk underneath ------------------------------------------------
+
+    def check_file(self) -> None:
+        """Extend the cache file again if another program shrank it (the flusher's tick).
+
+        One ``fstat``; the lock is taken only when the file did shrink.
+        """
+        if self.mapped and self._shrunk():
+            with self.lock:
+                self._check_size()
+
+    def _shrunk(self) -> bool:
+        try:
+            return os.fstat(self.fd).st_size < self.file_size
+        except OSError:
+            return False
+
+    def _check_size(self) -> None:
+        """Under the lock: if the file is shorter than the mapping, extend it again.
+
+        A store into a page past the end of a mapped file is a SIGBUS, which Python
+        cannot survive; ``logrotate copytruncate`` or a cleanup script over the log
+        folder can shrink the cache. The pages that were cut off are zeros when the
+        file is extended: the records of the blocks still to be moved are kept in
+        memory (``SealedBlock``), so they are still moved, but until then they would
+        not survive a crash. The open block lost its header: it is sealed, so the next
+        record opens a block with a header again. If the file cannot be extended, the
+        cache goes on in memory.
+        """
+        if not self.mapped or not self._shrunk():
+            return
+        size = os.fstat(self.fd).st_size
+        try:
+            os.ftruncate(self.fd, self.file_size)
+            _preallocate(self.fd, self.file_size)
+            os.pwrite(self.fd, self._header, 0)
+        except OSError as exc:
+            # Never store into the mapping again: its pages may have no disk behind them.
+            # The old mapping is not closed here: the flusher may be zeroing a slot in it.
+            self._buf = bytearray(self.file_size)
+            self._buf[: len(self._header)] = self._header
+            self.mapped = False
+            message = (
+                f"mmaplog: the cache file {self.path} was shrunk to {size} bytes by another "
+                f"program and cannot be extended again ({exc}); records are kept in memory "
+                "and are lost if the process dies before they are moved"
+            )
+        else:
+            message = (
+                f"mmaplog: the cache file {self.path} was shrunk to {size} bytes by another "
+                "program (a log rotation or clean-up reaching the cache?); it was extended "
+                "again and records not yet moved are moved from memory. Keep the cache out of "
+                "reach of such tools (cache_dir): a record written while it is shrunk kills "
+                "the process (SIGBUS)"
+            )
+        if self._active >= 0:
+            self._seal_active()
+            self._wake()
+        if self._warn is not None:
+            self._warn(message)
 
     def msync(self) -> None:
         if isinstance(self._buf, mmap.mmap):

@@ -404,6 +404,7 @@ class MmapHandler(logging.Handler):
             prefix=self.prefix,
             blocks=self._blocks,
             wake=lambda: flusher_box[0].wake(),
+            warn=self._warn,
         )
         if cache.warning:
             self._warn(cache.warning)

@@ -182,3 +182,61 @@ def test_a_full_disk_costs_one_timeout_then_drops_at_once_and_counts(tmp_path):
     assert len(notes) == 1 and f"mmaplog: {dropped} records dropped" in notes[0]
     assert got[0] == "before" and got[-5:] == [f"after {i}" for i in range(5)]
     assert f"{dropped} records were dropped" in res.stderr
+
+
+# -- the cache file shrunk underneath ----------------------------------------------------------
+
+_SHRUNK = """
+import faulthandler, logging, mmaplog, sys
+faulthandler.enable()
+h = mmaplog.MmapHandler(sys.argv[1], buffer_size=16 * 1024, flush_interval=float(sys.argv[2]),
+                        compression=None)
+h.setFormatter(logging.Formatter('%(message)s'))
+log = logging.getLogger('shrunk'); log.addHandler(h); log.propagate = False
+for i in range(150): log.warning('before %03d', i)
+if sys.argv[3] == 'between':
+    h.flush()  # every block moved and no block open: the next record opens one
+print('ready', flush=True)
+sys.stdin.readline()  # the cache file is truncated here
+for i in range(300): log.warning('after %03d', i)
+print('done', flush=True)
+sys.stdin.readline()  # killed here, without close()
+"""
+
+
+@pytest.mark.parametrize("when", ["between", "open"])
+def test_a_cache_file_truncated_underneath_is_extended_again_and_nothing_is_lost(tmp_path, when):
+    """A cache truncated to 0 between blocks, or while a block is open and then a tick passes,
+    is extended again: the process survives, and after a kill -9 every record is recovered."""
+    log_dir = str(tmp_path / "logs")
+    interval = "3600" if when == "between" else "0.2"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SHRUNK, log_dir, interval, when],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == "ready\n"
+        cache = os.path.join(log_dir, "app.mmap")
+        os.truncate(cache, 0)  # as logrotate copytruncate does
+        if when == "open":  # the flusher's tick extends it before the next record
+            deadline = time.monotonic() + 30
+            while os.path.getsize(cache) == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        line = child.stdout.readline()
+        child.kill()
+    finally:
+        child.kill()
+        _out, err = child.communicate(timeout=60)
+    assert line == "done\n", f"the writer died ({child.returncode}): {err[-2000:]}"
+    assert child.returncode == -9
+    assert "was shrunk to 0 bytes" in err and "extended again" in err
+    mmaplog.recover(log_dir)
+    want = [f"before {i:03d}" for i in range(150)] + [f"after {i:03d}" for i in range(300)]
+    assert texts(log_dir) == want
