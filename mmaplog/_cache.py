@@ -218,6 +218,10 @@ class Cache:
                 prefix=prefix,
             )
         )
+        if fd < 0:  # no cache file at all: the handler has said so
+            buf = bytearray(size)
+            buf[: len(header)] = header
+            return buf
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -497,6 +501,11 @@ class Cache:
         """Seal the block being written, if it holds anything."""
         with self.lock:
             self._seal_active()
+
+    def pending_records(self) -> int:
+        """How many records are in blocks not yet moved into the log."""
+        with self.lock:
+            return self._count + sum(b.count for b in self._sealed)
 
     def has_pending(self) -> bool:
         with self.lock:

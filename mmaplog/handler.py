@@ -7,6 +7,7 @@ flusher thread. See ``docs/design.md`` for the protocol.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -129,6 +130,10 @@ _COMPRESSIONS = {
     "none": fmt.COMP_NONE,
 }
 _live: weakref.WeakSet[MmapHandler] = weakref.WeakSet()
+# Errors creating a cache file that come from its folder, not its name: every other
+# name would fail the same way, so the search stops at the first.
+_FOLDER_ERRORS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.ENOTDIR})
+_CANNOT_WRITE = "mmaplog: cannot write the log file"
 
 
 def _after_fork_in_child() -> None:
@@ -243,6 +248,7 @@ class MmapHandler(logging.Handler):
         self._cache: Cache | None = None
         self._flusher: Flusher | None = None
         self._warned: set[str] = set()
+        self._quiet_log_error = False
         try:
             for d in {self.log_dir, self.cache_dir}:
                 os.makedirs(d, mode=0o700, exist_ok=True)
@@ -391,8 +397,15 @@ class MmapHandler(logging.Handler):
         try:
             path, fd = self._claim_cache()
         except (OSError, ConfigError) as exc:
-            # No cache file at all: keep logging in memory rather than not at all.
-            self._warn(f"mmaplog: no cache file can be used in {self.cache_dir}: {exc}")
+            # No cache file at all: keep logging in memory rather than not at all. One
+            # warning: if the log files cannot be written either, their first failure
+            # is the same news from the same folder, so it is not printed again.
+            self._quiet_log_error = self.cache_dir == self.log_dir
+            self._warn(
+                f"mmaplog: no cache file can be made in {self.cache_dir} ({exc}); records "
+                "are kept in memory until they are written to the log files, and are lost "
+                "if the process dies first"
+            )
             path, fd = os.path.join(self.cache_dir, f"{self.prefix}.mmap"), -1
         self._recover_free_caches(path)
         flusher_box: list[Flusher] = []
@@ -412,7 +425,7 @@ class MmapHandler(logging.Handler):
             cache,
             self._logs,
             interval=self.flush_interval,
-            on_error=self._warn,
+            on_error=self._on_flusher_error,
             daily=self.remove_old_logs,
         )
         flusher_box.append(flusher)
@@ -423,15 +436,23 @@ class MmapHandler(logging.Handler):
         flusher.start()
 
     def _claim_cache(self) -> tuple[str, int]:
-        """Open and lock the first free cache name, recovering what it holds."""
-        last_error: Exception | None = None
+        """Open and lock the first free cache name, recovering what it holds.
+
+        Names that cannot be opened are passed over quietly; if a later one is used,
+        one warning names the first that failed. Raises ``ConfigError`` if none can be.
+        """
+        last_error: OSError | None = None
+        first_failure = ""
         for name in cache_names(self.prefix):
             path = os.path.join(self.cache_dir, name)
             try:
                 fd = open_locked(path, self.file_mode, create=True)
             except OSError as exc:
-                self._warn(f"mmaplog: cannot use the cache {path}: {exc.strerror or exc}")
+                if last_error is None:
+                    first_failure = f"mmaplog: cannot use the cache {path}: {exc.strerror or exc}"
                 last_error = exc
+                if exc.errno in _FOLDER_ERRORS:
+                    break
                 continue
             if fd is None:
                 continue
@@ -454,8 +475,12 @@ class MmapHandler(logging.Handler):
                 fd = open_locked(path, self.file_mode, create=True) or -1
                 if fd < 0:
                     continue
+            if first_failure:
+                self._warn(first_failure)
             return path, fd
-        raise ConfigError(f"no usable cache file in {self.cache_dir}: {last_error}")
+        if last_error is not None:
+            raise ConfigError(last_error.strerror or str(last_error))
+        raise ConfigError("every cache name is taken")
 
     def _recover_free_caches(self, own: str | None) -> None:
         """Recover every other cache of this prefix whose owner is dead."""
@@ -498,6 +523,15 @@ class MmapHandler(logging.Handler):
             except Exception:
                 pass
 
+    def _on_flusher_error(self, message: str) -> None:
+        if self._quiet_log_error and message.startswith(_CANNOT_WRITE):
+            # Said already by the start-up warning; flush() repeats the flusher's last
+            # error, so mark it as said.
+            self._quiet_log_error = False
+            self._warned.add(message)
+            return
+        self._warn(message)
+
     def _report_losses(self, cache: Cache) -> None:
         """At close, say on stderr what never reached the log, and note in the log the
         drops no block has noted yet (a note is otherwise written when a block opens)."""
@@ -510,6 +544,19 @@ class MmapHandler(logging.Handler):
                     self._direct(note[0], note[1], time_us)
                 except OSError:
                     pass
+        pending = cache.pending_records()
+        if pending and not cache.mapped:
+            self._warn(
+                f"mmaplog: {pending} record{'s' if pending > 1 else ''} could not be written "
+                f"to the log files in {self.log_dir} and {'are' if pending > 1 else 'is'} "
+                "lost (they were kept in memory: no cache file could be used)"
+            )
+        elif pending:
+            self._warn(
+                f"mmaplog: {pending} record{'s are' if pending > 1 else ' is'} left in the "
+                f"cache {cache.path}: the next start on this folder, or "
+                "`python -m mmaplog.recover`, moves them into the log"
+            )
         if cache.dropped_total:
             n = cache.dropped_total
             self._warn(
@@ -630,7 +677,15 @@ class MmapHandler(logging.Handler):
                 self._logs.append(block, time_us)
 
     def flush(self) -> None:
-        """Move every record emitted so far into the log file before returning."""
+        """Move every record emitted so far into the log file before returning.
+
+        If the log files cannot be written (a full disk, a read-only or missing
+        folder), it makes one attempt and returns without raising: the records stay in
+        the cache (in memory, if no cache file could be made), the flusher keeps
+        retrying them, and stderr has said so once. Records still unwritten at
+        :meth:`close` are left in the cache file for recovery, or, when they were in
+        memory, counted as lost on stderr.
+        """
         if self._forked:
             return
         cache, flusher = self._cache, self._flusher

@@ -240,3 +240,78 @@ def test_a_cache_file_truncated_underneath_is_extended_again_and_nothing_is_lost
     mmaplog.recover(log_dir)
     want = [f"before {i:03d}" for i in range(150)] + [f"after {i:03d}" for i in range(300)]
     assert texts(log_dir) == want
+
+
+# -- an unwritable log folder --------------------------------------------------------------------
+
+
+def block_every_cache_name(log_dir: str) -> None:
+    """Put a folder at every cache name and at today's log file: nothing there can be written."""
+    from mmaplog._cache import cache_names
+
+    os.makedirs(log_dir)
+    for name in cache_names("app"):
+        os.mkdir(os.path.join(log_dir, name))
+    os.mkdir(today_log(log_dir))
+
+
+def test_no_usable_cache_name_gives_one_warning_and_records_land_once_writable(log_dir, capfd):
+    """With no cache name usable and the log file unwritable: one warning, not one per name,
+    and the records held in memory are written once the log file can be."""
+    block_every_cache_name(log_dir)
+    h = mmaplog.MmapHandler(log_dir)
+    log = plain(h, "unwritable")
+    for i in range(20):
+        log.info("held %d", i)
+    h.flush()
+    h.flush()
+    assert not h._cache.mapped
+    said = warnings_in(capfd.readouterr().err)
+    assert len(said) == 1 and "no cache file can be made" in said[0], said
+    os.rmdir(today_log(log_dir))
+    h.flush()
+    log.info("later")
+    h.close()
+    assert texts(log_dir) == [f"held {i}" for i in range(20)] + ["later"]
+    assert not any("lost" in w for w in warnings_in(capfd.readouterr().err))
+
+
+def test_records_never_written_are_counted_as_lost_at_close(log_dir, capfd):
+    """Records held in memory that never reach the log are counted on stderr at close."""
+    block_every_cache_name(log_dir)
+    h = mmaplog.MmapHandler(log_dir)
+    log = plain(h, "lost")
+    for i in range(7):
+        log.info("never written %d", i)
+    h.flush()
+    h.close()
+    said = warnings_in(capfd.readouterr().err)
+    assert len(said) == 2, said
+    assert "7 records could not be written" in said[1] and "lost" in said[1]
+
+
+def test_a_read_only_log_folder_warns_once_and_is_written_when_writable_again(tmp_path, capfd):
+    """A read-only mount: one warning, records kept in memory, written by the flusher when
+    the folder is writable again, without a flush()."""
+    from .test_deploy import tiny_tmpfs
+
+    with tiny_tmpfs(str(tmp_path / "mnt"), "4m") as mnt:
+        log_dir = os.path.join(mnt, "logs")
+        os.makedirs(log_dir)
+        res = subprocess.run(["mount", "-o", "remount,ro", mnt], capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot remount a tmpfs read-only here ({res.stderr.strip()})")
+        h = mmaplog.MmapHandler(log_dir, flush_interval=0.05)
+        log = plain(h, "readonly")
+        for i in range(30):
+            log.info("held %d", i)
+        h.flush()
+        said = warnings_in(capfd.readouterr().err)
+        assert len(said) == 1 and "Read-only file system" in said[0], said
+        subprocess.run(["mount", "-o", "remount,rw", mnt], check=True)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(today_log(log_dir)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = texts(log_dir)
+        h.close()
+    assert got == [f"held {i}" for i in range(30)]
