@@ -40,6 +40,10 @@ EMPTY, OPEN, SEALED, MOVING = range(4)
 
 APPENDED, DROPPED, OVERSIZE, CLOSED = range(4)
 
+# While records are dropped at once (both slots wait for the disk), the flusher is
+# woken this often to try again, so a disk with room again is seen within this time.
+_STARVED_RETRY = 0.1
+
 _CHUNK_OVERHEAD = 64 + fmt.CHUNK_HEADER.size + TAG_SIZE
 _pack_chunk_header = fmt.CHUNK_HEADER.pack
 _pack_commit = fmt.COMMIT.pack_into
@@ -156,6 +160,7 @@ class Cache:
         prefix: str,
         blocks: BlockSession,
         wake: Callable[[], None],
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
         self.blocks = blocks
@@ -166,6 +171,7 @@ class Cache:
         self._seal = sealer.seal if sealer is not None else None
         self._keep_bodies = xlog is not None  # xlog blocks are moved from the chunk bodies
         self._wake = wake
+        self._warn = warn
         self.slot_size, self.file_size = geometry(buffer_size)
         self.threshold = max(1, buffer_size // 3)
         self.lock = threading.Lock()
@@ -175,6 +181,7 @@ class Cache:
         self.pid = blocks.pid
         self.closed = False  # set under the lock by shut(): no store into the slots after it
         self.mapped = False
+        self._header = b""  # the header page's bytes, written again if the file shrinks
         self.warning: str | None = None
         self._states = [EMPTY] * NSLOTS
         self._waiting = 0  # writers in _make_room waiting for a free slot (under the lock)
@@ -184,7 +191,12 @@ class Cache:
         # waited for the lock the writer holds would cost the writer a GIL hand-over.
         self._sealed: deque[SealedBlock] = deque()
         self._active = -1
-        self.dropped = 0
+        self.dropped = 0  # dropped since the last note in the log
+        self.dropped_total = 0  # dropped over the cache's life, for the report at close
+        # Set when a wait for a slot timed out, cleared when a move frees a slot: until
+        # then records are dropped at once, not after another block_timeout each.
+        self._starved = False
+        self._starved_wake = 0.0
         self._drop_first_us = 0
         self._drop_last_us = 0
         self._zctx = stream_context(self.codec, None)
@@ -207,6 +219,10 @@ class Cache:
                 prefix=prefix,
             )
         )
+        if fd < 0:  # no cache file at all: the handler has said so
+            buf = bytearray(size)
+            buf[: len(header)] = header
+            return buf
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -221,6 +237,7 @@ class Cache:
             for i in range(NSLOTS):
                 os.pwrite(fd, zeros, fmt.CACHE_HEADER_SIZE + i * self.slot_size)
             os.pwrite(fd, header, 0)
+            self._header = header
             flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
             mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except (OSError, ValueError) as exc:
@@ -272,6 +289,8 @@ class Cache:
         return -1
 
     def _open_block(self, slot: int, time_us: int) -> None:
+        if self.mapped:
+            self._check_size()  # one fstat per block: never a syscall per record
         template = self.blocks.open_block(time_us)
         seq = template.seq
         xlog = self.xlog
@@ -401,6 +420,12 @@ class Cache:
                 if self.dropped:
                     self._write_drop_note(time_us)
                 continue
+            if self._starved:  # a wait already timed out and no move has succeeded since
+                self._count_drop(time_us)
+                if time.monotonic() >= self._starved_wake:  # a retry now, not after back-off
+                    self._starved_wake = time.monotonic() + _STARVED_RETRY
+                    self._wake()
+                return DROPPED
             # Both slots wait for the flusher: wait for one (or for another thread's block).
             self._wake()
             sealed = False
@@ -417,6 +442,7 @@ class Cache:
             finally:
                 self._waiting -= 1
             if timed_out and self._active < 0 and self._free_slot() < 0:
+                self._starved = True
                 self._count_drop(time_us)
                 return DROPPED
         if sealed:
@@ -454,9 +480,16 @@ class Cache:
         if not self.dropped:
             self._drop_first_us = time_us
         self.dropped += 1
+        self.dropped_total += 1
         self._drop_last_us = time_us
 
     def _write_drop_note(self, time_us: int) -> None:
+        head, text = self.drop_note(time_us)
+        self._write(head, text, time_us)
+
+    def drop_note(self, time_us: int) -> tuple[bytes, bytes]:
+        """The note record (header and text, or an xlog line) saying how many records
+        were dropped since the last note, and when; the count starts again from 0."""
         first = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._drop_first_us / 1e6))
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._drop_last_us / 1e6))
         text = (
@@ -466,9 +499,8 @@ class Cache:
         ).encode()
         self.dropped = 0
         if self.xlog is not None:
-            self._write(b"", note_line(time_us, self.pid, text), time_us)
-        else:
-            self._write(fmt.record_head(time_us, 40, fmt.KIND_NOTE, text), text, time_us)
+            return b"", note_line(time_us, self.pid, text)
+        return fmt.record_head(time_us, 40, fmt.KIND_NOTE, text), text
 
     def seal(self) -> None:
         """Seal the block being written, if it holds anything."""
@@ -487,6 +519,11 @@ class Cache:
                 self._seal_active()
                 self.closed = True
             self.cond.notify_all()
+
+    def pending_records(self) -> int:
+        """How many records are in blocks not yet moved into the log."""
+        with self.lock:
+            return self._count + sum(b.count for b in self._sealed)
 
     def has_pending(self) -> bool:
         with self.lock:
@@ -522,9 +559,12 @@ class Cache:
         looks at the slots, all under the lock; here the slot is marked EMPTY and then
         ``_waiting`` read. Either the writer sees the free slot, or this sees the
         writer and notifies it (taking the lock, so after its ``wait`` began).
+        Zeroing the slot stores into the mapping, so the file's size is checked first.
         """
+        self.check_file()
         self._zero_slot(block.slot)
         self._states[block.slot] = EMPTY
+        self._starved = False
         if self._waiting:
             with self.lock:
                 self.cond.notify_all()
@@ -536,6 +576,67 @@ class Cache:
         buf[magic_at : magic_at + 4] = b"\0\0\0\0"  # empty from here on, for recovery
         point("mid_release")
         buf[base : base + self.slot_size] = bytes(self.slot_size)
+
+    # -- the cache file shrunk underneath ------------------------------------------------
+
+    def check_file(self) -> None:
+        """Extend the cache file again if another program shrank it (the flusher's tick).
+
+        One ``fstat``; the lock is taken only when the file did shrink.
+        """
+        if self.mapped and self._shrunk():
+            with self.lock:
+                self._check_size()
+
+    def _shrunk(self) -> bool:
+        try:
+            return os.fstat(self.fd).st_size < self.file_size
+        except OSError:
+            return False
+
+    def _check_size(self) -> None:
+        """Under the lock: if the file is shorter than the mapping, extend it again.
+
+        A store into a page past the end of a mapped file is a SIGBUS, which Python
+        cannot survive; ``logrotate copytruncate`` or a cleanup script over the log
+        folder can shrink the cache. The pages that were cut off are zeros when the
+        file is extended: the records of the blocks still to be moved are kept in
+        memory (``SealedBlock``), so they are still moved, but until then they would
+        not survive a crash. The open block lost its header: it is sealed, so the next
+        record opens a block with a header again. If the file cannot be extended, the
+        cache goes on in memory.
+        """
+        if not self.mapped or not self._shrunk():
+            return
+        size = os.fstat(self.fd).st_size
+        try:
+            os.ftruncate(self.fd, self.file_size)
+            _preallocate(self.fd, self.file_size)
+            os.pwrite(self.fd, self._header, 0)
+        except OSError as exc:
+            # Never store into the mapping again: its pages may have no disk behind them.
+            # The old mapping is not closed here: the flusher may be zeroing a slot in it.
+            self._buf = bytearray(self.file_size)
+            self._buf[: len(self._header)] = self._header
+            self.mapped = False
+            message = (
+                f"mmaplog: the cache file {self.path} was shrunk to {size} bytes by another "
+                f"program and cannot be extended again ({exc}); records are kept in memory "
+                "and are lost if the process dies before they are moved"
+            )
+        else:
+            message = (
+                f"mmaplog: the cache file {self.path} was shrunk to {size} bytes by another "
+                "program (a log rotation or clean-up reaching the cache?); it was extended "
+                "again and records not yet moved are moved from memory. Keep the cache out of "
+                "reach of such tools (cache_dir): a record written while it is shrunk kills "
+                "the process (SIGBUS)"
+            )
+        if self._active >= 0:
+            self._seal_active()
+            self._wake()
+        if self._warn is not None:
+            self._warn(message)
 
     def msync(self) -> None:
         """Write the mapped pages to the disk (``durable=True``); nothing once shut."""

@@ -112,6 +112,7 @@ class Flusher:
             except queue.Empty:
                 pass
             if time.monotonic() >= next_tick:
+                self.cache.check_file()  # a shrunk cache file is extended before any store
                 self.cache.seal()
                 next_tick = time.monotonic() + self.interval
             if self.drain():

@@ -7,6 +7,7 @@ flusher thread. See ``docs/design.md`` for the protocol.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -66,21 +67,28 @@ class XlogFormatter(logging.Formatter):
     The date part is rendered once per second and reused; the part from the pid
     to the function is rendered once per thread and call site and reused (at most
     ``_MAX_PLACES`` of them are kept).
+
+    Safe to share between threads without a lock: the date cache is one
+    ``(second, stamp)`` tuple, read once and replaced whole, so a thread never pairs
+    one record's second with another's stamp; a call-site entry is a pure function
+    of its key, so a lost or cleared entry is only rendered again.
     """
 
     _MAX_PLACES = 4096
 
     def __init__(self) -> None:
         super().__init__()
-        self._second = -1
-        self._stamp = ""
+        self._clock: tuple[int, str] = (-1, "")
         self._places: dict[tuple[Any, ...], str] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(second))
-            self._second = second
+        # One read of one attribute: two attributes could be read between another
+        # thread's two writes and give this record that thread's second.
+        cached, stamp = self._clock
+        if second != cached:
+            stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(second))
+            self._clock = (second, stamp)
         msg = record.getMessage()
         letter = _LETTERS.get(record.levelno) or level_letter(record.levelno)
         key = (
@@ -102,7 +110,7 @@ class XlogFormatter(logging.Formatter):
             self._places[key] = place
         ms = int(record.msecs)
         millis = _MILLIS[ms] if 0 <= ms < 1000 else f"{ms:03d}"
-        s = f"[{letter}][{self._stamp}.{millis}{place}{msg}"
+        s = f"[{letter}][{stamp}.{millis}{place}{msg}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -138,6 +146,12 @@ def _after_fork_in_parent() -> None:
     for handler in list(_live):
         handler._forking = False
         handler._update_fast()
+
+
+# Errors creating a cache file that come from its folder, not its name: every other
+# name would fail the same way, so the search stops at the first.
+_FOLDER_ERRORS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.ENOTDIR})
+_CANNOT_WRITE = "mmaplog: cannot write the log file"
 
 
 def _after_fork_in_child() -> None:
@@ -261,6 +275,7 @@ class MmapHandler(logging.Handler):
         self._fast: Cache | None = None  # the cache while records may take the fast path
         self._flusher: Flusher | None = None
         self._warned: set[str] = set()
+        self._quiet_log_error = False
         self._logs = self._new_logs()
         self.remove_old_logs()
         self._start()
@@ -274,6 +289,7 @@ class MmapHandler(logging.Handler):
             durable=self.durable,
             max_file_size=self.max_file_size,
             suffix=XLOG_SUFFIX if self.log_format == "xlog" else SUFFIX,
+            on_warning=self._warn,
         )
 
     @staticmethod
@@ -397,8 +413,15 @@ class MmapHandler(logging.Handler):
         try:
             path, fd = self._claim_cache()
         except (OSError, ConfigError) as exc:
-            # No cache file at all: keep logging in memory rather than not at all.
-            self._warn(f"mmaplog: no cache file can be used in {self.cache_dir}: {exc}")
+            # No cache file at all: keep logging in memory rather than not at all. One
+            # warning: if the log files cannot be written either, their first failure
+            # is the same news from the same folder, so it is not printed again.
+            self._quiet_log_error = self.cache_dir == self.log_dir
+            self._warn(
+                f"mmaplog: no cache file can be made in {self.cache_dir} ({exc}); records "
+                "are kept in memory until they are written to the log files, and are lost "
+                "if the process dies first"
+            )
             path, fd = os.path.join(self.cache_dir, f"{self.prefix}.mmap"), -1
         self._recover_free_caches(path)
         flusher_box: list[Flusher] = []
@@ -410,6 +433,7 @@ class MmapHandler(logging.Handler):
             prefix=self.prefix,
             blocks=self._blocks,
             wake=lambda: flusher_box[0].wake(),
+            warn=self._warn,
         )
         if cache.warning:
             self._warn(cache.warning)
@@ -417,7 +441,7 @@ class MmapHandler(logging.Handler):
             cache,
             self._logs,
             interval=self.flush_interval,
-            on_error=self._warn,
+            on_error=self._on_flusher_error,
             file_lock=self._file_lock,
             inside=self._inside,
             after_round=self._flusher_round,
@@ -433,15 +457,23 @@ class MmapHandler(logging.Handler):
         flusher.start()
 
     def _claim_cache(self) -> tuple[str, int]:
-        """Open and lock the first free cache name, recovering what it holds."""
-        last_error: Exception | None = None
+        """Open and lock the first free cache name, recovering what it holds.
+
+        Names that cannot be opened are passed over quietly; if a later one is used,
+        one warning names the first that failed. Raises ``ConfigError`` if none can be.
+        """
+        last_error: OSError | None = None
+        first_failure = ""
         for name in cache_names(self.prefix):
             path = os.path.join(self.cache_dir, name)
             try:
                 fd = open_locked(path, self.file_mode, create=True)
             except OSError as exc:
-                self._warn(f"mmaplog: cannot use the cache {path}: {exc.strerror or exc}")
+                if last_error is None:
+                    first_failure = f"mmaplog: cannot use the cache {path}: {exc.strerror or exc}"
                 last_error = exc
+                if exc.errno in _FOLDER_ERRORS:
+                    break
                 continue
             if fd is None:
                 continue
@@ -464,8 +496,12 @@ class MmapHandler(logging.Handler):
                 fd = open_locked(path, self.file_mode, create=True) or -1
                 if fd < 0:
                     continue
+            if first_failure:
+                self._warn(first_failure)
             return path, fd
-        raise ConfigError(f"no usable cache file in {self.cache_dir}: {last_error}")
+        if last_error is not None:
+            raise ConfigError(last_error.strerror or str(last_error))
+        raise ConfigError("every cache name is taken")
 
     def _recover_free_caches(self, own: str | None) -> None:
         """Recover every other cache of this prefix whose owner is dead."""
@@ -507,6 +543,47 @@ class MmapHandler(logging.Handler):
                 sys.stderr.write(message + "\n")
             except Exception:
                 pass
+
+    def _on_flusher_error(self, message: str) -> None:
+        if self._quiet_log_error and message.startswith(_CANNOT_WRITE):
+            # Said already by the start-up warning; flush() repeats the flusher's last
+            # error, so mark it as said.
+            self._quiet_log_error = False
+            self._warned.add(message)
+            return
+        self._warn(message)
+
+    def _report_losses(self, cache: Cache) -> None:
+        """At close, say on stderr what never reached the log, and note in the log the
+        drops no block has noted yet (a note is otherwise written when a block opens)."""
+        if cache.dropped and not cache.has_pending():
+            time_us = time.time_ns() // 1000
+            with cache.lock:
+                note = cache.drop_note(time_us) if cache.dropped else None
+            if note is not None:
+                try:
+                    self._direct(note[0], note[1], time_us)
+                except OSError:
+                    pass
+        pending = cache.pending_records()
+        if pending and not cache.mapped:
+            self._warn(
+                f"mmaplog: {pending} record{'s' if pending > 1 else ''} could not be written "
+                f"to the log files in {self.log_dir} and {'are' if pending > 1 else 'is'} "
+                "lost (they were kept in memory: no cache file could be used)"
+            )
+        elif pending:
+            self._warn(
+                f"mmaplog: {pending} record{'s are' if pending > 1 else ' is'} left in the "
+                f"cache {cache.path}: the next start on this folder, or "
+                "`python -m mmaplog.recover`, moves them into the log"
+            )
+        if cache.dropped_total:
+            n = cache.dropped_total
+            self._warn(
+                f"mmaplog: {n} record{'s were' if n > 1 else ' was'} dropped because the cache "
+                f"was full while the log files in {self.log_dir} could not be written"
+            )
 
     def _update_fast(self) -> None:
         cache = self._cache
@@ -746,6 +823,13 @@ class MmapHandler(logging.Handler):
         died (forked workers killed or ended with ``os._exit``). Called from inside a
         log call on the same thread (a signal handler that interrupted one), it
         returns at once: that thread holds the locks a move needs.
+
+        If the log files cannot be written (a full disk, a read-only or missing
+        folder), it makes one attempt and returns without raising: the records stay in
+        the cache (in memory, if no cache file could be made), the flusher keeps
+        retrying them, and stderr has said so once. Records still unwritten at
+        :meth:`close` are left in the cache file for recovery, or, when they were in
+        memory, counted as lost on stderr.
         """
         ident = _get_ident()
         inside = self._inside
@@ -807,6 +891,8 @@ class MmapHandler(logging.Handler):
             flusher.stop()  # the thread moves what is sealed, then ends
             if not flusher.drain() and flusher.last_error:
                 self._warn(flusher.last_error)
+        if cache is not None:
+            self._report_losses(cache)
         with self._file_lock:  # no move or direct write is under way
             if cache is not None:
                 if not cache.has_pending():
