@@ -7,6 +7,7 @@ A Python take on Tencent Mars xlog: :class:`MmapHandler` keeps every record in a
 from __future__ import annotations
 
 from ._reader import Record, read_records
+from ._recovery import recover
 from .exceptions import (
     CacheLockedError,
     ConfigError,
@@ -18,7 +19,6 @@ from .exceptions import (
     UnsupportedVersionError,
 )
 from .handler import MmapHandler, XlogFormatter
-from .recover import recover
 
 __version__ = "0.1.0"
 

@@ -114,11 +114,18 @@ exit status:
 """
 
 RECOVER_EPILOG = """\
+Only files that start like a cache are read, moved or changed: a file named on
+the command line that is not a cache is left untouched (exit status 2), and in
+a folder the *.mmap files that are not caches are skipped (said on stderr).
+A cache whose contents are damaged is moved aside to *.corrupt-<time>, never
+deleted, after its intact records are recovered.
+
 exit status:
   0  recovered (or nothing to do)
   1  a cache is held by a live process, is of an unknown newer format, or could
      not be recovered
-  2  bad usage, or a path (or --log-dir) that does not exist
+  2  bad usage, a path (or --log-dir) that does not exist, or a file that is not
+     a cache
 """
 
 KEYGEN_EPILOG = """\
@@ -1077,10 +1084,52 @@ def _print_stats(folder: str, stats: list[_FileStats]) -> None:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from .recover import main as recover_main
+    from ._recovery import recover_path
 
-    argv = [args.path] + (["--log-dir", args.log_dir] if args.log_dir else [])
-    return recover_main(argv)
+    prog = "mmaplog recover"
+    if not os.path.lexists(args.path):
+        _err(prog, f"{args.path}: no such file or folder")
+        return EXIT_USAGE
+    if args.log_dir is not None and not os.path.isdir(args.log_dir):
+        _err(prog, f"--log-dir {args.log_dir}: not a folder")
+        return EXIT_USAGE
+    try:
+        report = recover_path(args.path, args.log_dir)
+    except (OSError, MmapLogError) as exc:
+        if isinstance(exc, OSError):
+            _err(prog, f"{exc.filename or args.path}: {exc.strerror or exc}")
+        else:
+            _err(prog, str(exc))
+        return EXIT_DAMAGED
+    status = EXIT_OK
+    for path in report.not_caches:
+        if os.path.isdir(args.path):
+            _err(prog, f"{path}: skipped: not a cache")
+        else:
+            _err(prog, f"{path}: not a cache (no cache magic); not touched")
+            status = EXIT_USAGE
+    for path, r in report.caches.items():
+        for problem in r.problems:
+            _err(prog, f"{path}: {problem}")
+        for dest in r.quarantined:
+            _err(prog, f"{path}: damaged cache moved to {dest}")
+    for path, reason in report.newer.items():
+        _err(prog, f"{path}: {reason}; not touched")
+        status = max(status, EXIT_DAMAGED)
+    if report.locked:
+        _err(
+            prog,
+            f"{', '.join(report.locked)}: held by a live process (its lock is taken); not touched",
+        )
+        status = max(status, EXIT_DAMAGED)
+    if status != EXIT_USAGE:
+        print(f"recovered {report.records} records")
+    return status
+
+
+def recover_main(argv: list[str] | None = None) -> int:
+    """``python -m mmaplog.recover``: the same as ``mmaplog recover``."""
+    return main(["recover", *(sys.argv[1:] if argv is None else argv)])
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -1195,7 +1244,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_recover,
     )
     p.add_argument("path", help="a cache file (.mmap) or a folder of them")
-    p.add_argument("--log-dir", help="where to write the records")
+    p.add_argument(
+        "--log-dir",
+        help="where to write the records (default: the log folder recorded in the cache, "
+        "else beside the cache)",
+    )
 
     p = _sub(sub, "keygen", "make a key pair for encrypted logs", KEYGEN_EPILOG, cmd_keygen)
     p.add_argument("-o", "--output", help="write the private key here (mode 0600)")

@@ -27,7 +27,6 @@ from .exceptions import (
     KeyMismatchError,
     MmapLogError,
     NeedKeyError,
-    UnsupportedVersionError,
 )
 
 if TYPE_CHECKING:
@@ -148,7 +147,7 @@ class Reader:
             yield Record(time=when, level=level, text=line, source=source)
 
     def _iter_cache(self, image: bytes, source: str) -> Iterator[Record | Marker]:
-        from .recover import RecoveryReport, _slots_of
+        from ._recovery import RecoveryReport, _slots_of
 
         report = RecoveryReport()
         _info, contents = _slots_of(image, report)
@@ -342,18 +341,10 @@ def _view(data: fmt.Buffer) -> bytes | memoryview:
 
 
 def _is_cache(data: fmt.Buffer) -> bool:
-    """Whether data starting with the cache magic really is a cache (one bit separates
-    the two magics, so a damaged log file must not be taken for a cache)."""
-    try:
-        fmt.parse_cache_header(bytes(data[: fmt.CACHE_HEADER_SIZE]))
-        return True
-    except UnsupportedVersionError:
-        return True
-    except CorruptionError:
-        pass
-    # A damaged cache header: a cache still has block templates at page boundaries.
-    first = data.find(fmt.BLOCK_MAGIC)
-    return first < 0 or first >= fmt.CACHE_HEADER_SIZE
+    """Whether data starting with the cache magic really is a cache."""
+    from ._recovery import is_cache_image
+
+    return is_cache_image(data)
 
 
 def log_files_in(folder: str, prefix: str | None = None) -> list[str]:

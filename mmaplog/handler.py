@@ -29,8 +29,8 @@ from ._cache import (
 from ._codec import prepare_whole
 from ._flusher import Flusher, build_block, local_hour
 from ._logfile import SUFFIX, XLOG_SUFFIX, LogFiles
+from ._recovery import recover_fd
 from .exceptions import ConfigError, UnsupportedVersionError
-from .recover import recover_fd
 
 if TYPE_CHECKING:
     from ._xlog import XlogBlockWriter

@@ -1,0 +1,140 @@
+"""The command line as a new user meets it, after a crash and with hostile input: subprocesses."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import mmaplog
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *sys.path])}
+MMAPLOG = [sys.executable, "-m", "mmaplog"]
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, module: str = "mmaplog"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env={**ENV, **(env or {})},
+        timeout=60,
+    )
+
+
+def write_log(log_dir: str, texts: list[str], prefix: str = "app", **kwargs: object) -> None:
+    h = mmaplog.MmapHandler(log_dir, prefix=prefix, **kwargs)  # type: ignore[arg-type]
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for text in texts:
+        h.handle(logging.LogRecord("user", logging.INFO, __file__, 1, text, None, None))
+    h.close()
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import json, logging, os, signal, sys
+    import mmaplog
+    log_dir, prefix, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    h = mmaplog.MmapHandler(log_dir, prefix=prefix, flush_interval=3600)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for text in texts:
+        h.handle(logging.LogRecord("user", logging.INFO, "w.py", 1, text, None, None))
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def killed_writer(log_dir: str, texts: list[str], prefix: str = "app") -> None:
+    """Run a process that logs ``texts`` and is killed before its first block move."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, log_dir, prefix, json.dumps(texts)],
+        env=ENV,
+        timeout=60,
+    )
+    assert proc.returncode == -9
+
+
+def listing(folder: str) -> dict[str, bytes]:
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            out[name] = f.read()
+    return out
+
+
+# -- recover ----------------------------------------------------------------------------
+
+
+def test_recover_of_a_log_file_says_not_a_cache_and_leaves_it(log_dir):
+    """recover of a log, a text file or random bytes exits 2, "not a cache", renaming nothing."""
+    write_log(log_dir, ["one", "two"])
+    (log_name,) = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
+    with open(os.path.join(log_dir, "notes.txt"), "w") as f:
+        f.write("hello\n")
+    with open(os.path.join(log_dir, "noise.mmap"), "wb") as f:
+        f.write(os.urandom(5000))
+    before = listing(log_dir)
+    for name in (log_name, "notes.txt", "noise.mmap"):
+        res = run("recover", os.path.join(log_dir, name))
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.strip().endswith("not a cache (no cache magic); not touched")
+        assert "Traceback" not in res.stderr and res.stdout == ""
+    assert listing(log_dir) == before
+    res = run("decode", log_dir)
+    assert res.stdout.splitlines() == ["one", "two"]
+
+
+def test_recover_of_a_folder_skips_files_that_are_not_caches(log_dir):
+    """recover of a folder recovers its caches and skips *.mmap files that are not caches."""
+    killed_writer(log_dir, ["left in the cache"])
+    with open(os.path.join(log_dir, "other.mmap"), "wb") as f:
+        f.write(b"not a cache at all\n" * 100)
+    res = run("recover", log_dir)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "recovered 1 records"
+    assert "other.mmap: skipped: not a cache" in res.stderr
+    with open(os.path.join(log_dir, "other.mmap"), "rb") as f:
+        assert f.read() == b"not a cache at all\n" * 100
+    assert [r.text for r in mmaplog.read_records(log_dir)] == ["left in the cache"]
+
+
+def test_recover_module_runs_without_a_warning(log_dir):
+    """python -W error -m mmaplog.recover runs clean: no RuntimeWarning about the module."""
+    killed_writer(log_dir, ["a", "b"])
+    res = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "mmaplog.recover", log_dir],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "" and res.stdout.strip() == "recovered 2 records"
+
+
+def test_recover_as_a_library_prints_nothing(log_dir):
+    """mmaplog.recover returns the count and prints nothing, even for a non-cache in the folder."""
+    killed_writer(log_dir, ["x"])
+    with open(os.path.join(log_dir, "junk.mmap"), "wb") as f:
+        f.write(b"junk")
+    code = f"import mmaplog; print(mmaplog.recover({log_dir!r}))"
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60
+    )
+    assert res.returncode == 0 and res.stdout == "1\n" and res.stderr == ""
+
+
+def test_importing_the_recover_module_keeps_the_function_callable(log_dir):
+    """After import mmaplog.recover, mmaplog.recover(path) still recovers."""
+    killed_writer(log_dir, ["y"])
+    code = f"import mmaplog.recover, mmaplog; print(mmaplog.recover({log_dir!r}))"
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60
+    )
+    assert res.returncode == 0 and res.stdout == "1\n", res.stderr
