@@ -718,7 +718,7 @@ class _Tail:
         lines = [line for chunk in reversed(chunks) for line in chunk]
         lines.extend(self.read_caches())
         lines.sort(key=lambda line: line.time)
-        return lines[len(lines) - n :] if n else []
+        return lines[-n:] if n else []
 
     def poll(self) -> list[_Line]:
         lines: list[_Line] = []

@@ -138,3 +138,16 @@ def test_importing_the_recover_module_keeps_the_function_callable(log_dir):
         [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60
     )
     assert res.returncode == 0 and res.stdout == "1\n", res.stderr
+
+
+# -- tail -------------------------------------------------------------------------------
+
+
+def test_tail_n_larger_than_the_log_prints_every_record(log_dir):
+    """tail -n N prints all records when N exceeds their number, and the last N otherwise."""
+    texts = [f"record {i}" for i in range(30)]
+    write_log(log_dir, texts)
+    for n, want in (("40", texts), ("61", texts), ("30", texts), ("5", texts[-5:]), ("0", [])):
+        res = run("tail", "-n", n, log_dir)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines() == want, n
