@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import io
 import json
 import logging
 import os
@@ -61,6 +62,10 @@ ERROR, CRITICAL, any case), xlog's letter (V D I W E F) or a number; records at
 or above it are printed.
 
 A progress bar is drawn on stderr when it is a terminal and stdout is not.
+On a terminal, control characters in a record's text (escape sequences,
+carriage returns; everything but tab and newline) are shown as \\xNN: --raw
+prints them as they are. Characters the output's encoding cannot hold are
+written as backslash escapes.
 
 exit status:
   0  every block decoded
@@ -75,7 +80,8 @@ TAIL_EPILOG = (
 The newest records of the folder's log files and of the caches (*.mmap) in it,
 including the records a running process has not moved to its log file yet.
 Caches are read without their lock and never written. With -f, new records are
-printed as they arrive (polled every 0.2 s) until Ctrl-C.
+printed as they arrive (polled every 0.2 s) until Ctrl-C. Control characters
+are escaped on a terminal as by decode (--raw prints them as they are).
 
 exit status:
   0  success (also when -f is stopped with Ctrl-C)
@@ -170,6 +176,23 @@ def _format_text(item: Record | Marker) -> str:
     if item.kind == fmt.KIND_NOTE:
         return f"-- {item.text} --"
     return item.text
+
+
+# C0 controls but tab and newline, DEL and the C1 controls (CSI is 0x9b): what a
+# terminal acts on. A record's text comes from whoever could get a line logged.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with the characters a terminal acts on written as ``\\xNN``."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _text_renderer(out: IO[str], raw: bool) -> Callable[[Record | Marker], str]:
+    """How records are written to ``out``: escaped on a terminal unless ``raw``."""
+    if raw or not out.isatty():
+        return _format_text
+    return lambda item: escape_controls(_format_text(item))
 
 
 def _format_json(item: Record | Marker) -> str:
@@ -462,7 +485,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if reader is None:
         return EXIT_USAGE
     filt = _Filter(args.level, args.since, args.until, args.grep)
-    render = _format_json if args.format == "json" else _format_text
     scan_damaged = False
 
     def decode_log(
@@ -488,6 +510,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
         else:
             out = sys.stdout
+        render = _format_json if args.format == "json" else _text_renderer(out, args.raw)
         if _missing(prog, args.files):
             return EXIT_USAGE
         try:
@@ -729,13 +752,13 @@ class _Tail:
         return lines
 
 
-def _print_lines(lines: list[_Line]) -> None:
+def _print_lines(lines: list[_Line], render: Callable[[Record | Marker], str]) -> None:
     out = sys.stdout
     for line in lines:
         if line.marker is not None:
             out.write(line.marker)
             out.write("\n")
-        out.write(_format_text(line.record))
+        out.write(render(line.record))
         out.write("\n")
     out.flush()
 
@@ -773,11 +796,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
         # Ctrl-C sets a flag checked between polls, so it never lands mid-line.
         previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     try:
-        _print_lines(tail.snapshot(args.lines))
+        render = _text_renderer(sys.stdout, args.raw)
+        _print_lines(tail.snapshot(args.lines), render)
         while args.follow and not stop.is_set():
             stop.wait(_POLL_INTERVAL)
             if not stop.is_set():
-                _print_lines(tail.poll())
+                _print_lines(tail.poll(), render)
     except (OSError, MmapLogError) as exc:
         return _reading_failed(prog, exc, folder)
     finally:
@@ -1195,6 +1219,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--grep", type=parse_regex, metavar="RE", help="records whose text matches RE (Python re)"
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="print control characters as they are (on a terminal they are escaped as \\xNN)",
+    )
     p.add_argument("-o", "--output", help="write here instead of stdout")
 
     p = _sub(
@@ -1214,6 +1243,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many records (default 10)",
     )
     p.add_argument("-f", "--follow", action="store_true", help="print new records as they come")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="print control characters as they are (on a terminal they are escaped as \\xNN)",
+    )
     p.add_argument("--prefix", help="only the logs and caches of this prefix")
     p.add_argument("--key", help=key_help)
 
@@ -1255,7 +1289,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_stdout() -> None:
+    # Text the stream's encoding cannot hold (CJK on a latin-1 terminal) is written
+    # as escapes: a record must never turn into a traceback or a lost line.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_stdout()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pty
 import subprocess
 import sys
 import textwrap
@@ -17,12 +18,12 @@ MMAPLOG = [sys.executable, "-m", "mmaplog"]
 
 
 def run(
-    *args: str, env: dict[str, str] | None = None, module: str = "mmaplog"
+    *args: str, env: dict[str, str] | None = None, encoding: str = "utf-8"
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [*MMAPLOG, *args],
         capture_output=True,
-        text=True,
+        encoding=encoding,
         env={**ENV, **(env or {})},
         timeout=60,
     )
@@ -151,3 +152,52 @@ def test_tail_n_larger_than_the_log_prints_every_record(log_dir):
         res = run("tail", "-n", n, log_dir)
         assert res.returncode == 0, res.stderr
         assert res.stdout.splitlines() == want, n
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+def on_terminal(*args: str) -> str:
+    """Run ``mmaplog ARGS`` with stdout on a pseudo-terminal; what it printed there."""
+    master, slave = pty.openpty()
+    try:
+        with subprocess.Popen([*MMAPLOG, *args], stdout=slave, env=ENV) as proc:
+            os.close(slave)
+            slave = -1
+            seen = b""
+            while True:
+                try:
+                    part = os.read(master, 4096)
+                except OSError:  # EIO: every writer of the terminal is gone
+                    break
+                if not part:
+                    break
+                seen += part
+            assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return seen.decode("utf-8").replace("\r\n", "\n")
+
+
+def test_text_the_output_cannot_encode_is_escaped(log_dir):
+    """decode and tail to a latin-1 stdout escape CJK text and exit 0, with no traceback."""
+    write_log(log_dir, ["订单 42 失败", "café"])
+    for command in ("decode", "tail"):
+        res = run(command, log_dir, env={"PYTHONIOENCODING": "latin-1"}, encoding="latin-1")
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        assert res.stdout.splitlines() == ["\\u8ba2\\u5355 42 \\u5931\\u8d25", "café"]
+
+
+def test_control_characters_are_escaped_on_a_terminal(log_dir):
+    """On a terminal, escape sequences and carriage returns are shown as \\xNN; --raw keeps them."""
+    hostile = "ok\x1b[2J\x1b]0;owned\x07\rfake line\x9b1m"
+    write_log(log_dir, [hostile, "tab\there"])
+    shown = "ok\\x1b[2J\\x1b]0;owned\\x07\\x0dfake line\\x9b1m"
+    for command in ("decode", "tail"):
+        assert on_terminal(command, log_dir).splitlines() == [shown, "tab\there"]
+        assert on_terminal(command, "--raw", log_dir).split("\n") == [hostile, "tab\there", ""]
+    # Into a pipe or a file, the text is as it was logged.
+    piped = subprocess.run([*MMAPLOG, "decode", log_dir], capture_output=True, env=ENV, timeout=60)
+    assert piped.stdout.decode().split("\n") == [hostile, "tab\there", ""]
