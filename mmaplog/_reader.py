@@ -322,13 +322,26 @@ _XLOG_STAMP = re.compile(
 )
 
 
+def _xlog_offset(text: str) -> _dt.timedelta:
+    """A line's UTC offset: xlog's hours (``+8.0``, ``-3.5``) or strftime's ``%z`` (``+0800``)."""
+    if re.fullmatch(r"[+-]\d{4}(?:\d\d)?", text):
+        sign = -1 if text[0] == "-" else 1
+        hours, minutes, seconds = int(text[1:3]), int(text[3:5]), int(text[5:7] or 0)
+        return sign * _dt.timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    return _dt.timedelta(hours=float(text))
+
+
 def _xlog_time_level(line: str) -> tuple[float, int]:
-    """The time and level of an xlog line (``[I][2026-11-23 +8.0 12:00:00.123]...``)."""
+    """The time and level of an xlog line (``[I][2026-11-23 +8.0 12:00:00.123]...``).
+
+    Mars writes the UTC offset in hours (``+8.0``); mmaplog's ``XlogFormatter``
+    writes it as ``strftime`` does (``+0800``). Both are read.
+    """
     m = _XLOG_STAMP.match(line)
     if m is None:
         return 0.0, 0
     try:
-        tz = _dt.timezone(_dt.timedelta(hours=float(m.group(5))))
+        tz = _dt.timezone(_xlog_offset(m.group(5)))
         y, mo, d, h, mi, s, ms = (int(m.group(i)) for i in (2, 3, 4, 6, 7, 8, 9))
         when = _dt.datetime(y, mo, d, h, mi, s, ms * 1000, tzinfo=tz).timestamp()
     except (ValueError, OverflowError):

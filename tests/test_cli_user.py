@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import mmaplog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,3 +203,38 @@ def test_control_characters_are_escaped_on_a_terminal(log_dir):
     # Into a pipe or a file, the text is as it was logged.
     piped = subprocess.run([*MMAPLOG, "decode", log_dir], capture_output=True, env=ENV, timeout=60)
     assert piped.stdout.decode().split("\n") == [hostile, "tab\there", ""]
+
+
+# -- xlog times -------------------------------------------------------------------------
+
+_XLOG_WRITER = textwrap.dedent(
+    """
+    import logging, sys
+    import mmaplog
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="app", format="xlog", compression="zstd")
+    for when in (float(sys.argv[2]), float(sys.argv[2]) + 60.5):
+        r = logging.LogRecord("svc", logging.INFO, "w.py", 7, "at %s", (when,), None)
+        r.created, r.msecs = when, (when % 1) * 1000
+        h.handle(r)
+    h.close()
+    """
+)
+
+
+def test_xlog_lines_written_outside_utc_read_back_at_their_time(tmp_path):
+    """xlog files written at UTC offsets like +0800, +0545 or -0330 read back at their time."""
+    import time
+
+    now = round(time.time() - 120, 3)
+    for tz in ("Asia/Shanghai", "Asia/Kathmandu", "America/St_Johns", "UTC"):
+        folder = str(tmp_path / tz.replace("/", "_"))
+        env = {**ENV, "TZ": tz}
+        subprocess.run(
+            [sys.executable, "-c", _XLOG_WRITER, folder, repr(now)], env=env, check=True, timeout=60
+        )
+        times = [r.time for r in mmaplog.read_records(folder)]
+        assert times == [pytest.approx(now, abs=0.001), pytest.approx(now + 60.5, abs=0.001)]
+        res = run("decode", "--since", "1h", folder, env={"TZ": tz})
+        assert res.returncode == 0 and len(res.stdout.splitlines()) == 2, (tz, res.stderr)
+        res = run("decode", "--since", "90s", folder, env={"TZ": "UTC"})
+        assert [line.rsplit("[", 1)[1] for line in res.stdout.splitlines()] == [f"at {now + 60.5}"]
