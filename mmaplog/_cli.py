@@ -1,4 +1,4 @@
-"""The ``mmaplog`` command line: decode, tail, verify, stats, recover, keygen.
+"""The ``mmaplog`` command line: decode, tail, verify, stats, recover, keygen, pubkey.
 
 The only module that touches ``argv`` and standard output. Errors are one line
 on stderr with a documented exit status, never a traceback.
@@ -121,7 +121,7 @@ exit status:
 
 RECOVER_EPILOG = """\
 Only files that start like a cache are read, moved or changed: a file named on
-the command line that is not a cache is left untouched (exit status 2), and in
+the command line that is not a cache is left untouched (status 2), and in
 a folder the *.mmap files that are not caches are skipped (said on stderr).
 A cache whose contents are damaged is moved aside to *.corrupt-<time>, never
 deleted, after its intact records are recovered.
@@ -135,9 +135,21 @@ exit status:
 """
 
 KEYGEN_EPILOG = """\
+The private key is written only to the file -o names (mode 0600), never to the
+terminal; the public key is printed. Keep the private key off the devices that
+log: `mmaplog pubkey FILE` prints the public key of a private key file again.
+
 exit status:
   0  the key pair was made
   2  bad usage, or the key file exists already or cannot be created
+"""
+
+PUBKEY_EPILOG = """\
+The public key is what MmapHandler(public_key=...) takes.
+
+exit status:
+  0  the public key was printed
+  2  bad usage, or a file that is missing or does not hold a private key
 """
 
 _POLL_INTERVAL = 0.2
@@ -157,17 +169,60 @@ def _read_key(value: str | None) -> str | bytes | None:
     return value
 
 
+def _is_public_key(key: str | bytes) -> bool:
+    text = key.decode("ascii", "replace") if isinstance(key, bytes) else key
+    return text.lstrip().startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def _looks_like_base64_key(key: str | bytes) -> bool:
+    text = key.decode("ascii", "replace") if isinstance(key, bytes) else key
+    return re.fullmatch(r"\s*[A-Za-z0-9+/]{43}=\s*", text) is not None
+
+
 def _make_reader(
     prog: str, key: str | None, on_damage: Callable[[str, fmt.Damage], None] | None
 ) -> Reader | None:
     """A reader with the private key of ``--key``; None (reported) when the key is unusable."""
     try:
-        return Reader(_read_key(key), on_damage, markers=True)
-    except ConfigError as exc:
-        _err(prog, f"--key: {exc}")
+        value = _read_key(key)
     except OSError as exc:
-        _err(prog, f"--key: {exc.strerror or exc}")
-    return None
+        _err(prog, f"--key {key}: cannot read: {exc.strerror or exc}")
+        return None
+    if value is not None and _is_public_key(value):
+        _err(prog, f"--key {key}: this is a public key: decoding needs the private key")
+        return None
+    try:
+        reader = Reader(value, on_damage, markers=True, each_mismatch=False)
+    except ConfigError as exc:
+        if key is not None and not os.path.exists(key):
+            _err(prog, f"--key {key}: no such file (nor a key given as text)")
+        else:
+            _err(prog, f"--key: {exc}")
+        return None
+    return reader
+
+
+def _report_mismatch(prog: str, key: str | None, *readers: Reader) -> None:
+    """One line per file whose blocks the key does not open, with how many."""
+    counts: dict[str, int] = {}
+    for reader in readers:
+        for source, n in reader.mismatched.items():
+            counts[source] = counts.get(source, 0) + n
+    for source, n in counts.items():
+        _err(
+            prog,
+            f"{source}: the key does not match: {n} encrypted block{'s' if n != 1 else ''} "
+            "skipped (no record of them authenticates with it)",
+        )
+    value = None
+    with contextlib.suppress(OSError):
+        value = _read_key(key)
+    if counts and value is not None and _looks_like_base64_key(value):
+        _err(
+            prog,
+            "a key given as base64 is taken as a private key: if it is the public key "
+            "keygen printed, decoding needs the private key file it wrote",
+        )
 
 
 def _format_text(item: Record | Marker) -> str:
@@ -554,8 +609,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                     _close(data)
         except (OSError, MmapLogError) as exc:
             return _reading_failed(prog, exc)
-    if reader.key_mismatch:
-        _err(prog, "the key does not match (no record of those blocks authenticates with it)")
+    _report_mismatch(prog, args.key, reader)
     return EXIT_DAMAGED if reader.damaged or scan_damaged else EXIT_OK
 
 
@@ -808,7 +862,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         if args.follow:
             signal.signal(signal.SIGINT, previous)
     if log_reader.key_mismatch or cache_reader.key_mismatch:
-        _err(prog, "the key does not match (no record of those blocks authenticates with it)")
+        _report_mismatch(prog, args.key, log_reader, cache_reader)
         return EXIT_DAMAGED
     return EXIT_DAMAGED if tail.damaged or log_reader.damaged else EXIT_OK
 
@@ -823,6 +877,7 @@ class _FileCheck:
     blocks: int = 0
     records: int = 0
     unverified: int = 0
+    mismatched: int = 0
     damage: list[fmt.Damage] = field(default_factory=list)
 
 
@@ -898,6 +953,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 status = EXIT_USAGE
                 checks.pop(source, None)
             finally:
+                if source in checks:
+                    checks[source].mismatched = reader.mismatched.get(source, 0)
                 done += len(data)
                 progress.update(done)
                 _close(data)
@@ -907,9 +964,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _print_verify(list(checks.values()), have_key)
     except BrokenPipeError:
         return _broken_pipe()
-    if reader.key_mismatch:
-        _err(prog, "the key does not match (no record of those blocks authenticates with it)")
-    if status == EXIT_OK and any(c.damage for c in checks.values()):
+    _report_mismatch(prog, args.key, reader)
+    if status == EXIT_OK and (reader.key_mismatch or any(c.damage for c in checks.values())):
         status = EXIT_DAMAGED
     return status
 
@@ -944,6 +1000,9 @@ def _print_verify(checks: list[_FileCheck], have_key: bool) -> None:
         what = "cache file: " if c.kind == "cache" else "xlog file: " if c.kind == "xlog" else ""
         ranges = len(c.damage)
         state = "ok" if not ranges else f"{ranges} damaged range{'s' if ranges != 1 else ''}"
+        if c.mismatched:
+            n = c.mismatched
+            state += f", {n} block{'s' if n != 1 else ''} the key does not open"
         out.write(f"{c.path}: {what}{c.blocks} blocks, {c.records} records: {state}\n")
         for d in sorted(c.damage, key=lambda d: d.start):
             out.write(f"  bytes {d.start}-{d.end} ({d.end - d.start} bytes): {d.reason}\n")
@@ -1156,24 +1215,58 @@ def recover_main(argv: list[str] | None = None) -> int:
     return main(["recover", *(sys.argv[1:] if argv is None else argv)])
 
 
+def _create_private(prog: str, path: str, force: bool = False) -> IO[str] | None:
+    """A new file of mode 0600 for secrets; None (reported) when it exists or cannot be made."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        _err(prog, f"{path}: already exists (not overwritten; --force to replace it)")
+        return None
+    except OSError as exc:
+        _err(prog, f"{path}: cannot create: {exc.strerror or exc}")
+        return None
+    if force:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_TRUNC
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from ._crypto import generate_keypair
 
     private, public = generate_keypair()
-    if args.output:
-        try:
-            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            _err("mmaplog keygen", f"{args.output}: already exists (not overwritten)")
-            return EXIT_USAGE
-        except OSError as exc:
-            _err("mmaplog keygen", f"{args.output}: cannot create: {exc.strerror}")
-            return EXIT_USAGE
-        with os.fdopen(fd, "w") as f:
-            f.write(private)
-    else:
-        sys.stdout.write(private)
+    f = _create_private("mmaplog keygen", args.output)
+    if f is None:
+        return EXIT_USAGE
+    with f:
+        f.write(private)
     print(f"public key: {public}")
+    return EXIT_OK
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    from ._crypto import load_private_key, public_key_text
+
+    prog = "mmaplog pubkey"
+    try:
+        with open(args.keyfile, "rb") as f:
+            value = f.read()
+    except OSError as exc:
+        what = "no such file" if isinstance(exc, FileNotFoundError) else "cannot read"
+        _err(
+            prog,
+            f"{args.keyfile}: {what}" + ("" if what == "no such file" else f": {exc.strerror}"),
+        )
+        return EXIT_USAGE
+    if _is_public_key(value):
+        _err(prog, f"{args.keyfile}: this is a public key already")
+        return EXIT_USAGE
+    try:
+        key = load_private_key(value)
+    except ConfigError as exc:
+        _err(prog, f"{args.keyfile}: {exc}")
+        return EXIT_USAGE
+    print(public_key_text(key))
     return EXIT_OK
 
 
@@ -1285,7 +1378,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = _sub(sub, "keygen", "make a key pair for encrypted logs", KEYGEN_EPILOG, cmd_keygen)
-    p.add_argument("-o", "--output", help="write the private key here (mode 0600)")
+    p.add_argument("-o", "--output", required=True, help="write the private key here (mode 0600)")
+
+    p = _sub(sub, "pubkey", "print the public key of a private key file", PUBKEY_EPILOG, cmd_pubkey)
+    p.add_argument("keyfile", metavar="KEYFILE", help="the private key file keygen wrote")
     return parser
 
 

@@ -75,6 +75,7 @@ class Reader:
         on_damage: DamageCallback | None = None,
         *,
         markers: bool = False,
+        each_mismatch: bool = True,
     ) -> None:
         self._opener: Opener | None = None
         self._xlog_key: Any = None
@@ -84,6 +85,10 @@ class Reader:
         self.markers = markers
         self.damaged = False
         self.key_mismatch = False
+        self.each_mismatch = each_mismatch
+        """Report each block the key does not open to ``on_damage`` (else only count them)."""
+        self.mismatched: dict[str, int] = {}
+        """How many blocks of each source the key does not open."""
         self._opened_sessions: set[bytes] = set()
         self._last_recovered: tuple[str, bytes] | None = None
         self._seen_blocks: dict[tuple[bytes, int, int], tuple[int, int]] = {}
@@ -218,6 +223,10 @@ class Reader:
                 )
         except KeyMismatchError as exc:
             self.key_mismatch = True
+            self.mismatched[source] = self.mismatched.get(source, 0) + 1
+            if not self.each_mismatch:
+                self.damaged = True
+                return
             self._damage(
                 source, max(offset, 0), max(offset, 0) + h.header_len + h.payload_len, str(exc)
             )

@@ -238,3 +238,68 @@ def test_xlog_lines_written_outside_utc_read_back_at_their_time(tmp_path):
         assert res.returncode == 0 and len(res.stdout.splitlines()) == 2, (tz, res.stderr)
         res = run("decode", "--since", "90s", folder, env={"TZ": "UTC"})
         assert [line.rsplit("[", 1)[1] for line in res.stdout.splitlines()] == [f"at {now + 60.5}"]
+
+
+# -- keys -------------------------------------------------------------------------------
+
+
+def keypair(folder: str, name: str = "ops.key") -> tuple[str, str]:
+    """Make a key pair with keygen; the private key file's path and the public key."""
+    path = os.path.join(folder, name)
+    res = run("keygen", "-o", path)
+    assert res.returncode == 0, res.stderr
+    return path, res.stdout.strip().removeprefix("public key: ")
+
+
+def test_a_wrong_key_is_one_line_per_file_with_the_block_count(log_dir, tmp_path):
+    """A key that does not match says so once per file, with how many blocks, and exits 1."""
+    _private, public = keypair(str(tmp_path))
+    other, _ = keypair(str(tmp_path), "other.key")
+    write_log(log_dir, [f"secret {os.urandom(1000).hex()}" for i in range(400)], public_key=public)
+    (log,) = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
+    for command in ("decode", "verify"):
+        res = run(command, "--key", other, log_dir)
+        assert res.returncode == 1 and "Traceback" not in res.stderr
+        (line,) = res.stderr.splitlines()
+        assert line.startswith(f"mmaplog {command}: {os.path.join(log_dir, log)}: the key does")
+        assert "encrypted blocks skipped" in line and "secret" not in res.stdout
+
+
+def test_key_mistakes_get_a_clear_line(log_dir, tmp_path):
+    """A public key, a missing key file and a base64 public key each get a message saying so."""
+    private, public = keypair(str(tmp_path))
+    write_log(log_dir, ["secret"], public_key=public)
+    pem = tmp_path / "public.pem"
+    from mmaplog import _crypto
+
+    raw = _crypto.load_public_key(public)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    pem.write_bytes(
+        X25519PublicKey.from_public_bytes(raw).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    res = run("decode", "--key", str(pem), log_dir)
+    assert res.returncode == 2
+    assert res.stderr.strip().endswith("this is a public key: decoding needs the private key")
+    res = run("decode", "--key", str(tmp_path / "missing.key"), log_dir)
+    assert res.returncode == 2 and res.stderr.strip().endswith(
+        "no such file (nor a key given as text)"
+    )
+    res = run("decode", "--key", public, log_dir)
+    assert res.returncode == 1 and "if it is the public key keygen printed" in res.stderr
+    assert run("decode", "--key", private, log_dir).stdout == "secret\n"
+
+
+def test_keygen_writes_the_private_key_only_to_a_file_and_pubkey_prints_the_public(tmp_path):
+    """keygen needs -o (never prints the private key); pubkey prints the public key of the file."""
+    res = run("keygen")
+    assert res.returncode == 2 and "-o" in res.stderr and "PRIVATE" not in res.stdout
+    private, public = keypair(str(tmp_path))
+    assert os.stat(private).st_mode & 0o777 == 0o600
+    res = run("pubkey", private)
+    assert res.returncode == 0 and res.stdout == public + "\n"
+    res = run("pubkey", str(tmp_path / "nope.key"))
+    assert res.returncode == 2 and res.stderr.strip().endswith("nope.key: no such file")
