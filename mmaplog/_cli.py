@@ -27,10 +27,16 @@ from ._reader import (
     Marker,
     Reader,
     Record,
+    Waiting,
+    count_caches,
     data_kind,
     expand_paths,
+    log_days_in,
     log_files_in,
+    merge_by_time,
     read_file,
+    verify_caches,
+    waiting_records,
 )
 from .exceptions import ConfigError, MmapLogError, NeedKeyError
 
@@ -54,12 +60,24 @@ Run `mmaplog COMMAND --help` for the options of a command.
 
 DECODE_EPILOG = (
     """\
+Records are printed in time order: those of the processes that wrote into the
+same files (or the same day of a folder) are merged by time, each process's own
+order kept. A folder's day is read into memory whole for this.
+
+A folder's caches (*.mmap) that no running process holds are read too, never
+written: their records are not in the log yet (a process died before moving
+them). They are printed last, after a line naming the cache, and stderr says how
+many there are and that `mmaplog recover FOLDER` moves them into the log. A
+folder with neither logs nor such caches is said to have no log files.
+
 Filters use each record's stored time and level (no text is parsed). T is an
 ISO 8601 date or date and time (local time unless it has a zone: 2026-11-25,
 2026-11-25T14:30, 2026-11-25 14:30:00+01:00) or a time ago: 30s, 10m, 2h, 3d,
 1w. --since and --until are inclusive. LEVEL is a name (DEBUG, INFO, WARNING,
 ERROR, CRITICAL, any case), xlog's letter (V D I W E F) or a number; records at
-or above it are printed.
+or above it are printed. --pid keeps the records of one process (repeat it for
+more); --format json prints one JSON object per line (JSON Lines) with the
+pid of each record.
 
 A progress bar is drawn on stderr when it is a terminal and stdout is not.
 On a terminal, control characters in a record's text (escape sequences,
@@ -92,6 +110,8 @@ exit status:
 
 VERIFY_EPILOG = (
     """\
+A folder stands for its log files and for the caches in it that no running
+process holds and that hold records (a process died before moving them).
 Every block is checked: header and payload checksums, decompression, record
 framing, and decryption when --key is given. Without --key, encrypted blocks
 are checked by their checksums only (the summary says how many). A progress bar
@@ -107,8 +127,10 @@ exit status:
 
 STATS_EPILOG = """\
 Counts come from the block headers: nothing is decompressed, so no key is
-needed. The compression ratio is the records' raw size over the bytes the
-blocks take on disk, for whole-form blocks (the ones a running process moves).
+needed. Caches of processes no longer running are counted too, on their own
+rows (their records are not in the log yet: `mmaplog recover` moves them).
+The compression ratio is the records' raw size over the bytes the blocks take
+on disk, for whole-form blocks (the ones a running process moves).
 Blocks moved by recovery after a crash are in stream form, whose header does not
 record the raw size: they are counted in blocks and records but left out of the
 ratio, and listed on their own line.
@@ -257,6 +279,7 @@ def _format_json(item: Record | Marker) -> str:
         try:
             obj = json.loads(item.text)
             if isinstance(obj, dict):
+                obj.setdefault("pid", item.pid)
                 return json.dumps(obj, ensure_ascii=False)
         except ValueError:
             pass
@@ -507,14 +530,11 @@ class _Filter:
     since: float | None
     until: float | None
     grep: re.Pattern[str] | None
-
-    @property
-    def active(self) -> bool:
-        return not (
-            self.level is None and self.since is None and self.until is None and not self.grep
-        )
+    pids: list[int] | None = None
 
     def keeps(self, r: Record) -> bool:
+        if self.pids and r.pid not in self.pids:
+            return False
         if self.level is not None and r.level < self.level:
             return False
         if self.since is not None and r.time < self.since:
@@ -530,6 +550,22 @@ class _Filter:
         return self.since is None or h.stream or h.last_time_us / 1e6 >= self.since
 
 
+class _NotALog(Exception):
+    """An input that is neither a log nor a cache: the command stops with status 2."""
+
+
+def _decode_groups(files: list[str]) -> list[tuple[str | None, list[str]]]:
+    """What is decoded, in order: a file alone, a folder day by day (with the folder)."""
+    groups: list[tuple[str | None, list[str]]] = []
+    for arg in files:
+        if arg != "-" and os.path.isdir(arg):
+            groups.extend((arg, day) for day in log_days_in(arg))
+            groups.append((arg, []))  # its caches, after its days
+        else:
+            groups.append((None, [arg]))
+    return groups
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     prog = "mmaplog decode"
 
@@ -539,8 +575,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
     reader = _make_reader(prog, args.key, on_damage)
     if reader is None:
         return EXIT_USAGE
-    filt = _Filter(args.level, args.since, args.until, args.grep)
+    filt = _Filter(args.level, args.since, args.until, args.grep, args.pid)
     scan_damaged = False
+    in_logs: set[tuple[str, int]] = set()
+    done = 0
 
     def decode_log(
         data: fmt.Buffer, source: str, progress: _Progress, done: int
@@ -552,8 +590,26 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 on_damage(source, item)
                 continue
             block, records = item
+            in_logs.add((block.header.session.hex(), block.header.seq))
             yield from records
             progress.update(done + block.end)
+
+    def file_items(paths: list[str], progress: _Progress) -> Iterator[Record | Marker]:
+        nonlocal done
+        for source, data in _inputs(paths):
+            if not _is_log(data):
+                _close(data)
+                raise _NotALog(f"{source}: not an mmaplog file")
+            try:
+                if data_kind(data) == "log":
+                    yield from decode_log(data, source, progress, done)
+                else:
+                    yield from reader.iter_data(data, source)
+            finally:
+                if source != "<stdin>":
+                    done += len(data)
+                progress.update(done)
+                _close(data)
 
     out: IO[str]
     with contextlib.ExitStack() as stack:
@@ -566,51 +622,70 @@ def cmd_decode(args: argparse.Namespace) -> int:
         else:
             out = sys.stdout
         render = _format_json if args.format == "json" else _text_renderer(out, args.raw)
+        shown: set[str] = set()
+
+        def write(items: Iterator[Record | Marker]) -> None:
+            for n, item in enumerate(items):
+                if not n & 1023:
+                    progress.update(done)  # drawn while a slow reader holds the output up
+                if isinstance(item, Marker):
+                    # The runs of a session merged with others may repeat its marker.
+                    if item.text in shown:
+                        continue
+                    shown.add(item.text)
+                out.write(render(item))
+                out.write("\n")
+
         if _missing(prog, args.files):
             return EXIT_USAGE
         try:
-            paths = expand_paths(args.files)
+            groups = _decode_groups(args.files)
             # Records scrolling on the terminal are progress enough: no bar over them.
             on_tty = out is sys.stdout and sys.stdout.isatty()
             progress = _Progress(
-                _total_size(paths), enabled=sys.stderr.isatty() and not on_tty, label="decode"
+                _total_size([p for _folder, paths in groups for p in paths]),
+                enabled=sys.stderr.isatty() and not on_tty,
+                label="decode",
             )
             stack.callback(progress.close)
-            done = 0
-            pending: Marker | None = None
-            for source, data in _inputs(paths):
-                if not _is_log(data):
-                    _close(data)
-                    _err(prog, f"{source}: not an mmaplog file")
-                    return EXIT_USAGE
-                try:
-                    if data_kind(data) == "log":
-                        items = decode_log(data, source, progress, done)
-                    else:
-                        items = reader.iter_data(data, source)
-                    for item in items:
-                        if isinstance(item, Marker):
-                            if filt.active:
-                                # Printed only before a record that passes the filters.
-                                pending = item
-                                continue
-                        elif not filt.keeps(item):
-                            continue
-                        elif pending is not None:
-                            out.write(render(pending))
-                            out.write("\n")
-                            pending = None
-                        out.write(render(item))
-                        out.write("\n")
-                finally:
-                    if source != "<stdin>":
-                        done += len(data)
-                    progress.update(done)
-                    _close(data)
+            for folder, paths in groups:
+                if paths:
+                    write(merge_by_time(file_items(paths, progress), filt.keeps))
+                    continue
+                assert folder is not None
+                waiting = waiting_records(reader, folder, in_logs)
+                if not waiting and not log_days_in(folder):
+                    _err(prog, f"no log files in {folder}")
+                for w in waiting:
+                    _err(prog, _waiting_note(w, folder))
+                    write(iter([Marker(_waiting_marker(w, folder), w.path)]))
+                    write(merge_by_time(iter(w.records), filt.keeps))
+                in_logs.clear()
+        except _NotALog as exc:
+            _err(prog, str(exc))
+            return EXIT_USAGE
         except (OSError, MmapLogError) as exc:
             return _reading_failed(prog, exc)
     _report_mismatch(prog, args.key, reader)
     return EXIT_DAMAGED if reader.damaged or scan_damaged else EXIT_OK
+
+
+def _pids(w: Waiting) -> str:
+    return ("pid " if len(w.pids) == 1 else "pids ") + ", ".join(map(str, w.pids))
+
+
+def _waiting_note(w: Waiting, folder: str) -> str:
+    n = len(w.records)
+    return (
+        f"{w.path}: {n} record{'s' if n != 1 else ''} of {_pids(w)} (no longer running) "
+        f"not recovered yet, shown last; `mmaplog recover {folder}` moves them into the log"
+    )
+
+
+def _waiting_marker(w: Waiting, folder: str) -> str:
+    return (
+        f"-- not recovered yet: left in {w.path} by {_pids(w)}; run `mmaplog recover {folder}` --"
+    )
 
 
 def _reading_failed(prog: str, exc: OSError | MmapLogError, name: str = "") -> int:
@@ -916,8 +991,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     have_key = args.key is not None
     status = EXIT_USAGE if _missing(prog, args.files) else EXIT_OK
     present = [p for p in args.files if p == "-" or os.path.exists(p)]
+    found_caches: dict[str, str] = {}  # a dead process's cache found in a folder: the folder
     try:
-        paths = expand_paths(present)
+        paths = []
+        for arg in present:
+            if arg != "-" and os.path.isdir(arg):
+                logs = expand_paths([arg])
+                caches = verify_caches(arg)
+                if not logs and not caches:
+                    _err(prog, f"no log files in {arg}")
+                paths.extend(logs + caches)
+                found_caches.update(dict.fromkeys(caches, arg))
+            else:
+                paths.append(arg)
     except OSError as exc:
         _err(prog, f"{exc.filename or ''}: cannot read: {exc.strerror or exc}")
         return EXIT_USAGE
@@ -949,9 +1035,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
                             blocks.add((item.session, item.seq))
                     check.blocks = len(blocks)
             except NeedKeyError as exc:
-                _err(prog, str(exc))
-                status = EXIT_USAGE
-                checks.pop(source, None)
+                if source in found_caches:
+                    # Found in a folder, not asked for by name: count it from its
+                    # block templates, as the encrypted log blocks without --key.
+                    _count_sealed_cache(data, checks[source])
+                else:
+                    _err(prog, str(exc))
+                    status = EXIT_USAGE
+                    checks.pop(source, None)
             finally:
                 if source in checks:
                     checks[source].mismatched = reader.mismatched.get(source, 0)
@@ -962,12 +1053,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
         progress.close()
     try:
         _print_verify(list(checks.values()), have_key)
+        waiting = [path for path in found_caches if path in checks and checks[path].records]
+        for folder in dict.fromkeys(found_caches[path] for path in waiting):
+            n = sum(1 for path in waiting if found_caches[path] == folder)
+            sys.stdout.write(
+                f"{n} cache{'s' if n != 1 else ''} in {folder} of processes no longer running "
+                f"hold{'s' if n == 1 else ''} records not recovered yet: "
+                f"`mmaplog recover {folder}` moves them into the log\n"
+            )
     except BrokenPipeError:
         return _broken_pipe()
     _report_mismatch(prog, args.key, reader)
     if status == EXIT_OK and (reader.key_mismatch or any(c.damage for c in checks.values())):
         status = EXIT_DAMAGED
     return status
+
+
+def _count_sealed_cache(data: fmt.Buffer, check: _FileCheck) -> None:
+    """Without the key: a cache's blocks and records by their templates and chunk walks."""
+    from ._recovery import RecoveryReport, _slots_of
+
+    check.blocks = check.records = 0
+    _info, contents = _slots_of(bytes(data), RecoveryReport())
+    for c in contents:
+        if c.count:
+            check.blocks += 1
+            check.records += c.count
+            check.unverified += 1
 
 
 def _verify_log(
@@ -1039,9 +1151,11 @@ class _FileStats:
     last_us: int | None = None
     damaged_bytes: int = 0
     note: str = ""
+    waiting: bool = False
+    """A cache of a dead process: its records are not in the log yet."""
 
 
-def _file_stats(path: str) -> _FileStats:
+def _file_stats(path: str, in_logs: set[tuple[bytes, int]]) -> _FileStats:
     data = read_file(path)
     try:
         st = _FileStats(path, len(data))
@@ -1053,6 +1167,7 @@ def _file_stats(path: str) -> _FileStats:
                 st.damaged_bytes += item.end - item.start
                 continue
             h = item.header
+            in_logs.add((h.session, h.seq))
             st.blocks += 1
             st.records += h.count
             on_disk = h.header_len + h.payload_len
@@ -1099,11 +1214,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
     folder = args.log_dir
     if not _is_log_folder(prog, folder):
         return EXIT_USAGE
+    in_logs: set[tuple[bytes, int]] = set()
     try:
-        stats = [_file_stats(p) for p in log_files_in(folder, args.prefix)]
+        stats = [_file_stats(p, in_logs) for p in log_files_in(folder, args.prefix)]
+        caches = count_caches(folder, in_logs, args.prefix)
     except OSError as exc:
         _err(prog, f"{exc.filename or folder}: cannot read: {exc.strerror or exc}")
         return EXIT_USAGE
+    for c in caches:
+        if c.records:
+            stats.append(
+                _FileStats(
+                    c.path,
+                    c.size,
+                    blocks=c.blocks,
+                    records=c.records,
+                    first_us=c.first_us,
+                    last_us=c.last_us,
+                    waiting=True,
+                )
+            )
+        elif c.live:
+            stats.append(_FileStats(c.path, c.size, note="cache of a running process"))
     try:
         _print_stats(folder, stats)
     except BrokenPipeError:
@@ -1114,7 +1246,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def _print_stats(folder: str, stats: list[_FileStats]) -> None:
     out = sys.stdout
     if not stats:
-        out.write(f"{folder}: no log files\n")
+        out.write(f"no log files in {folder}\n")
         return
     name_width = max(len(os.path.basename(s.path)) for s in stats)
     out.write(
@@ -1128,7 +1260,9 @@ def _print_stats(folder: str, stats: list[_FileStats]) -> None:
             continue
         out.write(
             f"{name:<{name_width}}  {_human(s.size):>10}  {s.blocks:>7}  {s.records:>9}  "
-            f"{_stamp(s.first_us):<29}  {_stamp(s.last_us)}\n"
+            f"{_stamp(s.first_us):<29}  {_stamp(s.last_us)}"
+            + ("  (cache, not recovered)" if s.waiting else "")
+            + "\n"
         )
     size = sum(s.size for s in stats)
     blocks = sum(s.blocks for s in stats)
@@ -1156,6 +1290,14 @@ def _print_stats(folder: str, stats: list[_FileStats]) -> None:
             f"recovered: {stream} stream-form blocks, {_human(stream_bytes)} on disk "
             "(counted in blocks and records, not in the ratio: their raw size is not "
             "recorded)\n"
+        )
+    waiting = [s for s in stats if s.waiting]
+    if waiting:
+        n = sum(s.records for s in waiting)
+        out.write(
+            f"not recovered: {n} records in {len(waiting)} cache{'s' if len(waiting) != 1 else ''} "
+            f"of processes no longer running (counted above); `mmaplog recover {folder}` moves "
+            "them into the log\n"
         )
     damaged = sum(s.damaged_bytes for s in stats)
     if damaged:
@@ -1310,6 +1452,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", type=parse_time, metavar="T", help="records at or before T")
     p.add_argument(
         "--grep", type=parse_regex, metavar="RE", help="records whose text matches RE (Python re)"
+    )
+    p.add_argument(
+        "--pid",
+        type=int,
+        action="append",
+        metavar="PID",
+        help="records of this process (repeat for more)",
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument(

@@ -303,3 +303,77 @@ def test_keygen_writes_the_private_key_only_to_a_file_and_pubkey_prints_the_publ
     assert res.returncode == 0 and res.stdout == public + "\n"
     res = run("pubkey", str(tmp_path / "nope.key"))
     assert res.returncode == 2 and res.stderr.strip().endswith("nope.key: no such file")
+
+
+# -- after a crash, and many processes --------------------------------------------------
+
+
+def test_decode_stats_and_verify_of_a_folder_show_what_a_dead_process_left(log_dir):
+    """After a kill before any move, decode shows the cache's records; stats, verify count them."""
+    write_log(log_dir, ["in the log"])
+    killed_writer(log_dir, ["left 1", "left 2"], prefix="svc")
+    res = run("decode", log_dir)
+    assert res.returncode == 0, res.stderr
+    cache = os.path.join(log_dir, "svc.mmap")
+    lines = res.stdout.splitlines()
+    assert lines[0] == "in the log" and lines[2:] == ["left 1", "left 2"]
+    assert lines[1].startswith(f"-- not recovered yet: left in {cache} by pid ")
+    assert f"run `mmaplog recover {log_dir}` --" in lines[1]
+    assert "2 records of pid" in res.stderr and f"mmaplog recover {log_dir}" in res.stderr
+    res = run("stats", log_dir)
+    assert res.returncode == 0, res.stderr
+    assert "svc.mmap" in res.stdout and "(cache, not recovered)" in res.stdout
+    assert "not recovered: 2 records in 1 cache of processes no longer running" in res.stdout
+    res = run("verify", log_dir)
+    assert res.returncode == 0, res.stderr
+    assert f"{cache}: cache file: 1 blocks, 2 records: ok" in res.stdout
+    assert f"1 cache in {log_dir} of processes no longer running" in res.stdout
+    # Reading changed nothing: recovery still finds the two records.
+    assert run("recover", log_dir).stdout.strip() == "recovered 2 records"
+    assert "not recovered" not in run("decode", log_dir).stdout
+
+
+def test_an_empty_folder_says_it_has_no_log_files(tmp_path):
+    """decode, verify and stats of a folder with no logs say "no log files in" it."""
+    folder = str(tmp_path)
+    for command in ("decode", "verify", "stats"):
+        res = run(command, folder)
+        assert res.returncode == 0, res.stderr
+        assert f"no log files in {folder}" in res.stderr + res.stdout
+
+
+_BUSY_WRITER = textwrap.dedent(
+    """
+    import logging, sys, time
+    import mmaplog
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="app", buffer_size=16 * 1024,
+                            flush_interval=0.02)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for i in range(300):
+        h.handle(logging.LogRecord("w", logging.INFO, "w.py", 1, "%s " + "x" * 60, (i,), None))
+        time.sleep(0.001)
+    h.close()
+    """
+)
+
+
+def test_a_folder_of_several_processes_decodes_in_time_order(log_dir):
+    """Three processes logging at once decode in time order, with the pid in JSON and --pid."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _BUSY_WRITER, log_dir], env=ENV) for _ in range(3)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    res = run("decode", "--format", "json", log_dir)
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(events) == 900
+    stamps = [e["time"] for e in events]
+    assert stamps == sorted(stamps)
+    pids = sorted({e["pid"] for e in events})
+    assert pids == sorted(p.pid for p in procs)
+    for pid in pids:  # each process's records in its own order
+        mine = [int(e["message"].split()[0]) for e in events if e["pid"] == pid]
+        assert mine == list(range(300))
+    res = run("decode", "--pid", str(pids[1]), log_dir)
+    assert len(res.stdout.splitlines()) == 300 and res.returncode == 0
