@@ -7,6 +7,7 @@ on stderr with a documented exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime as _dt
 import io
@@ -265,11 +266,42 @@ def escape_controls(text: str) -> str:
     return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+_COLOURS = (
+    (logging.CRITICAL, "\x1b[1;31m"),
+    (logging.ERROR, "\x1b[31m"),
+    (logging.WARNING, "\x1b[33m"),
+    (logging.INFO, ""),
+    (logging.NOTSET, "\x1b[2m"),
+)
+
+
+def _colour(item: Record | Marker) -> str:
+    if isinstance(item, Marker) or item.kind == fmt.KIND_NOTE:
+        return "\x1b[1m"
+    for level, code in _COLOURS:
+        if item.level >= level:
+            return code
+    return ""
+
+
+def _use_colour(out: IO[str]) -> bool:
+    # https://no-color.org: any non-empty NO_COLOR turns colour off.
+    return out.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
 def _text_renderer(out: IO[str], raw: bool) -> Callable[[Record | Marker], str]:
-    """How records are written to ``out``: escaped on a terminal unless ``raw``."""
-    if raw or not out.isatty():
+    """How records are written to ``out``: on a terminal, escaped unless ``raw``, and coloured."""
+    if not out.isatty():
         return _format_text
-    return lambda item: escape_controls(_format_text(item))
+    text = _format_text if raw else lambda item: escape_controls(_format_text(item))
+    if not _use_colour(out):
+        return text
+
+    def coloured(item: Record | Marker) -> str:
+        code = _colour(item)
+        return f"{code}{text(item)}\x1b[0m" if code else text(item)
+
+    return coloured
 
 
 def _format_json(item: Record | Marker) -> str:
@@ -283,7 +315,7 @@ def _format_json(item: Record | Marker) -> str:
                 return json.dumps(obj, ensure_ascii=False)
         except ValueError:
             pass
-    stamp = _dt.datetime.fromtimestamp(item.time).astimezone().isoformat(timespec="milliseconds")
+    stamp = _local(item.time).isoformat(timespec="milliseconds")
     # Records keep the rendered line, not the logger's name: it is read back from
     # lines in xlog's layout (the default formatter's), and is null otherwise.
     m = _XLOG_LOGGER.match(item.text)
@@ -339,13 +371,45 @@ def parse_level(value: str) -> int:
     return level
 
 
-def parse_time(value: str, now: float | None = None) -> float:
-    """Seconds since the epoch for an ISO 8601 date/time (local unless zoned) or ``10m`` ago."""
-    m = _AGO.match(value)
+_UTC = False
+"""``--utc``: times are shown, and naive times given are read, in UTC."""
+
+
+def _local(when: float) -> _dt.datetime:
+    """``when`` as an aware datetime in the zone times are shown in (local, or UTC)."""
+    if _UTC:
+        return _dt.datetime.fromtimestamp(when, _dt.timezone.utc)
+    return _dt.datetime.fromtimestamp(when).astimezone()
+
+
+_AGO_WORDS = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?|w|weeks?)"
+    r"\s+ago\s*$",
+    re.IGNORECASE,
+)
+_DAYS = {"today": 0, "yesterday": -1, "tomorrow": 1}
+
+
+def parse_time(value: str, now: float | None = None, *, utc: bool = False) -> float:
+    """Seconds since the epoch for a time as ``--since`` takes it.
+
+    An ISO 8601 date or date and time (local, or UTC with ``utc``, unless zoned),
+    a time ago (``10m``, ``2h``, ``1 hour ago``), or a word: ``now``, ``today``,
+    ``yesterday``, ``tomorrow`` (the days at midnight).
+    """
+    base = time.time() if now is None else now
+    m = _AGO.match(value) or _AGO_WORDS.match(value)
     if m is not None:
-        base = time.time() if now is None else now
-        return base - float(m.group(1)) * _AGO_SECONDS[m.group(2)]
+        return base - float(m.group(1)) * _AGO_SECONDS[m.group(2)[0].lower()]
     text = value.strip()
+    word = text.lower()
+    zone = _dt.timezone.utc if utc else None
+    if word == "now":
+        return base
+    if word in _DAYS:
+        day = _dt.datetime.fromtimestamp(base, zone).date() + _dt.timedelta(days=_DAYS[word])
+        midnight = _dt.datetime.combine(day, _dt.time(), zone)
+        return midnight.timestamp() if utc else midnight.astimezone().timestamp()
     if text[-1:] in ("Z", "z"):
         text = text[:-1] + "+00:00"
     try:
@@ -353,10 +417,19 @@ def parse_time(value: str, now: float | None = None) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"not a time: {value!r} (expected an ISO 8601 date or date and time, "
-            "e.g. 2026-11-25 or 2026-11-25T14:30:00, or a time ago: 30s, 10m, 2h, 3d, 1w)"
+            "e.g. 2026-11-25 or 2026-11-25T14:30:00; a time ago: 30s, 10m, 2h, 3d, 1w, "
+            "'1 hour ago'; or now, today, yesterday)"
         ) from None
+    if when.tzinfo is None and utc:
+        when = when.replace(tzinfo=_dt.timezone.utc)
     # A naive time is local time: astimezone() on a naive datetime assumes exactly that.
     return when.astimezone().timestamp()
+
+
+def _check_time(value: str) -> str:
+    """Validate a ``--since``/``--until`` value; it is read after ``--utc`` is known."""
+    parse_time(value)
+    return value
 
 
 def parse_regex(value: str) -> re.Pattern[str]:
@@ -614,17 +687,24 @@ def cmd_decode(args: argparse.Namespace) -> int:
     out: IO[str]
     with contextlib.ExitStack() as stack:
         if args.output and args.output != "-":
-            try:
-                out = stack.enter_context(open(args.output, "w", encoding="utf-8"))
-            except OSError as exc:
-                _err(prog, f"{args.output}: cannot write: {exc.strerror}")
+            if _missing(prog, args.files):
                 return EXIT_USAGE
+            created = _create_private(prog, args.output, args.force)
+            if created is None:
+                return EXIT_USAGE
+            out = stack.enter_context(created)
         else:
             out = sys.stdout
         render = _format_json if args.format == "json" else _text_renderer(out, args.raw)
         shown: set[str] = set()
+        # -n N: the last N records, each with the marker (if any) printed before it.
+        last: collections.deque[tuple[Marker | None, Record]] | None = None
+        if args.lines is not None:
+            last = collections.deque(maxlen=args.lines)
+        held: Marker | None = None
 
         def write(items: Iterator[Record | Marker]) -> None:
+            nonlocal held
             for n, item in enumerate(items):
                 if not n & 1023:
                     progress.update(done)  # drawn while a slow reader holds the output up
@@ -633,6 +713,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
                     if item.text in shown:
                         continue
                     shown.add(item.text)
+                if last is not None:
+                    if isinstance(item, Marker):
+                        held = item
+                    else:
+                        last.append((held, item))
+                        held = None
+                    continue
                 out.write(render(item))
                 out.write("\n")
 
@@ -661,6 +748,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
                     write(iter([Marker(_waiting_marker(w, folder), w.path)]))
                     write(merge_by_time(iter(w.records), filt.keeps))
                 in_logs.clear()
+            for marker, record in last or ():
+                if marker is not None:
+                    out.write(render(marker))
+                    out.write("\n")
+                out.write(render(record))
+                out.write("\n")
         except _NotALog as exc:
             _err(prog, str(exc))
             return EXIT_USAGE
@@ -748,6 +841,7 @@ class _Tail:
     unreadable: set[str] = field(default_factory=set)
     images: dict[str, bytes] = field(default_factory=dict)
     damaged: bool = False
+    keep: Callable[[Record], bool] | None = None
 
     def log_files(self) -> list[str]:
         return log_files_in(self.folder, self.prefix)
@@ -864,19 +958,26 @@ class _Tail:
                 with contextlib.suppress(OSError):
                     self.offsets[path] = self.sizes[path] = os.stat(path).st_size
                 continue
-            chunk = self.read_log(path)
+            chunk = self._kept(self.read_log(path))
             chunks.append(chunk)
             count += len(chunk)
         lines = [line for chunk in reversed(chunks) for line in chunk]
-        lines.extend(self.read_caches())
+        lines.extend(self._kept(self.read_caches()))
         lines.sort(key=lambda line: line.time)
         return lines[-n:] if n else []
+
+    def _kept(self, lines: list[_Line]) -> list[_Line]:
+        if self.keep is None:
+            return lines
+        keep = self.keep
+        return [line for line in lines if keep(line.record)]
 
     def poll(self) -> list[_Line]:
         lines: list[_Line] = []
         for path in self.log_files():
             lines.extend(self.read_log(path))
         lines.extend(self.read_caches())
+        lines = self._kept(lines)
         lines.sort(key=lambda line: line.time)
         return lines
 
@@ -919,6 +1020,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     log_reader.markers = cache_reader.markers = False
     tail = _Tail(folder, args.prefix, log_reader, cache_reader)
+    tail.keep = _Filter(args.level, args.since, args.until, args.grep, args.pid).keeps
     stop = threading.Event()
     previous: Any = None
     if args.follow:
@@ -1189,7 +1291,7 @@ def _file_stats(path: str, in_logs: set[tuple[bytes, int]]) -> _FileStats:
 def _stamp(time_us: int | None) -> str:
     if time_us is None:
         return "-"
-    when = _dt.datetime.fromtimestamp(time_us / 1e6).astimezone()
+    when = _local(time_us / 1e6)
     return (
         when.strftime("%Y-%m-%d %H:%M:%S.")
         + f"{when.microsecond // 1000:03d}"
@@ -1425,8 +1527,37 @@ def _sub(
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.set_defaults(func=func)
+    p.set_defaults(func=func, parser=p)
     return p
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--level", type=parse_level, metavar="LEVEL", help="records at or above LEVEL")
+    p.add_argument("--since", type=_check_time, metavar="T", help="records at or after T")
+    p.add_argument("--until", type=_check_time, metavar="T", help="records at or before T")
+    p.add_argument(
+        "--grep", type=parse_regex, metavar="RE", help="records whose text matches RE (Python re)"
+    )
+    p.add_argument(
+        "--pid",
+        type=int,
+        action="append",
+        metavar="PID",
+        help="records of this process (repeat for more)",
+    )
+
+
+def _add_display(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="print control characters as they are (on a terminal they are escaped as \\xNN)",
+    )
+    p.add_argument(
+        "--utc",
+        action="store_true",
+        help="show times in UTC, and read times without a zone given to --since and --until as UTC",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1436,6 +1567,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=MAIN_EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"mmaplog {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     key_help = "private key file (or its text) for encrypted logs"
 
@@ -1447,26 +1579,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="log files, folders of them (in time order), cache files, or - for stdin",
     )
     p.add_argument("--key", help=key_help)
-    p.add_argument("--level", type=parse_level, metavar="LEVEL", help="records at or above LEVEL")
-    p.add_argument("--since", type=parse_time, metavar="T", help="records at or after T")
-    p.add_argument("--until", type=parse_time, metavar="T", help="records at or before T")
+    _add_filters(p)
     p.add_argument(
-        "--grep", type=parse_regex, metavar="RE", help="records whose text matches RE (Python re)"
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: each record's line as logged (default); json: one JSON object per "
+        "record and line (JSON Lines)",
     )
     p.add_argument(
-        "--pid",
-        type=int,
-        action="append",
-        metavar="PID",
-        help="records of this process (repeat for more)",
+        "-n",
+        "--lines",
+        type=parse_count,
+        metavar="N",
+        help="only the last N records (after the filters)",
     )
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    _add_display(p)
     p.add_argument(
-        "--raw",
-        action="store_true",
-        help="print control characters as they are (on a terminal they are escaped as \\xNN)",
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write here instead of stdout (a new file, mode 0600: it may hold decrypted text)",
     )
-    p.add_argument("-o", "--output", help="write here instead of stdout")
+    p.add_argument("--force", action="store_true", help="let -o replace an existing file")
 
     p = _sub(
         sub,
@@ -1485,13 +1620,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many records (default 10)",
     )
     p.add_argument("-f", "--follow", action="store_true", help="print new records as they come")
-    p.add_argument(
-        "--raw",
-        action="store_true",
-        help="print control characters as they are (on a terminal they are escaped as \\xNN)",
-    )
     p.add_argument("--prefix", help="only the logs and caches of this prefix")
     p.add_argument("--key", help=key_help)
+    _add_filters(p)
+    _add_display(p)
 
     p = _sub(sub, "verify", "check every block of log files", VERIFY_EPILOG, cmd_verify)
     p.add_argument(
@@ -1511,6 +1643,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("log_dir", metavar="LOG_DIR", help="the log folder")
     p.add_argument("--prefix", help="only the log files of this prefix")
+    p.add_argument("--utc", action="store_true", help="show times in UTC")
 
     p = _sub(
         sub,
@@ -1541,10 +1674,27 @@ def _tolerant_stdout() -> None:
         sys.stdout.reconfigure(errors="backslashreplace")
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _UTC
     _tolerant_stdout()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    sub: argparse.ArgumentParser = args.parser
+    if extra:
+        # argparse leaves what a subcommand does not know to the top level, whose
+        # usage does not help: say it with the subcommand's.
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    _UTC = bool(getattr(args, "utc", False))
+    for name in ("since", "until"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(args, name, parse_time(value, utc=_UTC))
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

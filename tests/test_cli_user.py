@@ -159,11 +159,12 @@ def test_tail_n_larger_than_the_log_prints_every_record(log_dir):
 # -- output -----------------------------------------------------------------------------
 
 
-def on_terminal(*args: str) -> str:
+def on_terminal(*args: str, env: dict[str, str] | None = None) -> str:
     """Run ``mmaplog ARGS`` with stdout on a pseudo-terminal; what it printed there."""
     master, slave = pty.openpty()
     try:
-        with subprocess.Popen([*MMAPLOG, *args], stdout=slave, env=ENV) as proc:
+        env = {**ENV, "NO_COLOR": "1", **(env or {})}
+        with subprocess.Popen([*MMAPLOG, *args], stdout=slave, env=env) as proc:
             os.close(slave)
             slave = -1
             seen = b""
@@ -377,3 +378,91 @@ def test_a_folder_of_several_processes_decodes_in_time_order(log_dir):
         assert mine == list(range(300))
     res = run("decode", "--pid", str(pids[1]), log_dir)
     assert len(res.stdout.splitlines()) == 300 and res.returncode == 0
+
+
+# -- conventions ------------------------------------------------------------------------
+
+
+def test_version_and_unknown_options():
+    """--version prints the version; an unknown option prints the subcommand's usage, exit 2."""
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"mmaplog {mmaplog.__version__}"
+    res = run("decode", "--bogus", "logs")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("usage: mmaplog decode")
+    assert res.stderr.strip().endswith("unrecognized arguments: --bogus")
+
+
+def test_output_file_is_new_and_private_unless_forced(log_dir, tmp_path):
+    """decode -o creates a 0600 file, never replaces one without --force, and --force does."""
+    write_log(log_dir, ["one"])
+    out = tmp_path / "out.txt"
+    assert run("decode", "-o", str(out), log_dir).returncode == 0
+    assert out.read_text() == "one\n" and out.stat().st_mode & 0o777 == 0o600
+    out.write_text("keep me\n")
+    out.chmod(0o644)
+    res = run("decode", "-o", str(out), log_dir)
+    assert res.returncode == 2 and "already exists" in res.stderr and "--force" in res.stderr
+    assert out.read_text() == "keep me\n"
+    assert run("decode", "-o", str(out), "--force", log_dir).returncode == 0
+    assert out.read_text() == "one\n" and out.stat().st_mode & 0o777 == 0o600
+
+
+def test_since_and_until_take_words_and_utc(log_dir):
+    """--since/--until take now, today, yesterday and '1 hour ago'; --utc shows UTC times."""
+    import datetime as dt
+    import time
+
+    now = time.time()
+    stamps = [now - 3 * 86400, now - 7200, now - 60]
+    h = mmaplog.MmapHandler(log_dir, prefix="app")
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for i, when in enumerate(stamps):
+        r = logging.LogRecord("w", logging.INFO, "w.py", 1, f"r{i}", None, None)
+        r.created = when
+        h.handle(r)
+    h.close()
+
+    def texts(*args: str) -> list[str]:
+        res = run("decode", *args, log_dir)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.splitlines()
+
+    assert texts("--since", "1 hour ago") == ["r2"]
+    assert texts("--since", "3 hours ago", "--until", "now") == ["r1", "r2"]
+    assert texts("--until", "yesterday") == ["r0"]
+    midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
+    assert texts("--since", "today") == [f"r{i}" for i, t in enumerate(stamps) if t >= midnight]
+    res = run("decode", "--utc", "--format", "json", log_dir)
+    assert all(json.loads(line)["time"].endswith("+00:00") for line in res.stdout.splitlines())
+    assert "+0000" in run("stats", "--utc", log_dir).stdout
+    res = run("decode", "--since", "the day before", log_dir)
+    assert res.returncode == 2 and "not a time" in res.stderr
+
+
+def test_levels_are_coloured_on_a_terminal_unless_no_color(log_dir):
+    """On a terminal, warnings and errors are coloured; NO_COLOR and pipes get plain text."""
+    h = mmaplog.MmapHandler(log_dir, prefix="app")
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for level in (logging.INFO, logging.WARNING, logging.ERROR):
+        h.handle(logging.LogRecord("w", level, "w.py", 1, logging.getLevelName(level), None, None))
+    h.close()
+    coloured = on_terminal("decode", log_dir, env={"NO_COLOR": "", "TERM": "xterm"})
+    assert coloured.splitlines() == ["INFO", "\x1b[33mWARNING\x1b[0m", "\x1b[31mERROR\x1b[0m"]
+    plain = on_terminal("decode", log_dir, env={"NO_COLOR": "1", "TERM": "xterm"})
+    assert plain.splitlines() == ["INFO", "WARNING", "ERROR"]
+    assert run("decode", log_dir).stdout.splitlines() == ["INFO", "WARNING", "ERROR"]
+
+
+def test_tail_takes_the_filters_and_decode_takes_n(log_dir):
+    """tail takes --level/--grep/--pid like decode, and decode -n N prints the last N records."""
+    texts = [f"record {i}" for i in range(20)]
+    write_log(log_dir, texts)
+    res = run("tail", "-n", "3", "--grep", "record 1", log_dir)
+    assert res.returncode == 0 and res.stdout.splitlines() == texts[17:20]
+    assert run("tail", "--level", "ERROR", log_dir).stdout == ""
+    assert run("decode", "-n", "2", log_dir).stdout.splitlines() == texts[-2:]
+    assert run("decode", "-n", "2", "--grep", "record [1-5]$", log_dir).stdout.splitlines() == [
+        "record 4",
+        "record 5",
+    ]
