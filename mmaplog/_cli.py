@@ -77,8 +77,9 @@ ISO 8601 date or date and time (local time unless it has a zone: 2026-11-25,
 1w. --since and --until are inclusive. LEVEL is a name (DEBUG, INFO, WARNING,
 ERROR, CRITICAL, any case), xlog's letter (V D I W E F) or a number; records at
 or above it are printed. --pid keeps the records of one process (repeat it for
-more); --format json prints one JSON object per line (JSON Lines) with the
-pid of each record.
+more); --format json prints one JSON object per line (JSON Lines): for a text
+record its time, level, logger, pid, session and message; a record logged as
+a JSON object (structlog's JSONRenderer) is printed as that object.
 
 A progress bar is drawn on stderr when it is a terminal and stdout is not.
 On a terminal, control characters in a record's text (escape sequences,
@@ -311,7 +312,6 @@ def _format_json(item: Record | Marker) -> str:
         try:
             obj = json.loads(item.text)
             if isinstance(obj, dict):
-                obj.setdefault("pid", item.pid)
                 return json.dumps(obj, ensure_ascii=False)
         except ValueError:
             pass
