@@ -315,10 +315,19 @@ class MmapHandler(logging.Handler):
     def remove_old_logs(self, now: float | None = None) -> list[str]:
         """Delete this prefix's log files older than ``max_age_days`` (done at start and daily)."""
         try:
-            return self._logs.remove_old(self.max_age_days, time.time() if now is None else now)
+            removed = self._logs.remove_old(self.max_age_days, time.time() if now is None else now)
         except OSError as exc:
             self._warn(f"mmaplog: removing old logs in {self.log_dir}: {exc}")
             return []
+        if removed:
+            # Deleting is the default (max_age_days=10): never do it silently.
+            n = len(removed)
+            self._warn(
+                f"mmaplog: deleted {n} log file{'s' if n != 1 else ''} of prefix "
+                f"{self.prefix!r} older than {self.max_age_days} days in {self.log_dir} "
+                "(max_age_days)"
+            )
+        return removed
 
     @staticmethod
     def _validate(

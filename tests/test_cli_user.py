@@ -466,3 +466,21 @@ def test_tail_takes_the_filters_and_decode_takes_n(log_dir):
         "record 4",
         "record 5",
     ]
+
+
+def test_a_handler_says_when_it_deletes_old_logs(log_dir):
+    """A handler deleting log files past max_age_days (on by default) says so on stderr."""
+    os.makedirs(log_dir)
+    for name in ("app_20200101.mmlog", "app_20200102.mmlog", "other_20200101.mmlog"):
+        with open(os.path.join(log_dir, name), "wb"):
+            pass
+    code = f"import mmaplog; mmaplog.MmapHandler({log_dir!r}, prefix='app').close()"
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60
+    )
+    assert res.returncode == 0
+    assert res.stderr == (
+        f"mmaplog: deleted 2 log files of prefix 'app' older than 10 days in {log_dir} "
+        "(max_age_days)\n"
+    )
+    assert os.listdir(log_dir).count("other_20200101.mmlog") == 1
