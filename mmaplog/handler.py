@@ -221,6 +221,13 @@ class MmapHandler(logging.Handler):
         self._xlog_key = self._validate_xlog(
             format, compression, compress_level, public_key, xlog_public_key
         )
+        if format == "xlog":
+            # Within what xlog itself writes, or Tencent's decoders fail: lines cut at
+            # 16 KiB and xlog's 150 KiB buffer, so a block moves at about 50 KB.
+            from ._xlog import XLOG_BUFFER, XLOG_MAX_LINE
+
+            self._limit = min(self._limit, XLOG_MAX_LINE - 1)  # and its "\n"
+            self.buffer_size = min(self.buffer_size, XLOG_BUFFER)
         self._xlog: XlogBlockWriter | None = None
         self._recipient: bytes | None = None
         if public_key is not None:

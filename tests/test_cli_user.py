@@ -484,3 +484,39 @@ def test_a_handler_says_when_it_deletes_old_logs(log_dir):
         "(max_age_days)\n"
     )
     assert os.listdir(log_dir).count("other_20200101.mmlog") == 1
+
+
+_LONG_XLOG_WRITER = textwrap.dedent(
+    """
+    import logging, os, sys
+    import mmaplog
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="app", format="xlog", compression="zstd",
+                            buffer_size=1024 * 1024)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    def log(text):
+        h.handle(logging.LogRecord("w", logging.INFO, "w.py", 1, text, None, None))
+    log("x" * 200_000)
+    for i in range(3000):
+        log(f"{i} " + os.urandom(60).hex())
+    h.close()
+    """
+)
+
+
+def test_xlog_blocks_stay_within_what_xlog_writes(tmp_path):
+    """With format="xlog", long lines are cut at 16 KiB and no block passes xlog's own sizes."""
+    from mmaplog import _xlog
+
+    folder = str(tmp_path)
+    subprocess.run([sys.executable, "-c", _LONG_XLOG_WRITER, folder], env=ENV, check=True)
+    (name,) = [n for n in os.listdir(folder) if n.endswith(".xlog")]
+    with open(os.path.join(folder, name), "rb") as f:
+        blocks = list(_xlog.iter_blocks(f.read()))
+    assert len(blocks) > 3
+    for block in blocks:
+        assert block.length <= 100_000
+        assert len(_xlog.decode_block(block).encode()) <= 1_000_000
+    lines = run("decode", folder).stdout.splitlines()
+    assert len(lines) == 3001
+    assert lines[0].startswith("xxx") and lines[0].endswith(" [truncated: 200000 bytes]")
+    assert len(lines[0]) + 1 == 16 * 1024  # with its newline
