@@ -308,7 +308,10 @@ def _text_renderer(out: IO[str], raw: bool) -> Callable[[Record | Marker], str]:
 def _format_json(item: Record | Marker) -> str:
     if isinstance(item, Marker):
         return json.dumps({"marker": item.text})
-    if item.kind == fmt.KIND_JSON:
+    # A JSON object is printed as that object: marked as such by the direct structlog
+    # path, or a text record whose whole text is one (structlog's ProcessorFormatter
+    # with JSONRenderer, or any JSON formatter on the stdlib path).
+    if item.kind == fmt.KIND_JSON or item.text[:1] == "{":
         try:
             obj = json.loads(item.text)
             if isinstance(obj, dict):

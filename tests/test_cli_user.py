@@ -520,3 +520,40 @@ def test_xlog_blocks_stay_within_what_xlog_writes(tmp_path):
     assert len(lines) == 3001
     assert lines[0].startswith("xxx") and lines[0].endswith(" [truncated: 200000 bytes]")
     assert len(lines[0]) + 1 == 16 * 1024  # with its newline
+
+
+_STDLIB_STRUCTLOG = textwrap.dedent(
+    """
+    import logging, sys
+    import mmaplog, structlog
+    handler = mmaplog.MmapHandler(sys.argv[1], prefix="api")
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processor=structlog.processors.JSONRenderer()))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    structlog.configure(
+        processors=[structlog.stdlib.add_log_level,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    structlog.get_logger("orders").info("order placed", order=42)
+    logging.getLogger("plain").info("{not json")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("plain").warning("{not json either")
+    handler.close()
+    """
+)
+
+
+def test_json_output_prints_stdlib_structlog_events_as_objects(log_dir):
+    """--format json prints a record whose text is a JSON object (structlog's stdlib path) as it."""
+    pytest.importorskip("structlog")
+    subprocess.run([sys.executable, "-c", _STDLIB_STRUCTLOG, log_dir], env=ENV, check=True)
+    res = run("decode", "--format", "json", log_dir)
+    assert res.returncode == 0, res.stderr
+    first, second, third = (json.loads(line) for line in res.stdout.splitlines())
+    assert first == {"order": 42, "event": "order placed", "level": "info"}
+    assert second == {"event": "{not json"}
+    assert third["message"] == "{not json either" and third["level"] == "WARNING"
