@@ -644,6 +644,15 @@ def _decode_groups(files: list[str]) -> list[tuple[str | None, list[str]]]:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     prog = "mmaplog decode"
+    if args.follow:
+        if len(args.files) != 1 or not os.path.isdir(args.files[0]) or args.output:
+            _err(prog, "-f follows one log folder and writes to stdout (give a folder, no -o)")
+            return EXIT_USAGE
+        # What tail -f does, from the first record on (or the last -n N).
+        follow = argparse.Namespace(**vars(args))
+        follow.log_dir, follow.prefix = args.files[0], None
+        follow.lines = sys.maxsize if args.lines is None else args.lines
+        return cmd_tail(follow, prog)
 
     def on_damage(src: str, d: fmt.Damage) -> None:
         _err(prog, f"{src}: bytes {d.start}-{d.end} skipped: {d.reason}")
@@ -1007,8 +1016,7 @@ def _is_log_folder(prog: str, folder: str) -> bool:
     return True
 
 
-def cmd_tail(args: argparse.Namespace) -> int:
-    prog = "mmaplog tail"
+def cmd_tail(args: argparse.Namespace, prog: str = "mmaplog tail") -> int:
     folder = args.log_dir
     if not _is_log_folder(prog, folder):
         return EXIT_USAGE
@@ -1030,7 +1038,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
         # Ctrl-C sets a flag checked between polls, so it never lands mid-line.
         previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     try:
-        render = _text_renderer(sys.stdout, args.raw)
+        render: Callable[[Record | Marker], str]
+        if getattr(args, "format", "text") == "json":
+            render = _format_json
+        else:
+            render = _text_renderer(sys.stdout, args.raw)
         _print_lines(tail.snapshot(args.lines), render)
         while args.follow and not stop.is_set():
             stop.wait(_POLL_INTERVAL)
@@ -1596,6 +1608,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_count,
         metavar="N",
         help="only the last N records (after the filters)",
+    )
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print new records as they come, as tail -f (one folder)",
     )
     _add_display(p)
     p.add_argument(

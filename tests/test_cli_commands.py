@@ -332,6 +332,31 @@ def test_tail_follow_sees_another_process_and_stops_on_ctrl_c(log_dir, writer):
         tail.stderr.close()
 
 
+def test_decode_follow_prints_everything_then_new_records(log_dir, writer):
+    """decode -f prints every record of the folder, then new ones as they come, like tail -f."""
+    write_log(log_dir, [(f"old {i}", 20, None) for i in range(15)])
+    follow = subprocess.Popen(
+        [*MMAPLOG, "decode", "-f", log_dir], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    assert follow.stdout is not None
+    out = Lines(follow.stdout)
+    try:
+        out.wait_for("old 14")
+        proc, replies = writer
+        tell(proc, replies, "log fresh")
+        out.wait_for("fresh")
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(timeout=10) == 0
+        assert out.seen == [f"old {i}" for i in range(15)] + ["fresh"]
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+        out.close()
+    res = run("decode", "-f", log_dir, log_dir)
+    assert res.returncode == 2 and "-f follows one log folder" in res.stderr
+
+
 # -- verify -----------------------------------------------------------------------------
 
 
