@@ -757,8 +757,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
                     _err(prog, f"no log files in {folder}")
                 for w in waiting:
                     _err(prog, _waiting_note(w, folder))
-                    write(iter([Marker(_waiting_marker(w, folder), w.path)]))
-                    write(merge_by_time(iter(w.records), filt.keeps))
+                    kept = list(merge_by_time(iter(w.records), filt.keeps))
+                    if kept:
+                        write(iter([Marker(_waiting_marker(w, folder), w.path), *kept]))
                 in_logs.clear()
             for marker, record in last or ():
                 if marker is not None:

@@ -321,6 +321,8 @@ def test_decode_stats_and_verify_of_a_folder_show_what_a_dead_process_left(log_d
     assert lines[1].startswith(f"-- not recovered yet: left in {cache} by pid ")
     assert f"run `mmaplog recover {log_dir}` --" in lines[1]
     assert "2 records of pid" in res.stderr and f"mmaplog recover {log_dir}" in res.stderr
+    filtered = run("decode", "--level", "ERROR", log_dir)
+    assert filtered.stdout == "" and "2 records of pid" in filtered.stderr
     res = run("stats", log_dir)
     assert res.returncode == 0, res.stderr
     assert "svc.mmap" in res.stdout and "(cache, not recovered)" in res.stdout
