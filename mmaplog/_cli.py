@@ -29,12 +29,14 @@ from ._reader import (
     Reader,
     Record,
     Waiting,
+    cache_files_in,
     count_caches,
     data_kind,
     expand_paths,
     log_days_in,
     log_files_in,
     merge_by_time,
+    read_cache_file,
     read_file,
     verify_caches,
     waiting_records,
@@ -860,12 +862,7 @@ class _Tail:
         return log_files_in(self.folder, self.prefix)
 
     def cache_files(self) -> list[str]:
-        if self.prefix is None:
-            pattern = re.compile(r"^.+\.mmap$")
-        else:
-            pattern = re.compile(rf"^{re.escape(self.prefix)}(?:\.\d+)?\.mmap$")
-        names = sorted(n for n in os.listdir(self.folder) if pattern.match(n))
-        return [os.path.join(self.folder, n) for n in names]
+        return cache_files_in(self.folder, self.prefix)
 
     def _new(self, records: list[Record]) -> list[_Line]:
         """The records of one block not seen before."""
@@ -937,8 +934,7 @@ class _Tail:
             try:
                 # Plain reads, never a mapping (no SIGBUS) and never the lock: the
                 # chunk checksums tell whole records from the one being written.
-                with open(path, "rb") as f:
-                    data = f.read()
+                data = read_cache_file(path)
             except FileNotFoundError:
                 continue
             except OSError as exc:
@@ -946,7 +942,7 @@ class _Tail:
                     self.unreadable.add(path)
                     _err("mmaplog tail", f"{path}: cannot read: {exc.strerror or exc}")
                 continue
-            if data[:4] != fmt.CACHE_MAGIC or self.images.get(path) == data:
+            if data is None or self.images.get(path) == data:
                 continue  # not a cache, or nothing written since the last poll
             self.images[path] = data
             block: list[Record] = []

@@ -457,13 +457,15 @@ def log_days_in(folder: str, prefix: str | None = None) -> list[list[str]]:
 
 
 def cache_files_in(folder: str, prefix: str | None = None) -> list[str]:
-    """The files in ``folder`` named like caches (``<prefix>[.N].mmap``), in name order."""
+    """The regular files in ``folder`` named like caches (``<prefix>[.N].mmap``), by name."""
     if prefix is None:
         pattern = re.compile(r"^.+\.mmap$")
     else:
         pattern = re.compile(rf"^{re.escape(prefix)}(?:\.\d+)?\.mmap$")
     names = sorted(n for n in os.listdir(folder) if pattern.match(n))
-    return [os.path.join(folder, n) for n in names]
+    paths = [os.path.join(folder, n) for n in names]
+    # Never a FIFO or a device (an open could block) nor a link (not ours to follow).
+    return [p for p in paths if os.path.isfile(p) and not os.path.islink(p)]
 
 
 def cache_is_held(path: str) -> bool:
@@ -474,7 +476,7 @@ def cache_is_held(path: str) -> bool:
     """
     import fcntl
 
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -484,11 +486,23 @@ def cache_is_held(path: str) -> bool:
     return False
 
 
+# A cache is at most 64 MiB of slots and its header: anything larger is not one.
+_MAX_CACHE_FILE = (64 << 20) + (1 << 20)
+
+
 def read_cache_file(path: str) -> bytes | None:
-    """A cache file's image, read (never mapped); None when it is not a cache."""
+    """A cache file's image, read (never mapped); None when it is not a cache.
+
+    The head is read and checked first, so a large file that is not a cache is
+    never read whole.
+    """
     with open(path, "rb") as f:
-        data = f.read()
-    return data if data[:4] == fmt.CACHE_MAGIC and _is_cache(data) else None
+        head = f.read(fmt.CACHE_HEADER_SIZE + 8)
+        if head[:4] != fmt.CACHE_MAGIC or not _is_cache(head):
+            return None
+        if os.fstat(f.fileno()).st_size > _MAX_CACHE_FILE:
+            return None
+        return head + f.read()
 
 
 @dataclass(frozen=True, slots=True)

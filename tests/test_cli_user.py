@@ -559,3 +559,18 @@ def test_json_output_prints_stdlib_structlog_events_as_objects(log_dir):
     assert first == {"order": 42, "event": "order placed", "level": "info"}
     assert second == {"event": "{not json"}
     assert third["message"] == "{not json either" and third["level"] == "WARNING"
+
+
+def test_fifos_and_foreign_files_named_like_caches_are_left_alone(log_dir):
+    """A FIFO or a foreign file named *.mmap in a log folder never blocks or changes a command."""
+    write_log(log_dir, ["one"])
+    os.mkfifo(os.path.join(log_dir, "pipe.mmap"))
+    with open(os.path.join(log_dir, "foreign.mmap"), "wb") as f:
+        f.write(b"x" * 100_000)
+    for args in (("decode",), ("tail",), ("stats",), ("verify",), ("recover",)):
+        res = run(*args, log_dir)
+        assert res.returncode == 0, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert run("decode", log_dir).stdout == "one\n"
+    with open(os.path.join(log_dir, "foreign.mmap"), "rb") as f:
+        assert f.read() == b"x" * 100_000
