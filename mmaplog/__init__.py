@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from ._reader import Record, read_records
+from ._recovery import recover
 from .exceptions import (
     CacheLockedError,
     ConfigError,
@@ -20,7 +21,6 @@ from .exceptions import (
     UnsupportedVersionError,
 )
 from .handler import MmapHandler, XlogFormatter
-from .recover import recover
 
 try:
     __version__: str = _metadata.version("mmaplog")

@@ -137,6 +137,12 @@ _Codec = Literal["plain", "zlib", "zstd", "zlib-chunks"]
 _BytesLike = bytes | bytearray | memoryview
 
 
+XLOG_MAX_LINE = 16 * 1024
+"""xlog cuts a formatted line to fit this buffer (``formater.cc``)."""
+XLOG_BUFFER = 150 * 1024
+"""xlog's async buffer (``kBufferBlockLength``); a block is moved when it is a third full."""
+
+
 @dataclass(frozen=True, slots=True)
 class _MagicInfo:
     header: struct.Struct

@@ -32,9 +32,9 @@ from ._codec import prepare_whole
 from ._crypto import load_public_key
 from ._flusher import Flusher
 from ._logfile import SUFFIX, XLOG_SUFFIX, LogFiles
+from ._recovery import recover_fd
 from ._xlog import XlogBlockWriter
 from .exceptions import ConfigError, UnsupportedVersionError
-from .recover import recover_fd
 
 __all__ = ["MmapHandler", "XlogFormatter"]
 
@@ -253,6 +253,13 @@ class MmapHandler(logging.Handler):
         self._xlog_key = self._validate_xlog(
             format, compression, compress_level, public_key, xlog_public_key
         )
+        if format == "xlog":
+            # Within what xlog itself writes, or Tencent's decoders fail: lines cut at
+            # 16 KiB and xlog's 150 KiB buffer, so a block moves at about 50 KB.
+            from ._xlog import XLOG_BUFFER, XLOG_MAX_LINE
+
+            self._limit = min(self._limit, XLOG_MAX_LINE - 1)  # and its "\n"
+            self.buffer_size = min(self.buffer_size, XLOG_BUFFER)
         self._xlog: XlogBlockWriter | None = None
         self._recipient: bytes | None = None
         if public_key is not None:
@@ -346,10 +353,19 @@ class MmapHandler(logging.Handler):
     def remove_old_logs(self, now: float | None = None) -> list[str]:
         """Delete this prefix's log files older than ``max_age_days`` (done at start and daily)."""
         try:
-            return self._logs.remove_old(self.max_age_days, time.time() if now is None else now)
+            removed = self._logs.remove_old(self.max_age_days, time.time() if now is None else now)
         except OSError as exc:
             self._warn(f"mmaplog: removing old logs in {self.log_dir}: {exc}")
             return []
+        if removed:
+            # Deleting is the default (max_age_days=10): never do it silently.
+            n = len(removed)
+            self._warn(
+                f"mmaplog: deleted {n} log file{'s' if n != 1 else ''} of prefix "
+                f"{self.prefix!r} older than {self.max_age_days} days in {self.log_dir} "
+                "(max_age_days)"
+            )
+        return removed
 
     @staticmethod
     def _validate(
