@@ -14,24 +14,22 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from . import _format as fmt
 from ._blocks import BlockSession
 from ._cache import (
     APPENDED,
     CLOSED,
-    MAX_BUFFER,
-    MIN_BUFFER,
     OVERSIZE,
     Cache,
     cache_names,
     open_locked,
 )
 from ._codec import prepare_whole
-from ._crypto import load_public_key
 from ._flusher import Flusher
 from ._logfile import SUFFIX, XLOG_SUFFIX, LogFiles
+from ._options import HandlerOptions
 from ._recovery import recover_fd
 from ._xlog import XlogBlockWriter
 from .exceptions import ConfigError, UnsupportedVersionError
@@ -123,12 +121,33 @@ class XlogFormatter(logging.Formatter):
 _MILLIS = [f"{ms:03d}" for ms in range(1000)]
 _DEFAULT_FORMATTER = XlogFormatter()
 _pack_record = fmt.RECORD_HEADER.pack
-_COMPRESSIONS = {
-    "zstd": fmt.COMP_ZSTD,
-    "zlib": fmt.COMP_ZLIB,
-    None: fmt.COMP_NONE,
-    "none": fmt.COMP_NONE,
-}
+
+T = TypeVar("T")
+
+
+class _Option(Generic[T]):
+    """A handler attribute that reads its checked option: fixed once the handler is made."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> _Option[T]: ...
+    @overload
+    def __get__(self, instance: MmapHandler, owner: type) -> T: ...
+    def __get__(self, instance: MmapHandler | None, owner: type) -> T | _Option[T]:
+        if instance is None:
+            return self
+        value: T = getattr(instance.options, self.name)
+        return value
+
+    def __set__(self, instance: MmapHandler, value: object) -> None:
+        raise AttributeError(
+            f"{self.name} is fixed when the handler is made (options are checked once); "
+            "make a new handler to change it"
+        )
+
+
 _live: weakref.WeakSet[MmapHandler] = weakref.WeakSet()
 _get_ident = threading.get_ident
 
@@ -168,22 +187,83 @@ if hasattr(os, "register_at_fork"):
 
 
 class MmapHandler(logging.Handler):
-    """A handler that keeps records in a file-backed mmap cache until they are in the log.
+    """A ``logging.Handler`` that keeps records in a file-backed mmap cache until they
+    are in the log, so that a ``kill -9`` loses nothing.
 
-    ``log_dir`` and ``prefix`` name the log files ``<log_dir>/<prefix>_<YYYYMMDD>.mmlog``;
-    the cache is ``<cache_dir>/<prefix>.mmap`` (``cache_dir`` defaults to ``log_dir``;
-    when another live process holds that cache, the next free ``<prefix>.N.mmap``).
-    On start, whatever a dead process left in this prefix's caches is recovered.
+    Log files are ``<log_dir>/<prefix>_<YYYYMMDD>.mmlog`` (``.xlog`` with
+    ``format="xlog"``), by the local date of their first record. The cache is
+    ``<cache_dir>/<prefix>.mmap``, or the next free ``<prefix>.N.mmap`` (N up to 63)
+    when a live process holds it. On start, whatever dead processes left in this
+    prefix's caches is recovered into the log (:attr:`recovered` counts it).
 
-    ``format="xlog"`` writes Tencent Mars xlog files (``<prefix>_<YYYYMMDD>.xlog``)
-    instead, optionally encrypted with xlog's weak scheme to ``xlog_public_key``
-    (see ``docs/xlog.md``); the cache and its crash safety are the same.
+    Args:
+        log_dir (str | os.PathLike): folder of the log files; made (mode 0700) if
+            missing; made absolute once, so a later ``os.chdir`` changes nothing.
+        prefix (str): start of the file names; default ``"app"``; a plain name part
+            (no ``/``, not starting with ``.``).
+        cache_dir (str | os.PathLike | None): folder of the cache file; default
+            ``log_dir``. A folder that log rotation and clean-up tools never touch is
+            safest (a cache shrunk underneath is detected at the next block, but a
+            record written before that kills the process with SIGBUS).
+        buffer_size (int): bytes of cache, split into two block slots; default
+            ``150 * 1024``; from 16 KiB to 64 MiB (with ``format="xlog"`` at most
+            xlog's 150 KiB).
+        compression (str | None): per-record and per-block compression: ``"zstd"``
+            (default), ``"zlib"`` (raw deflate, as xlog) or ``None``.
+        compress_level (int | None): level of the whole-block compression of the log
+            files; default None (zstd 9, tuned; zlib 9); zstd -7..22, zlib 1..9.
+        mode (str): ``"async"`` (default) or ``"sync"``: each record is in the log
+            file before ``emit`` returns (no cache, no thread).
+        flush_interval (float): seconds between moves of a partly filled block;
+            default 5.0; > 0.
+        level (int | str): the handler's level, as for any handler; default NOTSET.
+        max_record_size (int): longer records (UTF-8 bytes) are cut and end in
+            ``[truncated: N bytes]``; default 0 (16 MiB; with xlog, 16 KiB).
+        block_timeout (float): seconds ``emit`` waits when both slots wait for the
+            disk, then drops the record (counted, and noted in the log); after one such
+            wait, records are dropped at once until a block is moved; default 1.0.
+        public_key (str | bytes | None): X25519 public key (base64, 32 raw bytes or
+            PEM): encrypt every record to it (``docs/security.md``); default None.
+        file_mode (int): permission bits of the cache and log files; default 0o600.
+        durable (bool): ``msync`` the cache after each record and ``fsync`` the log
+            after each move, to survive power loss too; default False (much slower).
+        max_file_size (int): split a day's log into ``_1``, ``_2``, … parts past this
+            many bytes; default 0 (never).
+        max_age_days (int): delete this prefix's log files older than this many days,
+            at start and daily; default 10; 0 never deletes.
+        on_full (str): ``"block"`` (default: wait ``block_timeout``) or ``"drop"``.
+        format (str): ``"mmaplog"`` (default) or ``"xlog"``: Tencent Mars xlog files
+            (``docs/xlog.md``).
+        xlog_public_key (str | None): with ``format="xlog"``: xlog's own (weak)
+            secp256k1 + TEA encryption, 128 hex characters (X||Y); default None.
 
-    Raises :class:`~mmaplog.ConfigError` for invalid options. Once constructed it
-    never raises into the application: failures go to :meth:`handleError`.
+    Raises:
+        ConfigError: for any invalid option, before the handler is registered with
+            ``logging`` (a failed construction leaves nothing for shutdown).
+
+    Once made it never raises into the application: failures go to
+    :meth:`handleError` or, for its own troubles, one line on stderr. Options are
+    read-only attributes of the same names (``log_format`` for ``format``), held in
+    :attr:`options`.
     """
 
     _closed: bool  # logging.Handler's own flag, set by its __init__ and close()
+
+    log_dir = _Option[str]()
+    prefix = _Option[str]()
+    cache_dir = _Option[str]()
+    buffer_size = _Option[int]()
+    compression = _Option["str | None"]()
+    mode = _Option[str]()
+    flush_interval = _Option[float]()
+    max_record_size = _Option[int]()
+    block_timeout = _Option[float]()
+    file_mode = _Option[int]()
+    durable = _Option[bool]()
+    max_file_size = _Option[int]()
+    max_age_days = _Option[int]()
+    on_full = _Option[str]()
+    log_format = _Option[str]()
 
     def __init__(
         self,
@@ -210,62 +290,38 @@ class MmapHandler(logging.Handler):
     ) -> None:
         # Everything is checked before logging.Handler.__init__ registers the handler
         # for shutdown: a handler whose construction failed leaves nothing behind.
-        # Paths are made absolute once, as FileHandler does: a later chdir changes nothing.
-        self.log_dir = os.path.abspath(os.fspath(log_dir))
-        self.prefix = prefix
-        self.cache_dir = (
-            os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else self.log_dir
+        options = HandlerOptions.check(
+            log_dir=log_dir,
+            prefix=prefix,
+            cache_dir=cache_dir,
+            buffer_size=buffer_size,
+            compression=compression,
+            compress_level=compress_level,
+            mode=mode,
+            flush_interval=flush_interval,
+            max_record_size=max_record_size,
+            block_timeout=block_timeout,
+            public_key=public_key,
+            file_mode=file_mode,
+            durable=durable,
+            max_file_size=max_file_size,
+            max_age_days=max_age_days,
+            on_full=on_full,
+            format=format,
+            xlog_public_key=xlog_public_key,
         )
-        self.mode = mode
-        self.max_record_size = max_record_size
-        self.block_timeout = block_timeout
-        self.durable = durable
-        self.file_mode = file_mode
-        self.flush_interval = flush_interval
-        self.buffer_size = buffer_size
-        self._validate(
-            prefix,
-            buffer_size,
-            compression,
-            compress_level,
-            mode,
-            flush_interval,
-            max_record_size,
-            block_timeout,
-        )
-        for name, value in (("max_file_size", max_file_size), ("max_age_days", max_age_days)):
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
-        if on_full not in ("block", "drop"):
-            raise ConfigError(f"on_full must be 'block' or 'drop', got {on_full!r}")
-        if not isinstance(file_mode, int) or not 0 <= file_mode <= 0o7777:
-            raise ConfigError(f"file_mode must be a permission mode like 0o600, got {file_mode!r}")
-        self.max_file_size = max_file_size
-        self.max_age_days = max_age_days
-        self.on_full = on_full
-        self._wait = float(block_timeout) if on_full == "block" else 0.0
-        self._limit = max_record_size or fmt.MAX_RECORD_TEXT
-        self.compression = compression
-        self._codec = _COMPRESSIONS[compression]
-        self._level_whole = compress_level
-        self.log_format = format
-        """``"mmaplog"`` or ``"xlog"``: the format of the log files."""
-        self._xlog_key = self._validate_xlog(
-            format, compression, compress_level, public_key, xlog_public_key
-        )
-        if format == "xlog":
-            # Within what xlog itself writes, or Tencent's decoders fail: lines cut at
-            # 16 KiB and xlog's 150 KiB buffer, so a block moves at about 50 KB.
-            from ._xlog import XLOG_BUFFER, XLOG_MAX_LINE
-
-            self._limit = min(self._limit, XLOG_MAX_LINE - 1)  # and its "\n"
-            self.buffer_size = min(self.buffer_size, XLOG_BUFFER)
+        self.options = options
+        """The checked options (:class:`HandlerOptions`, frozen)."""
+        self._wait = options.wait
+        self._limit = options.limit
+        self._codec = options.codec
+        self._level_whole = options.compress_level
+        self._xlog_key = options.xlog_key
+        self._recipient = options.recipient
+        self._durable = options.durable
         self._xlog: XlogBlockWriter | None = None
-        self._recipient: bytes | None = None
-        if public_key is not None:
-            self._recipient = load_public_key(public_key)
         try:
-            for d in {self.log_dir, self.cache_dir}:
+            for d in {options.log_dir, options.cache_dir}:
                 os.makedirs(d, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
@@ -299,47 +355,6 @@ class MmapHandler(logging.Handler):
             on_warning=self._warn,
         )
 
-    @staticmethod
-    def _validate_xlog(
-        format: str,
-        compression: str | None,
-        compress_level: int | None,
-        public_key: object,
-        xlog_public_key: object,
-    ) -> str | None:
-        """Check the xlog options; return the xlog public key."""
-        if format not in ("mmaplog", "xlog"):
-            raise ConfigError(f"format must be 'mmaplog' or 'xlog', got {format!r}")
-        if format == "mmaplog":
-            if xlog_public_key is not None:
-                raise ConfigError(
-                    "xlog_public_key is only for format='xlog'; mmaplog's own format "
-                    "encrypts to an X25519 key given as public_key="
-                )
-            return None
-        if public_key is not None:
-            raise ConfigError(
-                "public_key (X25519) cannot be used with format='xlog': xlog files can only "
-                "use xlog's own scheme (secp256k1 + TEA); give xlog_public_key= (128 hex "
-                "characters, X||Y, as xlog's gen_key prints), or use format='mmaplog'"
-            )
-        if compression not in ("zlib", "zstd"):
-            raise ConfigError(
-                f"format='xlog' needs compression 'zlib' or 'zstd', got {compression!r}"
-            )
-        if compress_level is not None and compression == "zstd" and compress_level < 1:
-            raise ConfigError(
-                f"compress_level for xlog's zstd must be from 1 to 22, got {compress_level!r}"
-            )
-        if xlog_public_key is not None and not isinstance(xlog_public_key, str):
-            raise ConfigError(
-                "xlog_public_key must be a str of 128 hex characters (X||Y), got "
-                f"{type(xlog_public_key).__name__}"
-            )
-        # Parse it once now so a bad key fails here, not at the first record.
-        XlogBlockWriter("async", "zlib", xlog_public_key)
-        return xlog_public_key
-
     def _new_xlog_writer(self) -> XlogBlockWriter:
         level = self._level_whole
         return XlogBlockWriter(
@@ -366,45 +381,6 @@ class MmapHandler(logging.Handler):
                 "(max_age_days)"
             )
         return removed
-
-    @staticmethod
-    def _validate(
-        prefix: str,
-        buffer_size: int,
-        compression: str | None,
-        compress_level: int | None,
-        mode: str,
-        flush_interval: float,
-        max_record_size: int,
-        block_timeout: float,
-    ) -> None:
-        if not prefix or "/" in prefix or prefix.startswith(".") or "\0" in prefix:
-            raise ConfigError(f"prefix must be a plain file name part, got {prefix!r}")
-        if not isinstance(buffer_size, int) or not MIN_BUFFER <= buffer_size <= MAX_BUFFER:
-            raise ConfigError(
-                f"buffer_size must be an int from {MIN_BUFFER} to {MAX_BUFFER}, got {buffer_size!r}"
-            )
-        if compression not in _COMPRESSIONS:
-            raise ConfigError(f"compression must be 'zstd', 'zlib' or None, got {compression!r}")
-        if compress_level is not None:
-            lo, hi = (1, 9) if compression == "zlib" else (-7, 22)
-            if not isinstance(compress_level, int) or not lo <= compress_level <= hi:
-                raise ConfigError(
-                    f"compress_level for {compression} must be from {lo} to {hi}, "
-                    f"got {compress_level!r}"
-                )
-        if mode not in ("async", "sync"):
-            raise ConfigError(f"mode must be 'async' or 'sync', got {mode!r}")
-        if not isinstance(flush_interval, (int, float)) or not flush_interval > 0:
-            raise ConfigError(
-                f"flush_interval must be a number of seconds > 0, got {flush_interval!r}"
-            )
-        if not isinstance(max_record_size, int) or max_record_size < 0:
-            raise ConfigError(f"max_record_size must be an int >= 0, got {max_record_size!r}")
-        if not isinstance(block_timeout, (int, float)) or block_timeout < 0:
-            raise ConfigError(
-                f"block_timeout must be a number of seconds >= 0, got {block_timeout!r}"
-            )
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -811,7 +787,7 @@ class MmapHandler(logging.Handler):
             return
         status = cache.append(head, text, time_us, self._wait)
         if status == APPENDED:
-            if self.durable:
+            if self._durable:
                 cache.msync()
         else:
             self._not_appended(status, head, text, time_us)
