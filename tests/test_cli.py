@@ -149,6 +149,7 @@ def test_decode_of_an_unreadable_file_exits_2(log_dir):
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_recover_module_moves_a_dead_process_cache(tmp_path):
     """python -m mmaplog.recover DIR recovers a killed writer's cache and says how many records."""
     log_dir = str(tmp_path)

@@ -17,6 +17,8 @@ import pytest
 import mmaplog
 from torture import harness
 
+pytestmark = pytest.mark.slow  # kills real processes: left out of the quick run
+
 SEED = int(os.environ.get("MMAPLOG_CRASH_SEED", "20261125"))
 # Every crash test runs with and without encryption: the key changes what is in the
 # cache, never what survives.

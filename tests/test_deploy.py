@@ -37,6 +37,7 @@ def plain(h: mmaplog.MmapHandler, name: str) -> logging.Logger:
 # -- many processes and fork --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_four_processes_two_killed_recovered_by_a_third(tmp_path):
     """Four writers share a folder; two finish, two are killed; a third process recovers all."""
     log_dir = str(tmp_path)
@@ -156,6 +157,7 @@ def test_child_exiting_without_close_is_recovered(make_handler, log_dir):
     assert [t for t in got if t.startswith("parent")] == ["parent 0", "parent 1"]
 
 
+@pytest.mark.slow
 def test_killed_lock_holder_frees_its_cache_at_once(tmp_path):
     """After kill -9 of the process holding a cache, the next handler gets that cache at once."""
     log_dir = str(tmp_path)
@@ -268,6 +270,7 @@ def test_max_age_zero_keeps_everything(make_handler, log_dir):
     assert texts(log_dir) == ["ancient"]
 
 
+@pytest.mark.slow
 def test_cache_of_another_buffer_size_is_recovered(tmp_path):
     """A cache left by a run with another buffer_size is recovered by a handler with a new size."""
     log_dir = str(tmp_path)
@@ -389,6 +392,7 @@ def test_cache_on_a_full_disk_falls_back_without_sigbus(tmp_path, capfd):
     assert "cannot map the cache" in res.stderr
 
 
+@pytest.mark.slow
 def test_eio_on_log_writes_is_retried_without_loss(make_handler, log_dir, monkeypatch):
     """Injected EIO on the first log writes: blocks stay in the cache and land once, in order."""
     real_write = os.write
@@ -525,6 +529,7 @@ def test_no_sigbus_when_the_cache_file_is_truncated_by_another_process(make_hand
     assert set(numbers) <= set(acked[0]) | {max(acked[0]) + 1}
 
 
+@pytest.mark.slow
 def test_recovery_after_size_splits_keeps_reading_order(tmp_path):
     """A block recovered after a day was split goes to the newest part, so order holds."""
     log_dir = str(tmp_path)

@@ -197,6 +197,7 @@ def test_tampered_recovered_block_loses_only_later_records(tmp_path, keys):
     assert "record 2" in damage[0].reason
 
 
+@pytest.mark.slow
 def test_kill_with_encryption_recovers_without_key(tmp_path, keys):
     """Recovery of an encrypted cache moves its blocks without the private key."""
     private, public = keys

@@ -160,6 +160,7 @@ def test_factory_needs_an_mmap_handler():
         MmapLoggerFactory(logging.NullHandler())  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_kill_through_the_direct_path_loses_nothing(tmp_path):
     """A process logging through the direct structlog path, killed with SIGKILL, loses nothing."""
     log_dir = str(tmp_path)

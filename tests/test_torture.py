@@ -19,6 +19,8 @@ from torture.common import decode_dir, is_torn_write
 
 from .conftest import new_cache
 
+pytestmark = pytest.mark.slow  # kills real processes: left out of the quick run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = int(os.environ.get("TORTURE_SEED", "7"))
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -405,6 +405,7 @@ def no_damage(log_dir: str) -> None:
 
 
 @CRYPT
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.7, 1.1, 1.5])
 def test_random_kill_loses_nothing(tmp_path, crypt, delay):
     """An xlog writer killed at a random moment loses no acknowledged line and repeats none."""
@@ -444,6 +445,7 @@ def test_kill_after_append_before_release_gives_no_duplicate(tmp_path, crypt, nt
 
 
 @CRYPT
+@pytest.mark.slow
 def test_kill_during_recovery_then_recover_again(tmp_path, crypt):
     """Recovery killed after appending an xlog block, then run again, gives every line once."""
     log_dir = str(tmp_path)
@@ -461,6 +463,7 @@ def test_kill_during_recovery_then_recover_again(tmp_path, crypt):
     harness.check_exactly_once(decoded(log_dir), acked)
 
 
+@pytest.mark.slow
 def test_kill_then_a_new_handler_recovers_at_start(tmp_path):
     """A new xlog handler on the folder recovers what the killed writer left in its cache."""
     log_dir = str(tmp_path)
