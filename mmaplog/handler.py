@@ -667,7 +667,22 @@ class MmapHandler(logging.Handler):
             return
         inside.add(ident)
         try:
-            head, text, time_us = self._render(record)
+            # The hot path: _render and _frame inlined for mmaplog's own format.
+            text = (
+                (self.formatter or _DEFAULT_FORMATTER)
+                .format(record)
+                .encode("utf-8", "backslashreplace")
+            )
+            if self._xlog is not None or len(text) > self._limit:
+                head, text, time_us = self._frame(
+                    text, record.created, record.levelno, fmt.KIND_TEXT
+                )
+            else:
+                time_us = int(record.created * 1e6)
+                levelno = record.levelno
+                if not 0 <= levelno <= 255:
+                    levelno = min(max(levelno, 0), 255)
+                head = _pack_record(len(text), time_us, levelno, 0)
             cache = self._fast
             if cache is None:
                 self._store(head, text, time_us)
