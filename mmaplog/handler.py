@@ -174,8 +174,11 @@ _CANNOT_WRITE = "mmaplog: cannot write the log file"
 
 
 def _after_fork_in_child() -> None:
+    # Runs after threading's own at-fork hook: only from here on may the child start
+    # a thread (a flusher started earlier would be forgotten by threading's hook).
     for handler in list(_live):
         handler._become_child()
+        handler._forking = False
 
 
 if hasattr(os, "register_at_fork"):
@@ -604,7 +607,6 @@ class MmapHandler(logging.Handler):
         if self._pid == pid:
             return
         self._pid = pid
-        self._forking = False
         self._forked = True
         self._fast = None
         self._new_locks()
@@ -788,9 +790,10 @@ class MmapHandler(logging.Handler):
     def _store(self, head: bytes, text: bytes, time_us: int) -> None:
         """Put a record (header and text; or an xlog line, with no header) into the cache,
         or straight into the log."""
-        if self._forking and os.getpid() != self._pid:
-            # In a forked child whose at-fork hook has not run yet (a finalizer run by
-            # another module's hook logged): a block of its own, with a key of its own.
+        if self._forking and (self._forked or os.getpid() != self._pid):
+            # In a forked child whose at-fork hook has not run yet (a finalizer run while
+            # the interpreter or another module's hook tidied up after the fork logged):
+            # a block of its own, with a key of its own, and no thread started yet.
             self._become_child()
             self._direct(head, text, time_us)
             return

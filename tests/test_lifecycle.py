@@ -425,3 +425,71 @@ def test_records_of_forked_pool_workers_are_in_the_log_after_join_and_flush(tmp_
     proc = run_child(code, str(tmp_path))
     assert_clean(proc)
     assert proc.stdout.split()[-1] == "8"
+
+
+def test_a_record_logged_in_a_child_before_mmaplogs_fork_hook_is_kept(tmp_path):
+    """A record logged in a forked child before mmaplog's at-fork hook has run (as a
+    finalizer set off by another module's hook does) is kept, with a key of the child's
+    own, and the child's handler works after (its flusher starts only then)."""
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        # Registered before threading and mmaplog are imported, so that in a child it
+        # runs before both of their at-fork hooks, as a finalizer set off there would.
+        def early():
+            log = sys.modules["logging"].getLogger("early")
+            for n in range(2):
+                log.warning("early %d in %d", n, os.getpid())
+        assert "threading" not in sys.modules
+        os.register_at_fork(after_in_child=early)
+        import logging, threading
+        import mmaplog
+        log = logging.getLogger("early")
+        signal.alarm(60)
+        log.propagate = False
+        log.setLevel(logging.DEBUG)
+        h = mmaplog.MmapHandler(sys.argv[1], buffer_size=16 * 1024, public_key=sys.argv[2])
+        log.addHandler(h)
+        stop = threading.Event()
+        def work():
+            i = 0
+            while not stop.is_set() and i < 5000:
+                i += 1
+                log.info("bg %d", i)
+        t = threading.Thread(target=work)
+        t.start()
+        import warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pids = []
+        for k in range(5):
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(20)
+                for i in range(30):
+                    log.info("child%d %d", k, i)
+                h.close()
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            assert status == 0, status
+            pids.append(pid)
+        stop.set()
+        t.join()
+        h.close()
+        print(" ".join(map(str, pids)))
+        """
+    )
+    private, public = mmaplog.generate_keypair()
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), public],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert_clean(proc)
+    pids = [int(p) for p in proc.stdout.split()]
+    all_texts = texts(str(tmp_path), key=private)
+    for k, pid in enumerate(pids):
+        assert numbered(all_texts, f"child{k}") == list(range(30))
+        for n in range(2):
+            assert sum(t.endswith(f"early {n} in {pid}") for t in all_texts) == 1
