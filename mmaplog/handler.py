@@ -149,6 +149,7 @@ class _Option(Generic[T]):
 
 
 _live: weakref.WeakSet[MmapHandler] = weakref.WeakSet()
+_CLOSE_WAIT = 2.0  # seconds close() waits for a closer held up by the caller's own lock
 _get_ident = threading.get_ident
 
 
@@ -174,11 +175,17 @@ _CANNOT_WRITE = "mmaplog: cannot write the log file"
 
 
 def _after_fork_in_child() -> None:
-    # Runs after threading's own at-fork hook: only from here on may the child start
-    # a thread (a flusher started earlier would be forgotten by threading's hook).
+    # Runs after threading's at-fork hook (a thread started before it would be lost)
+    # and after mmaplog's own modules have made their locks anew.
     for handler in list(_live):
         handler._become_child()
         handler._forking = False
+        early, handler._early = handler._early, []
+        for head, text, time_us in early:
+            try:
+                handler._direct(head, text, time_us)
+            except Exception as exc:
+                handler._warn(f"mmaplog: a record logged during fork was lost: {exc}")
 
 
 if hasattr(os, "register_at_fork"):
@@ -336,6 +343,7 @@ class MmapHandler(logging.Handler):
         self._forked = False
         self._forking = False
         self._pid = os.getpid()
+        self._early: list[tuple[bytes, bytes, int]] = []  # see _store
         self._new_locks()
         self._cache: Cache | None = None
         self._fast: Cache | None = None  # the cache while records may take the fast path
@@ -790,12 +798,12 @@ class MmapHandler(logging.Handler):
     def _store(self, head: bytes, text: bytes, time_us: int) -> None:
         """Put a record (header and text; or an xlog line, with no header) into the cache,
         or straight into the log."""
-        if self._forking and (self._forked or os.getpid() != self._pid):
+        if self._forking and os.getpid() != self._pid:
             # In a forked child whose at-fork hook has not run yet (a finalizer run while
-            # the interpreter or another module's hook tidied up after the fork logged):
-            # a block of its own, with a key of its own, and no thread started yet.
-            self._become_child()
-            self._direct(head, text, time_us)
+            # another module's hook tidied up after the fork logged): no lock or library
+            # state inherited from the parent is safe yet, so the record waits for the
+            # hook, which writes it as soon as everything is made anew (within fork()).
+            self._early.append((head, text, time_us))
             return
         if self._forked:
             self._after_fork()
@@ -892,11 +900,45 @@ class MmapHandler(logging.Handler):
                 self._run_deferred(ident)
 
     def _shut(self) -> None:
-        cache, flusher = self._cache, self._flusher
+        """Close the cache and the flusher, waiting at most ``_CLOSE_WAIT`` seconds.
+
+        The work runs on a closer thread that this one waits for. Usually it is done in
+        milliseconds. It can be held up by a lock the caller holds: ``dictConfig``
+        closes handlers under logging's own lock, and a finalizer that logs on the
+        flusher thread (or any thread inside a move) waits for that lock. Waiting for
+        ever would hang the application; instead the closer finishes once the caller
+        lets go, and records logged meanwhile are written directly.
+        """
         if self._forked:
-            cache = flusher = None  # the parent's: never touched by the child
+            self._finish_shut(None, None)  # the parent's cache: never touched by the child
+            return
+        cache = self._cache
         if cache is not None:
             cache.shut()  # from here on appends return CLOSED: those records go direct
+        self._fast = None
+        try:
+            closer = threading.Thread(
+                target=self._finish_shut, args=(cache, self._flusher), name="mmaplog-closer"
+            )
+            closer.start()
+        except RuntimeError:  # no new thread at interpreter shutdown (3.12+)
+            self._finish_shut(cache, self._flusher)
+            return
+        closer.join(_CLOSE_WAIT)
+
+    def _finish_shut(self, cache: Cache | None, flusher: Flusher | None) -> None:
+        me = _get_ident()
+        self._inside.add(me)
+        try:
+            self._finish_shut_inside(cache, flusher)
+        except Exception as exc:
+            self._warn(f"mmaplog: closing {self.prefix}: {exc}")
+        finally:
+            self._inside.discard(me)
+            if self._deferred:
+                self._run_deferred(me, direct=True)
+
+    def _finish_shut_inside(self, cache: Cache | None, flusher: Flusher | None) -> None:
         if flusher is not None:
             flusher.stop()  # the thread moves what is sealed, then ends
             if not flusher.drain() and flusher.last_error:
