@@ -502,11 +502,17 @@ class Cache:
             return b"", note_line(time_us, self.pid, text)
         return fmt.record_head(time_us, 40, fmt.KIND_NOTE, text), text
 
-    def seal(self) -> None:
-        """Seal the block being written, if it holds anything."""
-        with self.lock:
+    def seal(self, timeout: float = -1) -> bool:
+        """Seal the block being written, if it holds anything; False if the lock could
+        not be had within ``timeout`` seconds (-1: wait)."""
+        if not self.lock.acquire(timeout=timeout):
+            return False
+        try:
             if not self.closed:
                 self._seal_active()
+        finally:
+            self.lock.release()
+        return True
 
     def shut(self) -> None:
         """Seal the open block and take no record after it: ``append`` returns CLOSED.

@@ -133,9 +133,12 @@ class Flusher:
             finally:
                 inside.add(me)
 
-    def drain(self) -> bool:
-        """Move every sealed block, oldest first; False if a write failed."""
-        with self._move_lock:
+    def drain(self, timeout: float = -1) -> bool:
+        """Move every sealed block, oldest first; False if a write failed, or if another
+        thread's move held the log files for longer than ``timeout`` seconds (-1: wait)."""
+        if not self._move_lock.acquire(timeout=timeout):
+            return False
+        try:
             while True:
                 block = self.cache.take_sealed()
                 if block is None:
@@ -147,6 +150,8 @@ class Flusher:
                     self.cache.give_back(block)
                     self._set_failing(exc)
                     return False
+        finally:
+            self._move_lock.release()
 
     def _move(self, block: SealedBlock) -> None:
         data = block.data

@@ -150,6 +150,7 @@ class _Option(Generic[T]):
 
 _live: weakref.WeakSet[MmapHandler] = weakref.WeakSet()
 _CLOSE_WAIT = 2.0  # seconds close() waits for a closer held up by the caller's own lock
+_FLUSH_WAIT = 5.0  # seconds flush() waits for a lock another thread holds
 _get_ident = threading.get_ident
 
 
@@ -840,7 +841,10 @@ class MmapHandler(logging.Handler):
         Also recovers the caches that other processes of this prefix left when they
         died (forked workers killed or ended with ``os._exit``). Called from inside a
         log call on the same thread (a signal handler that interrupted one), it
-        returns at once: that thread holds the locks a move needs.
+        returns at once: that thread holds the locks a move needs. It waits at most 5
+        seconds for a move that another thread has under way (that thread may be held
+        up by a finalizer waiting for logging's own lock, which ``dictConfig`` holds
+        while it flushes and closes handlers); what it leaves, the flusher moves.
 
         If the log files cannot be written (a full disk, a read-only or missing
         folder), it makes one attempt and returns without raising: the records stay in
@@ -869,8 +873,10 @@ class MmapHandler(logging.Handler):
         cache, flusher = self._cache, self._flusher
         if cache is None or flusher is None:
             return
-        cache.seal()
-        if not flusher.drain() and flusher.last_error:
+        # Bounded waits: flush() is called under logging's own lock by dictConfig and
+        # logging.shutdown, and another thread inside a move may be held up by a
+        # finalizer waiting for that very lock. Past the wait, the flusher moves it.
+        if cache.seal(_FLUSH_WAIT) and not flusher.drain(_FLUSH_WAIT) and flusher.last_error:
             self._warn(flusher.last_error)
 
     def close(self) -> None:
