@@ -9,6 +9,7 @@ slot. A failed write leaves the block in the cache and is retried with back-off.
 
 from __future__ import annotations
 
+import _thread
 import queue
 import threading
 import time
@@ -60,30 +61,44 @@ class Flusher:
         # One writer of the log files at a time: moves and blocks written directly.
         self._move_lock = file_lock
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._thread_ident: int | None = None
+        self._ended = threading.Event()
         self._failing = False
         self.last_error: str | None = None
 
     def start(self) -> None:
+        """Start the thread without waiting for it to run.
+
+        ``threading.Thread.start`` waits until the new thread has begun, and a
+        finalizer the new thread runs as it begins may wait for logging's own lock,
+        which ``dictConfig`` holds while it makes this handler: that wait would never
+        end. The thread is a plain one (as daemon threads are, it is not waited for
+        at exit; ``close()`` stops it), and says when it has ended.
+        """
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="mmaplog-flusher", daemon=True)
-        self._thread.start()
+        self._ended = threading.Event()
+        self._thread_ident = _thread.start_new_thread(self._run_then_end, ())
+
+    def _run_then_end(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._ended.set()
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread_ident is not None and not self._ended.is_set()
 
     def wake(self) -> None:
         self._wakeups.put(None)
 
     def stop(self) -> None:
-        """Stop the thread after it has moved what is sealed."""
+        """Stop the thread after it has moved what is sealed (waits for it to end)."""
         self._stopping = True
         self._wakeups.put(None)
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join()
-        self._thread = None
+        if self._thread_ident is not None and self._thread_ident != threading.get_ident():
+            self._ended.wait()
+        self._thread_ident = None
 
     def _run(self) -> None:
         me = threading.get_ident()

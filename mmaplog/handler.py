@@ -7,6 +7,7 @@ flusher thread. See ``docs/design.md`` for the protocol.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import logging
 import os
@@ -922,15 +923,22 @@ class MmapHandler(logging.Handler):
         if cache is not None:
             cache.shut()  # from here on appends return CLOSED: those records go direct
         self._fast = None
+        done = threading.Event()
+        flusher = self._flusher
+
+        def closer() -> None:
+            try:
+                self._finish_shut(cache, flusher)
+            finally:
+                done.set()
+
+        # A plain thread, started without waiting for it to begin (see Flusher.start).
         try:
-            closer = threading.Thread(
-                target=self._finish_shut, args=(cache, self._flusher), name="mmaplog-closer"
-            )
-            closer.start()
+            _thread.start_new_thread(closer, ())
         except RuntimeError:  # no new thread at interpreter shutdown (3.12+)
-            self._finish_shut(cache, self._flusher)
+            closer()
             return
-        closer.join(_CLOSE_WAIT)
+        done.wait(_CLOSE_WAIT)
 
     def _finish_shut(self, cache: Cache | None, flusher: Flusher | None) -> None:
         me = _get_ident()
