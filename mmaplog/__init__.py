@@ -7,14 +7,17 @@ A Python take on Tencent Mars xlog: :class:`MmapHandler` keeps every record in a
 from __future__ import annotations
 
 from ._reader import Record, read_records
+from ._ship import ShipReport, ship
 from .exceptions import (
     CacheLockedError,
     ConfigError,
     CorruptionError,
     DecryptionError,
     KeyMismatchError,
+    MissingDependencyError,
     MmapLogError,
     NeedKeyError,
+    StorageError,
     UnsupportedVersionError,
 )
 from .handler import MmapHandler, XlogFormatter
@@ -28,16 +31,20 @@ __all__ = [
     "CorruptionError",
     "DecryptionError",
     "KeyMismatchError",
+    "MissingDependencyError",
     "MmapHandler",
     "MmapLogError",
     "NeedKeyError",
     "Record",
+    "ShipReport",
+    "StorageError",
     "UnsupportedVersionError",
     "XlogFormatter",
     "__version__",
     "generate_keypair",
     "read_records",
     "recover",
+    "ship",
 ]
 
 

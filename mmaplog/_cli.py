@@ -1,4 +1,4 @@
-"""The ``mmaplog`` command line: decode, tail, verify, stats, recover, keygen.
+"""The ``mmaplog`` command line: decode, tail, verify, stats, recover, keygen, ship.
 
 The only module that touches ``argv`` and standard output. Errors are one line
 on stderr with a documented exit status, never a traceback.
@@ -36,6 +36,8 @@ from .exceptions import ConfigError, MmapLogError, NeedKeyError
 EXIT_OK = 0
 EXIT_DAMAGED = 1
 EXIT_USAGE = 2
+EXIT_STORAGE = 3
+EXIT_NO_S3_CLIENT = 4
 
 _STATUS_USAGE = "  2  bad usage, a file that cannot be read or is not a log, or an encrypted\n"
 _STATUS_USAGE += "     log without --key\n"
@@ -47,6 +49,9 @@ exit status (every command):
      process holds the cache)
   2  bad usage, a missing or unreadable file, input that is not an mmaplog log,
      or an encrypted log without --key
+  3  s3:// only: the object storage refused (bad credentials, a missing bucket)
+     or stayed unreachable through the retries
+  4  s3:// only: the S3 client is not installed (pip install "mmaplog[s3]")
 
 Run `mmaplog COMMAND --help` for the options of a command.
 """
@@ -125,6 +130,30 @@ KEYGEN_EPILOG = """\
 exit status:
   0  the key pair was made
   2  bad usage, or the key file exists already or cannot be created
+"""
+
+SHIP_EPILOG = """\
+Uploads the whole blocks of the folder's log files (never the caches) to
+URL/HOST/FILE/START-END, exactly as they are on disk: compressed, and encrypted
+when the logs are. A state file in the folder (.mmaplog-ship-*.json) records how
+far each file has gone, so a shipper killed at any moment and started again
+leaves every block in the bucket exactly once. Storage settings are the AWS ones:
+AWS_ENDPOINT_URL (or --endpoint-url), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or
+~/.aws/credentials. Failures that may pass (connection refused, timeouts,
+throttling, 5xx) are retried with backoff for --retry-for seconds; with --follow
+an outage of any length is waited out.
+
+With --delete-shipped, a log file of a past day is deleted once every byte of it
+is in the bucket with the same size and SHA-256 (checked against the bucket
+before deleting); today's files and files changed in the last minute are kept.
+
+exit status:
+  0  everything in the log files is shipped (with --follow: stopped by Ctrl-C)
+  1  another shipper holds this folder, or its state file is unreadable
+  2  bad usage: a malformed URL or host, or a missing log folder
+  3  the storage refused (bad credentials, a missing bucket) or stayed
+     unreachable through the retries
+  4  the S3 client is not installed (pip install "mmaplog[s3]")
 """
 
 _POLL_INTERVAL = 0.2
@@ -455,6 +484,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if reader is None:
         return EXIT_USAGE
     filt = _Filter(args.level, args.since, args.until, args.grep)
+    if any(f.startswith("s3://") for f in args.files):
+        return _decode_bucket(args, filt, on_damage)
     render = _format_json if args.format == "json" else _format_text
     scan_damaged = False
 
@@ -527,6 +558,63 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if reader.key_mismatch:
         _err(prog, "the key does not match (no record of those blocks authenticates with it)")
     return EXIT_DAMAGED if reader.damaged or scan_damaged else EXIT_OK
+
+
+def _storage_failed(prog: str, exc: MmapLogError) -> int:
+    """One line for an error of the object storage path; its exit status."""
+    from .exceptions import MissingDependencyError, StorageError
+
+    _err(prog, str(exc))
+    if isinstance(exc, MissingDependencyError):
+        return EXIT_NO_S3_CLIENT
+    if isinstance(exc, StorageError):
+        return EXIT_STORAGE
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    return EXIT_DAMAGED
+
+
+def _decode_bucket(
+    args: argparse.Namespace, filt: _Filter, on_damage: Callable[[str, fmt.Damage], None]
+) -> int:
+    """``mmaplog decode s3://...``: every host's records merged by time, host first."""
+    from ._reader import BucketSource, host_of
+
+    prog = "mmaplog decode"
+    if not all(f.startswith("s3://") for f in args.files) or len(args.files) != 1:
+        _err(prog, "give one s3:// URL, or local files and folders, not both")
+        return EXIT_USAGE
+    try:
+        source = BucketSource(
+            args.files[0],
+            key=_read_key(args.key),
+            on_damage=on_damage,
+            hosts=args.host,
+            since=args.since,
+            until=args.until,
+            endpoint_url=args.endpoint_url,
+        )
+        out: IO[str] = sys.stdout
+        with contextlib.ExitStack() as stack:
+            if args.output and args.output != "-":
+                out = stack.enter_context(open(args.output, "w", encoding="utf-8"))
+            for r in source:
+                if not filt.keeps(r):
+                    continue
+                host = host_of(r.source)
+                if args.format == "json":
+                    line = _format_json(r)
+                    out.write(line[:1] + json.dumps({"host": host})[1:-1] + ", " + line[1:])
+                else:
+                    out.write(f"{host} | {_format_text(r)}")
+                out.write("\n")
+    except OSError as exc:
+        return _reading_failed(prog, exc)
+    except MmapLogError as exc:
+        return _storage_failed(prog, exc)
+    if source.key_mismatch:
+        _err(prog, "the key does not match (no record of those blocks authenticates with it)")
+    return EXIT_DAMAGED if source.damaged else EXIT_OK
 
 
 def _reading_failed(prog: str, exc: OSError | MmapLogError, name: str = "") -> int:
@@ -1076,6 +1164,48 @@ def _print_stats(folder: str, stats: list[_FileStats]) -> None:
 # -- recover, keygen --------------------------------------------------------------------
 
 
+def cmd_ship(args: argparse.Namespace) -> int:
+    from ._ship import Shipper, ShipReport
+    from .exceptions import StorageError
+
+    prog = "mmaplog ship"
+
+    def said(r: ShipReport) -> None:
+        if r.objects or not args.follow:
+            print(
+                f"shipped {r.objects} objects ({_human(r.bytes)}) from {r.files} log files "
+                f"to {r.url}/{r.host}",
+                flush=True,
+            )
+        for name in r.deleted:
+            print(f"deleted {name} (shipped and verified)", flush=True)
+        for why in r.kept:
+            _err(prog, f"kept {why}")
+
+    def outage(exc: StorageError) -> None:
+        _err(prog, f"{exc}; trying again")
+
+    try:
+        with Shipper(
+            args.log_dir,
+            args.url,
+            host=args.host,
+            endpoint_url=args.endpoint_url,
+            delete_shipped=args.delete_shipped,
+            object_size=args.object_size,
+            retry_for=args.retry_for,
+        ) as shipper:
+            if args.follow:
+                shipper.follow(interval=args.interval, on_pass=said, on_outage=outage)
+            else:
+                said(shipper.ship_once())
+    except OSError as exc:
+        return _reading_failed(prog, exc)
+    except MmapLogError as exc:
+        return _storage_failed(prog, exc)
+    return EXIT_OK
+
+
 def cmd_recover(args: argparse.Namespace) -> int:
     from .recover import main as recover_main
 
@@ -1147,6 +1277,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("-o", "--output", help="write here instead of stdout")
+    p.add_argument(
+        "--host",
+        action="append",
+        metavar="HOST",
+        help="s3:// only: this host's records (repeat for more); others are not downloaded",
+    )
+    p.add_argument("--endpoint-url", metavar="URL", help="s3:// only: the storage endpoint")
+
+    p = _sub(
+        sub,
+        "ship",
+        "upload the blocks of a log folder's files to S3-compatible storage, exactly once",
+        SHIP_EPILOG,
+        cmd_ship,
+    )
+    p.add_argument("log_dir", metavar="LOG_DIR", help="the log folder")
+    p.add_argument("url", metavar="URL", help="s3://BUCKET[/PREFIX]")
+    p.add_argument("--host", help="the name objects are stored under (default: this machine's)")
+    p.add_argument("--follow", action="store_true", help="keep shipping as blocks are moved")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="with --follow: seconds between passes (default 2)",
+    )
+    p.add_argument(
+        "--endpoint-url", metavar="URL", help="the storage endpoint (else AWS_ENDPOINT_URL)"
+    )
+    p.add_argument(
+        "--delete-shipped",
+        action="store_true",
+        help="delete log files of past days once shipped and verified",
+    )
+    p.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to retry an unreachable or busy storage before giving up (default 60)",
+    )
+    p.add_argument(
+        "--object-size", type=parse_count, default=4 << 20, metavar="BYTES", help=argparse.SUPPRESS
+    )
 
     p = _sub(
         sub,

@@ -398,7 +398,16 @@ def read_records(
     object). Damaged ranges are skipped and passed to ``on_damage(path, damage)``.
     Raises :class:`~mmaplog.NeedKeyError` for encrypted input without a key and
     :class:`~mmaplog.MmapLogError` for a file that cannot be read.
+
+    An ``s3://bucket/prefix`` path reads what ``mmaplog ship`` stored there: every
+    host's records merged by time (needs ``mmaplog[s3]``; may raise
+    :class:`~mmaplog.StorageError` and :class:`~mmaplog.MissingDependencyError`).
     """
+    if any(p.startswith("s3://") for p in paths):
+        # A bucket path that `mmaplog ship` filled: every host, merged by record time.
+        for p in paths:
+            yield from BucketSource(p, key=key, on_damage=on_damage)
+        return
     reader = Reader(key, on_damage)
     for path in expand_paths(paths):
         try:
@@ -427,3 +436,122 @@ def data_kind(data: fmt.Buffer) -> str:
         if _xlog.looks_like_xlog(_view(data)):
             return "xlog"
     return "log"
+
+
+# -- object storage ------------------------------------------------------------------
+
+
+class BucketSource:
+    """The records of a bucket path that ``mmaplog ship`` filled, merged by record time.
+
+    Objects are listed under ``<prefix>/<host>/<log file>/<start>-<end>``; ``hosts``
+    limits the listing (nothing of the other hosts is downloaded), and ``since`` /
+    ``until`` (seconds since the epoch) skip the log files of days well outside them.
+    Each host's files of one prefix are read in order, one object at a time, by a
+    :class:`Reader` of their own, so a block stored twice is read once (it is
+    recognised by its session and sequence number). The streams are merged by record
+    time with :func:`heapq.merge`: memory holds one object per stream.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: Any = None,
+        on_damage: DamageCallback | None = None,
+        hosts: Iterable[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        endpoint_url: str | None = None,
+    ) -> None:
+        from ._s3 import Store, parse_url
+
+        self.url = parse_url(url)
+        self._key = key
+        self._on_damage = on_damage
+        self._hosts = list(hosts) if hosts is not None else None
+        self._since, self._until = since, until
+        self._store = Store(self.url, endpoint_url=endpoint_url)
+        self._readers: list[Reader] = []
+        self.objects = 0
+        """Objects downloaded so far."""
+        self.bytes = 0
+        """Bytes downloaded so far."""
+        Reader(key)  # an unusable key fails here, before anything is listed
+
+    @property
+    def damaged(self) -> bool:
+        return any(r.damaged for r in self._readers)
+
+    @property
+    def key_mismatch(self) -> bool:
+        return any(r.key_mismatch for r in self._readers)
+
+    def hosts(self) -> list[str]:
+        """The hosts that have shipped to the bucket path, in name order."""
+        base = self.url.key() + "/" if self.url.prefix else ""
+        self._store.check_bucket()
+        return sorted(
+            k[len(base) :].rstrip("/")
+            for k, size in self._store.list(base, delimiter="/")
+            if size < 0
+        )
+
+    def _streams(self) -> list[list[tuple[str, str]]]:
+        """Per (host, log prefix): the keys in reading order, with their host."""
+        from ._s3 import S3Url
+
+        hosts = self.hosts() if self._hosts is None else sorted(set(self._hosts))
+        if self._hosts is not None:
+            self._store.check_bucket()
+        lo = _day_bound(self._since, -2)
+        hi = _day_bound(self._until, 2)
+        streams: dict[tuple[str, str], list[tuple[tuple[str, int, int, int], str]]] = {}
+        for host in hosts:
+            base = S3Url(self.url.bucket, self.url.key(host)).key() + "/"
+            for k, _size in self._store.list(base):
+                parts = k[len(base) :].split("/")
+                if len(parts) != 2:
+                    continue
+                segment, span = parts
+                name, _, gen = segment.partition("@")
+                m = _LOG_NAME.match(name)
+                r = re.match(r"^(\d{16})-(\d{16})$", span)
+                if m is None or r is None:
+                    continue
+                day = m.group("day")
+                if (lo is not None and day < lo) or (hi is not None and day > hi):
+                    continue
+                order = (day, int(m.group("part") or 0), int(gen or 0), int(r.group(1)))
+                streams.setdefault((host, m.group("prefix")), []).append((order, k))
+        return [[(host, k) for _o, k in sorted(v)] for (host, _p), v in sorted(streams.items())]
+
+    def _stream(self, keys: list[tuple[str, str]]) -> Iterator[Record]:
+        reader = Reader(self._key, self._on_damage)
+        self._readers.append(reader)
+        for _host, k in keys:
+            data = self._store.get(k)
+            self.objects += 1
+            self.bytes += len(data)
+            for item in reader.iter_data(data, f"s3://{self.url.bucket}/{k}"):
+                if isinstance(item, Record):
+                    yield item
+
+    def __iter__(self) -> Iterator[Record]:
+        import heapq
+        from operator import attrgetter
+
+        streams = [self._stream(keys) for keys in self._streams()]
+        return heapq.merge(*streams, key=attrgetter("time"))
+
+
+def _day_bound(when: float | None, days: int) -> str | None:
+    if when is None:
+        return None
+    return (_dt.datetime.fromtimestamp(when) + _dt.timedelta(days=days)).strftime("%Y%m%d")
+
+
+def host_of(source: str) -> str:
+    """The host of a record read from a bucket (its source is the object's URL)."""
+    parts = source.rsplit("/", 3)
+    return parts[-3] if source.startswith("s3://") and len(parts) == 4 else ""
