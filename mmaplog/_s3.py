@@ -112,14 +112,22 @@ class Store:
             or os.environ.get("AWS_ENDPOINT_URL")
         )
         self.endpoint = endpoint
-        cfg = config.Config(
+        options: dict[str, Any] = {
             # boto3's own quick retries first; ours (longer, below) ride out outages.
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=5,
-            read_timeout=30,
+            "retries": {"mode": "standard", "max_attempts": 3},
+            "connect_timeout": 5,
+            "read_timeout": 30,
             # S3-compatible servers on a plain host:port want path-style addressing.
-            s3={"addressing_style": "path"} if endpoint else {},
-        )
+            "s3": {"addressing_style": "path"} if endpoint else {},
+            # Content-MD5 is sent by hand; the newer default checksums (boto3 1.36)
+            # are refused by some S3-compatible servers.
+            "request_checksum_calculation": "when_required",
+        }
+        try:
+            cfg = config.Config(**options)
+        except TypeError:  # botocore before 1.36 has no such option
+            del options["request_checksum_calculation"]
+            cfg = config.Config(**options)
         self._client = session.client(
             "s3",
             endpoint_url=endpoint or None,
