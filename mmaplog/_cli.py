@@ -916,6 +916,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if reader is None:
         return EXIT_USAGE
     have_key = args.key is not None
+    if any(f.startswith("s3://") for f in args.files):
+        return _verify_bucket(args, reader, checks)
     status = EXIT_USAGE if _missing(prog, args.files) else EXIT_OK
     present = [p for p in args.files if p == "-" or os.path.exists(p)]
     try:
@@ -969,6 +971,60 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if status == EXIT_OK and any(c.damage for c in checks.values()):
         status = EXIT_DAMAGED
     return status
+
+
+def _verify_bucket(args: argparse.Namespace, reader: Reader, checks: dict[str, _FileCheck]) -> int:
+    """``mmaplog verify s3://...``: each object's SHA-256 against the one stored at
+    upload, every block in it, and each log file's objects meeting end to end."""
+    import hashlib
+
+    from ._reader import BucketSource
+    from ._ship import parse_object_key
+
+    prog = "mmaplog verify"
+    if len(args.files) != 1 or not args.files[0].startswith("s3://"):
+        _err(prog, "give one s3:// URL, or local files and folders, not both")
+        return EXIT_USAGE
+    have_key = args.key is not None
+    progress = _Progress(0, enabled=False, label="verify")
+    try:
+        source = BucketSource(args.files[0], hosts=args.host, endpoint_url=args.endpoint_url)
+        for _host, _name, keys in source.files():
+            at = 0
+            for k in keys:
+                data, meta = source.fetch(k)
+                url = f"s3://{source.url.bucket}/{k}"
+                check = checks[url] = _FileCheck(url, data_kind(data))
+                span = parse_object_key(k)
+                if span is not None and span[2] > at:
+                    check.damage.append(
+                        fmt.Damage(
+                            at, span[2], f"bytes {at}-{span[2]} of the file are not in the bucket"
+                        )
+                    )
+                at = max(at, span[3] if span is not None else at)
+                stored = meta.get("sha256")
+                if stored is not None and hashlib.sha256(data).hexdigest() != stored:
+                    check.damage.append(
+                        fmt.Damage(0, len(data), "SHA-256 differs from the one stored at upload")
+                    )
+                if check.kind == "log":
+                    _verify_log(reader, data, check, have_key, progress, 0)
+                else:
+                    check.records += sum(
+                        1 for r in reader.iter_data(data, url) if isinstance(r, Record)
+                    )
+    except OSError as exc:
+        return _reading_failed(prog, exc)
+    except NeedKeyError as exc:
+        _err(prog, str(exc))
+        return EXIT_USAGE
+    except MmapLogError as exc:
+        return _storage_failed(prog, exc)
+    _print_verify(list(checks.values()), have_key)
+    if reader.key_mismatch:
+        _err(prog, "the key does not match (no record of those blocks authenticates with it)")
+    return EXIT_DAMAGED if any(c.damage for c in checks.values()) else EXIT_OK
 
 
 def _verify_log(
@@ -1039,8 +1095,8 @@ class _FileStats:
     note: str = ""
 
 
-def _file_stats(path: str) -> _FileStats:
-    data = read_file(path)
+def _file_stats(path: str, data: bytes | Any = None) -> _FileStats:
+    data = read_file(path) if data is None else data
     try:
         st = _FileStats(path, len(data))
         if data and data_kind(data) != "log":
@@ -1095,6 +1151,8 @@ def _span(seconds: float) -> str:
 def cmd_stats(args: argparse.Namespace) -> int:
     prog = "mmaplog stats"
     folder = args.log_dir
+    if folder.startswith("s3://"):
+        return _stats_bucket(args)
     if not _is_log_folder(prog, folder):
         return EXIT_USAGE
     try:
@@ -1107,6 +1165,33 @@ def cmd_stats(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         return _broken_pipe()
     return EXIT_DAMAGED if any(s.damaged_bytes for s in stats) else EXIT_OK
+
+
+def _stats_bucket(args: argparse.Namespace) -> int:
+    """``mmaplog stats s3://...``: a table per host, from the block headers of the
+    objects (one log file's objects in memory at a time)."""
+    from ._reader import BucketSource
+
+    prog = "mmaplog stats"
+    try:
+        source = BucketSource(args.log_dir, hosts=args.host, endpoint_url=args.endpoint_url)
+        per_host: dict[str, list[_FileStats]] = {}
+        for host, name, keys in source.files():
+            if args.prefix is not None and not name.startswith(args.prefix + "_"):
+                continue
+            data = b"".join(source.fetch(k)[0] for k in keys)
+            per_host.setdefault(host, []).append(_file_stats(name, data))
+        for host, stats in per_host.items():
+            sys.stdout.write(f"== {source.url}/{host}\n")
+            _print_stats(f"{source.url}/{host}", stats)
+        if not per_host:
+            sys.stdout.write(f"{source.url}: no shipped log files\n")
+    except OSError as exc:
+        return _reading_failed(prog, exc)
+    except MmapLogError as exc:
+        return _storage_failed(prog, exc)
+    damaged = any(s.damaged_bytes for stats in per_host.values() for s in stats)
+    return EXIT_DAMAGED if damaged else EXIT_OK
 
 
 def _print_stats(folder: str, stats: list[_FileStats]) -> None:
@@ -1350,6 +1435,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="log files, folders of them, cache files, or - for stdin",
     )
     p.add_argument("--key", help=key_help + " (to check decryption too)")
+    p.add_argument("--host", action="append", metavar="HOST", help="s3:// only: this host")
+    p.add_argument("--endpoint-url", metavar="URL", help="s3:// only: the storage endpoint")
 
     p = _sub(
         sub,
@@ -1358,8 +1445,10 @@ def build_parser() -> argparse.ArgumentParser:
         STATS_EPILOG,
         cmd_stats,
     )
-    p.add_argument("log_dir", metavar="LOG_DIR", help="the log folder")
+    p.add_argument("log_dir", metavar="LOG_DIR", help="the log folder, or s3://BUCKET/PREFIX")
     p.add_argument("--prefix", help="only the log files of this prefix")
+    p.add_argument("--host", action="append", metavar="HOST", help="s3:// only: this host")
+    p.add_argument("--endpoint-url", metavar="URL", help="s3:// only: the storage endpoint")
 
     p = _sub(
         sub,

@@ -497,8 +497,8 @@ class BucketSource:
             if size < 0
         )
 
-    def _streams(self) -> list[list[tuple[str, str]]]:
-        """Per (host, log prefix): the keys in reading order, with their host."""
+    def _listing(self) -> list[tuple[str, str, str, tuple[str, int, int, int], str]]:
+        """``(host, log prefix, file segment, order, key)`` of every object to read."""
         from ._s3 import S3Url
 
         hosts = self.hosts() if self._hosts is None else sorted(set(self._hosts))
@@ -506,7 +506,7 @@ class BucketSource:
             self._store.check_bucket()
         lo = _day_bound(self._since, -2)
         hi = _day_bound(self._until, 2)
-        streams: dict[tuple[str, str], list[tuple[tuple[str, int, int, int], str]]] = {}
+        found = []
         for host in hosts:
             base = S3Url(self.url.bucket, self.url.key(host)).key() + "/"
             for k, _size in self._store.list(base):
@@ -523,16 +523,40 @@ class BucketSource:
                 if (lo is not None and day < lo) or (hi is not None and day > hi):
                     continue
                 order = (day, int(m.group("part") or 0), int(gen or 0), int(r.group(1)))
-                streams.setdefault((host, m.group("prefix")), []).append((order, k))
+                found.append((host, m.group("prefix"), segment, order, k))
+        return found
+
+    def _streams(self) -> list[list[tuple[str, str]]]:
+        """Per (host, log prefix): the keys in reading order, with their host."""
+        streams: dict[tuple[str, str], list[tuple[tuple[str, int, int, int], str]]] = {}
+        for host, prefix, _segment, order, k in self._listing():
+            streams.setdefault((host, prefix), []).append((order, k))
         return [[(host, k) for _o, k in sorted(v)] for (host, _p), v in sorted(streams.items())]
+
+    def files(self) -> list[tuple[str, str, list[str]]]:
+        """``(host, log file, keys in byte order)`` for each shipped log file, in
+        host order, then in time order (a file shipped again after it was deleted
+        is named ``FILE@N``)."""
+        grouped: dict[tuple[str, tuple[str, int, int], str, str], list[tuple[int, str]]] = {}
+        for host, prefix, segment, order, k in self._listing():
+            grouped.setdefault((host, order[:3], prefix, segment), []).append((order[3], k))
+        return [
+            (host, segment, [k for _s, k in sorted(keys)])
+            for (host, _o, _p, segment), keys in sorted(grouped.items())
+        ]
+
+    def fetch(self, key: str) -> tuple[bytes, dict[str, str]]:
+        """The bytes and metadata of one object (counted in :attr:`objects`, :attr:`bytes`)."""
+        data, meta = self._store.fetch(key)
+        self.objects += 1
+        self.bytes += len(data)
+        return data, meta
 
     def _stream(self, keys: list[tuple[str, str]]) -> Iterator[Record]:
         reader = Reader(self._key, self._on_damage)
         self._readers.append(reader)
         for _host, k in keys:
-            data = self._store.get(k)
-            self.objects += 1
-            self.bytes += len(data)
+            data, _meta = self.fetch(k)
             for item in reader.iter_data(data, f"s3://{self.url.bucket}/{k}"):
                 if isinstance(item, Record):
                     yield item

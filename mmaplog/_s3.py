@@ -207,12 +207,16 @@ class Store:
 
     def get(self, key: str) -> bytes:
         """The bytes of the object at ``key`` (objects are small: one batch of blocks)."""
+        return self.fetch(key)[0]
 
-        def get() -> bytes:
+    def fetch(self, key: str) -> tuple[bytes, dict[str, str]]:
+        """The bytes and the user metadata of the object at ``key``."""
+
+        def get() -> tuple[bytes, dict[str, str]]:
             r = self._client.get_object(Bucket=self.url.bucket, Key=key)
             body = r["Body"]
             try:
-                return bytes(body.read())
+                return bytes(body.read()), dict(r.get("Metadata", {}))
             finally:
                 body.close()
 

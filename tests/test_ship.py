@@ -599,3 +599,33 @@ def test_bad_host_names_and_folders_are_config_errors(tmp_path: Any, s3env: Weed
         mmaplog.ship(d, "s3://bucket-x", host="../etc")
     with pytest.raises(mmaplog.ConfigError):
         mmaplog.ship(str(tmp_path / "missing"), "s3://bucket-x", host="h")
+
+
+def test_verify_and_stats_read_the_bucket(tmp_path: Any, s3env: WeedServer, bucket: str) -> None:
+    """verify and stats on a bucket path: clean after shipping; an altered object and a
+    missing one are reported, with status 1."""
+    url = f"s3://{bucket}/prod"
+    for host in ("h1", "h2"):
+        d = str(tmp_path / host)
+        write_logs(d, host, 2000)
+        mmaplog.ship(d, url, host=host, object_size=1)  # one block per object
+    env = s3env.env()
+    stats = run_cli("stats", url, env=env)
+    assert stats.returncode == 0, stats.stderr
+    assert f"== {url}/h1" in stats.stdout and f"== {url}/h2" in stats.stdout
+    assert stats.stdout.count("2000 records") == 2
+    ok = run_cli("verify", url, "--host", "h1", env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "records, 0 damaged ranges" in ok.stdout and "/h2/" not in ok.stdout
+    client: Any = s3env.client()
+    keys = sorted(k for k in keys_of(s3env, bucket) if "/h1/" in k)
+    assert len(keys) >= 3
+    first = client.get_object(Bucket=bucket, Key=keys[0])
+    body = bytearray(first["Body"].read())
+    body[-1] ^= 0xFF
+    client.put_object(Bucket=bucket, Key=keys[0], Body=bytes(body), Metadata=first["Metadata"])
+    client.delete_object(Bucket=bucket, Key=keys[1])
+    bad = run_cli("verify", url, "--host", "h1", env=env)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "SHA-256 differs from the one stored at upload" in bad.stdout
+    assert "of the file are not in the bucket" in bad.stdout
