@@ -810,6 +810,48 @@ class _Tail:
         return lines
 
 
+def _tail_bucket(args: argparse.Namespace) -> int:
+    """``mmaplog tail s3://...``: the newest records of every host, merged by time;
+    with -f, the records of new objects as the shippers store them."""
+    from ._reader import BucketSource, host_of
+
+    prog = "mmaplog tail"
+
+    def on_damage(src: str, d: fmt.Damage) -> None:
+        _err(prog, f"{src}: bytes {d.start}-{d.end} skipped: {d.reason}")
+
+    def show(records: list[Record]) -> None:
+        for r in records:
+            sys.stdout.write(f"{host_of(r.source)} | {_format_text(r)}\n")
+        sys.stdout.flush()
+
+    try:
+        source = BucketSource(
+            args.log_dir,
+            key=_read_key(args.key),
+            on_damage=on_damage,
+            hosts=args.host,
+            endpoint_url=args.endpoint_url,
+        )
+        show(source.newest(args.lines))
+        while args.follow:
+            time.sleep(_BUCKET_POLL_INTERVAL)
+            show(source.poll())
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except OSError as exc:
+        return _reading_failed(prog, exc)
+    except NeedKeyError as exc:
+        _err(prog, str(exc))
+        return EXIT_USAGE
+    except MmapLogError as exc:
+        return _storage_failed(prog, exc)
+    return EXIT_DAMAGED if source.damaged else EXIT_OK
+
+
+_BUCKET_POLL_INTERVAL = 2.0
+
+
 def _print_lines(lines: list[_Line]) -> None:
     out = sys.stdout
     for line in lines:
@@ -835,6 +877,8 @@ def _is_log_folder(prog: str, folder: str) -> bool:
 def cmd_tail(args: argparse.Namespace) -> int:
     prog = "mmaplog tail"
     folder = args.log_dir
+    if folder.startswith("s3://"):
+        return _tail_bucket(args)
     if not _is_log_folder(prog, folder):
         return EXIT_USAGE
 
@@ -1426,6 +1470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="print new records as they come")
     p.add_argument("--prefix", help="only the logs and caches of this prefix")
     p.add_argument("--key", help=key_help)
+    p.add_argument("--host", action="append", metavar="HOST", help="s3:// only: this host")
+    p.add_argument("--endpoint-url", metavar="URL", help="s3:// only: the storage endpoint")
 
     p = _sub(sub, "verify", "check every block of log files", VERIFY_EPILOG, cmd_verify)
     p.add_argument(

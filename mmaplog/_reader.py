@@ -473,6 +473,8 @@ class BucketSource:
         self._since, self._until = since, until
         self._store = Store(self.url, endpoint_url=endpoint_url)
         self._readers: list[Reader] = []
+        self._tail_readers: dict[tuple[str, str], Reader] = {}
+        self._seen: set[str] = set()
         self.objects = 0
         """Objects downloaded so far."""
         self.bytes = 0
@@ -560,6 +562,54 @@ class BucketSource:
             for item in reader.iter_data(data, f"s3://{self.url.bucket}/{k}"):
                 if isinstance(item, Record):
                     yield item
+
+    def _reader_for(self, stream: tuple[str, str]) -> Reader:
+        reader = self._tail_readers.get(stream)
+        if reader is None:
+            reader = self._tail_readers[stream] = Reader(self._key, self._on_damage)
+            self._readers.append(reader)
+        return reader
+
+    def _records_of(self, stream: tuple[str, str], key: str) -> list[Record]:
+        data, _meta = self.fetch(key)
+        source = f"s3://{self.url.bucket}/{key}"
+        items = self._reader_for(stream).iter_data(data, source)
+        return [r for r in items if isinstance(r, Record)]
+
+    def newest(self, n: int) -> list[Record]:
+        """The ``n`` newest records of the bucket path, oldest first: each stream is
+        read backwards from its last object until it has ``n`` records, so only the
+        end of the bucket is downloaded. Objects read are remembered by :meth:`poll`."""
+        import heapq
+        from operator import attrgetter
+
+        self._seen.clear()
+        streams: dict[tuple[str, str], list[tuple[tuple[str, int, int, int], str]]] = {}
+        for host, prefix, _segment, order, k in self._listing():
+            streams.setdefault((host, prefix), []).append((order, k))
+            self._seen.add(k)
+        tails = []
+        for stream, keys in streams.items():
+            got: list[Record] = []
+            for _order, k in sorted(keys, reverse=True):
+                if len(got) >= n:
+                    break
+                got = self._records_of(stream, k) + got
+            tails.append(got[-n:] if n else [])
+        merged = list(heapq.merge(*tails, key=attrgetter("time")))
+        return merged[len(merged) - n :] if n else []
+
+    def poll(self) -> list[Record]:
+        """The records of objects stored since the last :meth:`newest` or :meth:`poll`,
+        in time order."""
+        seen = self._seen
+        new: list[Record] = []
+        for host, prefix, _segment, _order, k in sorted(self._listing(), key=lambda t: t[3]):
+            if k not in seen:
+                seen.add(k)
+                new += self._records_of((host, prefix), k)
+        new.sort(key=lambda r: r.time)
+        return new
 
     def __iter__(self) -> Iterator[Record]:
         import heapq

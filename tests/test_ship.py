@@ -629,3 +629,42 @@ def test_verify_and_stats_read_the_bucket(tmp_path: Any, s3env: WeedServer, buck
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "SHA-256 differs from the one stored at upload" in bad.stdout
     assert "of the file are not in the bucket" in bad.stdout
+
+
+def test_tail_of_a_bucket_shows_the_newest_and_follows(
+    tmp_path: Any, s3env: WeedServer, bucket: str
+) -> None:
+    """tail on a bucket path prints the newest records of all hosts, and with -f the
+    records of objects shipped afterwards."""
+    url = f"s3://{bucket}"
+    dirs = {h: str(tmp_path / h) for h in ("h1", "h2")}
+    write_logs(dirs["h1"], "h1", 3000)
+    write_logs(dirs["h2"], "h2", 3000)
+    for h, d in dirs.items():
+        mmaplog.ship(d, url, host=h, object_size=1)
+    env = s3env.env()
+    out = run_cli("tail", url, "-n", "5", env=env)
+    assert out.returncode == 0, out.stderr
+    assert [line.rsplit("][", 1)[-1] for line in out.stdout.splitlines()] == [
+        f"h2 {i}" for i in range(2995, 3000)
+    ]
+    follower = subprocess.Popen(
+        [PY, "-m", "mmaplog", "tail", url, "-n", "0", "-f"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3)
+        write_logs(dirs["h1"], "late", 100)
+        mmaplog.ship(dirs["h1"], url, host="h1")
+        time.sleep(4)
+    finally:
+        follower.send_signal(signal.SIGINT)
+        followed, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    assert [line.rsplit("][", 1)[-1] for line in followed.splitlines()] == [
+        f"late {i}" for i in range(100)
+    ]
+    assert all(line.startswith("h1 | ") for line in followed.splitlines())
