@@ -603,8 +603,8 @@ def _decode_bucket(
                     continue
                 host = host_of(r.source)
                 if args.format == "json":
-                    line = _format_json(r)
-                    out.write(line[:1] + json.dumps({"host": host})[1:-1] + ", " + line[1:])
+                    obj = json.loads(_format_json(r))
+                    out.write(json.dumps({"host": host, **obj}, ensure_ascii=False))
                 else:
                     out.write(f"{host} | {_format_text(r)}")
                 out.write("\n")

@@ -318,7 +318,7 @@ def test_storage_stopped_and_restarted_mid_ship_loses_nothing(
     """The server killed while a ship is under way and started again a few seconds later:
     the shipper retries, resumes, and the bucket holds every record once."""
     d = str(tmp_path / "logs")
-    write_logs(d, "r", 60000)
+    write_logs(d, "r", 30000)
     url = f"s3://{bucket}"
     shipper = subprocess.Popen(
         [
@@ -364,7 +364,7 @@ def test_storage_stopped_and_restarted_mid_ship_loses_nothing(
     decoded = run_cli("decode", url, env=env)
     assert decoded.returncode == 0, decoded.stderr
     assert [line.rsplit("][", 1)[-1] for line in decoded.stdout.splitlines()] == [
-        f"r {i}" for i in range(60000)
+        f"r {i}" for i in range(30000)
     ]
 
 
