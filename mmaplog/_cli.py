@@ -1395,7 +1395,8 @@ def build_parser() -> argparse.ArgumentParser:
         "files",
         nargs="+",
         metavar="FILE_OR_DIR",
-        help="log files, folders of them (in time order), cache files, or - for stdin",
+        help="log files, folders of them (in time order), cache files, - for stdin, or one "
+        "s3://BUCKET/PREFIX that mmaplog ship filled (every host, merged by time)",
     )
     p.add_argument("--key", help=key_help)
     p.add_argument("--level", type=parse_level, metavar="LEVEL", help="records at or above LEVEL")
@@ -1458,7 +1459,11 @@ def build_parser() -> argparse.ArgumentParser:
         TAIL_EPILOG,
         cmd_tail,
     )
-    p.add_argument("log_dir", metavar="LOG_DIR", help="the log folder (where the caches are too)")
+    p.add_argument(
+        "log_dir",
+        metavar="LOG_DIR",
+        help="the log folder (where the caches are too), or s3://BUCKET/PREFIX",
+    )
     p.add_argument(
         "-n",
         "--lines",
@@ -1478,7 +1483,7 @@ def build_parser() -> argparse.ArgumentParser:
         "files",
         nargs="+",
         metavar="FILE_OR_DIR",
-        help="log files, folders of them, cache files, or - for stdin",
+        help="log files, folders of them, cache files, - for stdin, or one s3://BUCKET/PREFIX",
     )
     p.add_argument("--key", help=key_help + " (to check decryption too)")
     p.add_argument("--host", action="append", metavar="HOST", help="s3:// only: this host")
