@@ -10,6 +10,7 @@ package) on free localhost ports, in a temporary folder it removes at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -42,6 +43,15 @@ while not os.path.exists(stop):
 h.close()
 print(n)
 """
+
+
+def _upload_pending(log_dir: str) -> bool:
+    """Whether the shipper's state file holds an upload it had not seen confirmed."""
+    for name in os.listdir(log_dir):
+        if name.startswith(".mmaplog-ship-") and name.endswith(".json"):
+            with open(os.path.join(log_dir, name)) as f:
+                return json.load(f)["pending"] is not None
+    return False
 
 
 def main() -> int:
@@ -89,7 +99,10 @@ def main() -> int:
             time.sleep(delay)
             shipper.send_signal(signal.SIGKILL)
             shipper.wait()
-            print(f"  kill {k + 1}: shipper of {host} killed with SIGKILL after {delay:.2f}s")
+            midway = " in the middle of an upload" if _upload_pending(dirs[host]) else ""
+            print(
+                f"  kill {k + 1}: shipper of {host} killed with SIGKILL after {delay:.2f}s{midway}"
+            )
         open(stop, "w").close()
         written = {h: int(w.communicate()[0]) for h, w in writers.items()}
         for h, d in dirs.items():
