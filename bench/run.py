@@ -1,4 +1,4 @@
-"""Benchmark mmaplog against the usual ways of writing logs (issue 6).
+"""Benchmark mmaplog against the usual ways of writing logs.
 
     pip install -e ".[bench]"        # matplotlib, loguru, structlog (each optional)
     python bench/run.py              # everything, a few minutes: docs/benchmarks.md + .png
@@ -827,7 +827,7 @@ def compression_study(text: bytes) -> dict[str, Any]:
 def _where(filename: str, line: int, func: str) -> str:
     if filename == "~":
         return func
-    for marker in ("/mmaplog/", "/site-packages/", "/lib/python3"):
+    for marker in ("/mmaplog/", "/bench/", "/site-packages/", "/lib/python3"):
         i = filename.rfind(marker)
         if i >= 0:
             filename = filename[i + 1 :]

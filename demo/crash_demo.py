@@ -19,7 +19,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mmaplog
-from mmaplog import _testing
+from torture import harness
 
 
 def one_round(round_no: int, public_key: str | None, private_key: str | None) -> bool:
@@ -30,7 +30,7 @@ def one_round(round_no: int, public_key: str | None, private_key: str | None) ->
             handler["public_key"] = public_key
         config = {"log_dir": log_dir, "handler": handler, "sizes": [20, 400]}
         delay = random.uniform(0.3, 1.5)
-        acked, status = _testing.run_writer(config, kill_after=delay)
+        acked, status = harness.run_writer(config, kill_after=delay)
         recovered = mmaplog.recover(log_dir)
         texts = [r.text for r in mmaplog.read_records(log_dir, key=private_key)]
         acknowledged = sum(len(v) for v in acked.values())
@@ -39,7 +39,7 @@ def one_round(round_no: int, public_key: str | None, private_key: str | None) ->
         lost = len(set(range(1, top + 1)) - set(numbers))
         duplicated = len(numbers) - len(set(numbers))
         try:
-            _testing.check_exactly_once(texts, acked)
+            harness.check_exactly_once(texts, acked)
             verdict = "ok"
         except AssertionError as exc:
             verdict = f"FAILED: {exc}"

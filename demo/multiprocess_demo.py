@@ -20,7 +20,7 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mmaplog
-from mmaplog import _testing
+from torture import harness
 
 
 def main() -> int:
@@ -34,7 +34,7 @@ def main() -> int:
             "count": 0 if i < 2 else 4000,
             "handler": {"buffer_size": 32 * 1024},
         }
-        results[i] = _testing.run_writer(config, kill_after=1.5 if i < 2 else None)
+        results[i] = harness.run_writer(config, kill_after=1.5 if i < 2 else None)
 
     try:
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
@@ -57,7 +57,7 @@ def main() -> int:
             fate = "killed" if results[i][1] == -9 else "exited"
             n = sum(len(v) for t, v in results[i][0].items())
             print(f"process {i}: {fate}, {n} records acknowledged")
-        counts = _testing.check_exactly_once(texts, acked)
+        counts = harness.check_exactly_once(texts, acked)
         pids = {r.pid for r in mmaplog.read_records(log_dir)}
         print(
             f"all {counts['acknowledged']} acknowledged records are in the log exactly once "

@@ -20,8 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import structlog
 
 import mmaplog
-from mmaplog import _testing
 from mmaplog.structlog import MmapLoggerFactory
+from torture import harness
 
 
 def main() -> int:
@@ -46,12 +46,12 @@ def main() -> int:
             print("  ", json.dumps(json.loads(record.text), sort_keys=True))
 
         crash_dir = os.path.join(log_dir, "crash")
-        acked, status = _testing.run_writer(
+        acked, status = harness.run_writer(
             {"log_dir": crash_dir, "via": "structlog"}, kill_after=1.0
         )
         recovered = mmaplog.recover(crash_dir)
         texts = [r.text for r in mmaplog.read_records(crash_dir)]
-        _testing.check_exactly_once(texts, acked)
+        harness.check_exactly_once(texts, acked)
         n = sum(len(v) for v in acked.values())
         print(
             f"killed a structlog writer with SIGKILL (exit {status}): {n} events acknowledged, "

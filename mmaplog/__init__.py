@@ -6,7 +6,10 @@ A Python take on Tencent Mars xlog: :class:`MmapHandler` keeps every record in a
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from ._reader import Record, read_records
+from ._recovery import recover
 from ._ship import ShipReport, ship
 from .exceptions import (
     CacheLockedError,
@@ -21,9 +24,11 @@ from .exceptions import (
     UnsupportedVersionError,
 )
 from .handler import MmapHandler, XlogFormatter
-from .recover import recover
 
-__version__ = "0.1.0"
+try:
+    __version__: str = _metadata.version("mmaplog")
+except _metadata.PackageNotFoundError:  # imported from a checkout that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CacheLockedError",

@@ -21,16 +21,15 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from . import _format as fmt
-from . import _testing
+from ._blocks import BlockSession
 from ._codec import StreamCompressor, stream_context
 from ._crypto import TAG_SIZE
+from ._faults import point
 from ._logfile import day_bounds, open_no_follow
-
-if TYPE_CHECKING:
-    from ._xlog import XlogBlockWriter
+from ._xlog import note_line
 
 PAGE = mmap.PAGESIZE
 NSLOTS = 2
@@ -39,21 +38,16 @@ MAX_BUFFER = 64 * 1024 * 1024
 
 EMPTY, OPEN, SEALED, MOVING = range(4)
 
-APPENDED, DROPPED, OVERSIZE = range(3)
+APPENDED, DROPPED, OVERSIZE, CLOSED = range(4)
+
+# While records are dropped at once (both slots wait for the disk), the flusher is
+# woken this often to try again, so a disk with room again is seen within this time.
+_STARVED_RETRY = 0.1
 
 _CHUNK_OVERHEAD = 64 + fmt.CHUNK_HEADER.size + TAG_SIZE
 _pack_chunk_header = fmt.CHUNK_HEADER.pack
 _pack_commit = fmt.COMMIT.pack_into
 _crc32 = zlib.crc32
-
-
-class SealerProtocol(Protocol):
-    """What the writer needs of an encryption session (see ``_crypto.Sealer``)."""
-
-    @property
-    def ephemeral_public(self) -> bytes: ...
-
-    def seal(self, seq: int, index: int, plaintext: bytes, aad: bytes) -> bytes: ...
 
 
 def _no_block(raw: bytes) -> bytes:
@@ -133,7 +127,9 @@ class SealedBlock:
 
     ``heads`` and ``texts`` hold the records (their headers back to back, and their
     texts), or for an xlog block (``FLAG_XLOG``) ``raw`` holds the chunk bodies, so
-    the flusher never reads the cache back.
+    the flusher never reads the cache back. ``data`` keeps the log-file bytes once
+    the flusher has built them: a move that failed is retried with the same bytes,
+    never sealed a second time.
     """
 
     slot: int
@@ -143,13 +139,15 @@ class SealedBlock:
     raw: list[bytes] = field(default_factory=list)
     heads: bytes | bytearray = b""
     texts: list[bytes] = field(default_factory=list)
+    data: bytes = b""
 
 
 class Cache:
     """An open, locked, mapped cache file and the writer that fills its slots.
 
     All writer state is guarded by ``lock``; the flusher takes sealed blocks with
-    :meth:`take_sealed` and gives slots back with :meth:`release`.
+    :meth:`take_sealed` and gives slots back with :meth:`release`. Blocks are
+    numbered and sealed by ``blocks``, the session's one owner of block identity.
     """
 
     def __init__(
@@ -160,31 +158,31 @@ class Cache:
         buffer_size: int,
         log_dir: str,
         prefix: str,
-        codec: int,
-        level: int | None,
-        sealer: SealerProtocol | None,
+        blocks: BlockSession,
         wake: Callable[[], None],
-        xlog: XlogBlockWriter | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
-        self.xlog = xlog
+        self.blocks = blocks
+        self.xlog = xlog = blocks.xlog
         self.fd = fd
-        self.codec = codec
-        self.level = level
-        self.sealer = sealer
+        self.codec = blocks.codec
+        sealer = blocks.sealer
+        self._seal = sealer.seal if sealer is not None else None
         self._keep_bodies = xlog is not None  # xlog blocks are moved from the chunk bodies
         self._wake = wake
+        self._warn = warn
         self.slot_size, self.file_size = geometry(buffer_size)
         self.threshold = max(1, buffer_size // 3)
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self._acquire = self.lock.acquire
         self._release = self.lock.release
-        self.session = os.urandom(8)
-        self.pid = os.getpid()
+        self.pid = blocks.pid
+        self.closed = False  # set under the lock by shut(): no store into the slots after it
         self.mapped = False
+        self._header = b""  # the header page's bytes, written again if the file shrinks
         self.warning: str | None = None
-        self._next_seq = 0
         self._states = [EMPTY] * NSLOTS
         self._waiting = 0  # writers in _make_room waiting for a free slot (under the lock)
         self._day = (0, 0)  # the local day of the last block opened, [start, end) in µs
@@ -193,10 +191,15 @@ class Cache:
         # waited for the lock the writer holds would cost the writer a GIL hand-over.
         self._sealed: deque[SealedBlock] = deque()
         self._active = -1
-        self.dropped = 0
+        self.dropped = 0  # dropped since the last note in the log
+        self.dropped_total = 0  # dropped over the cache's life, for the report at close
+        # Set when a wait for a slot timed out, cleared when a move frees a slot: until
+        # then records are dropped at once, not after another block_timeout each.
+        self._starved = False
+        self._starved_wake = 0.0
         self._drop_first_us = 0
         self._drop_last_us = 0
-        self._zctx = stream_context(codec, level)
+        self._zctx = stream_context(self.codec, None)
         self._buf: mmap.mmap | bytearray = self._map(fd, log_dir, prefix)
         self._reset_block_state()
 
@@ -216,6 +219,10 @@ class Cache:
                 prefix=prefix,
             )
         )
+        if fd < 0:  # no cache file at all: the handler has said so
+            buf = bytearray(size)
+            buf[: len(header)] = header
+            return buf
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -230,6 +237,7 @@ class Cache:
             for i in range(NSLOTS):
                 os.pwrite(fd, zeros, fmt.CACHE_HEADER_SIZE + i * self.slot_size)
             os.pwrite(fd, header, 0)
+            self._header = header
             flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
             mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except (OSError, ValueError) as exc:
@@ -281,32 +289,11 @@ class Cache:
         return -1
 
     def _open_block(self, slot: int, time_us: int) -> None:
-        seq = self._next_seq
-        self._next_seq += 1
-        flags = self.codec | fmt.FLAG_STREAM
-        ext = b""
+        if self.mapped:
+            self._check_size()  # one fstat per block: never a syscall per record
+        template = self.blocks.open_block(time_us)
+        seq = template.seq
         xlog = self.xlog
-        if xlog is not None:
-            flags |= fmt.FLAG_XLOG
-            if xlog.encrypted:
-                flags |= fmt.FLAG_ENCRYPTED
-                ext = xlog.client_pubkey
-        elif self.sealer is not None:
-            flags |= fmt.FLAG_ENCRYPTED
-            ext = self.sealer.ephemeral_public
-        template = fmt.BlockHeader(
-            flags=flags,
-            session=self.session,
-            seq=seq,
-            pid=self.pid,
-            payload_len=0,
-            first_time_us=time_us,
-            last_time_us=0,
-            count=0,
-            raw_len=0,
-            payload_crc=0,
-            extension=ext,
-        )
         base = fmt.CACHE_HEADER_SIZE + slot * self.slot_size
         hdr = fmt.pack_header(template)
         buf = self._buf
@@ -335,12 +322,12 @@ class Cache:
                 None,
             )
         else:
-            stream = StreamCompressor(self.codec, self.level, context=self._zctx)
+            stream = StreamCompressor(self.codec, None, context=self._zctx)
             self._compress, self._flush, self._flush_mode = stream.steps()
-        self._seed = fmt.chunk_seed(self.session, seq)
+        self._seed = fmt.chunk_seed(template.session, seq)
         self._seq = seq
         self._seal_at = self._payload_start + self.threshold
-        self._aad = fmt.block_aad(self.session, seq, flags)
+        self._aad = fmt.block_aad(template.session, seq, template.flags)
 
     def _seal_active(self) -> bool:
         """Seal the open block; True if it held records (the flusher has work)."""
@@ -371,14 +358,11 @@ class Cache:
     @property
     def capacity(self) -> int:
         """The largest chunk a slot can take."""
-        if self.xlog is not None:
-            ext = fmt.XLOG_EXTENSION if self.xlog.encrypted else 0
-        else:
-            ext = len(self.sealer.ephemeral_public) if self.sealer else 0
+        ext = len(self.blocks.extension)
         return self.slot_size - fmt.SLOT_BLOCK_OFFSET - fmt.BLOCK_HEADER_SIZE - ext
 
     def append(self, head: bytes, text: bytes, time_us: int, timeout: float) -> int:
-        """Write one record into the cache; return APPENDED, DROPPED or OVERSIZE.
+        """Write one record into the cache; return APPENDED, DROPPED, OVERSIZE or CLOSED.
 
         ``head`` is the record's header (``fmt.RECORD_HEADER``) and ``text`` its
         text; in an xlog cache ``head`` is empty and ``text`` is the line.
@@ -414,6 +398,8 @@ class Cache:
         (sealing wakes the flusher, opening builds a header and a compressor). With
         no free slot to go on in, records keep filling the block while they fit.
         """
+        if self.closed:
+            return CLOSED
         if need > self.capacity:
             return OVERSIZE
         sealed = False
@@ -425,6 +411,8 @@ class Cache:
             and self._pos + need <= self._limit
             and self._day_start <= time_us < self._day_end
         ):
+            if self.closed:  # shut() while this writer waited for a slot
+                return CLOSED
             sealed = self._seal_active() or sealed
             slot = self._free_slot()
             if slot >= 0:
@@ -432,6 +420,12 @@ class Cache:
                 if self.dropped:
                     self._write_drop_note(time_us)
                 continue
+            if self._starved:  # a wait already timed out and no move has succeeded since
+                self._count_drop(time_us)
+                if time.monotonic() >= self._starved_wake:  # a retry now, not after back-off
+                    self._starved_wake = time.monotonic() + _STARVED_RETRY
+                    self._wake()
+                return DROPPED
             # Both slots wait for the flusher: wait for one (or for another thread's block).
             self._wake()
             sealed = False
@@ -448,6 +442,7 @@ class Cache:
             finally:
                 self._waiting -= 1
             if timed_out and self._active < 0 and self._free_slot() < 0:
+                self._starved = True
                 self._count_drop(time_us)
                 return DROPPED
         if sealed:
@@ -457,9 +452,11 @@ class Cache:
     def _write(self, head: bytes, text: bytes, time_us: int) -> None:
         """Write one record as a chunk, then its commit store."""
         body = self._compress(head + text) + self._flush(self._flush_mode)
-        sealer = self.sealer
-        if sealer is not None:
-            body = sealer.seal(self._seq, self._count, body, self._aad)
+        seal = self._seal
+        if seal is not None:
+            # The nonce (seq, index): seq from the session's one counter, index the
+            # chunk's place in the block, so it never repeats (see _blocks).
+            body = seal(self._seq, self._count, body, self._aad)
             # The tags do not count toward sealing: an encrypted block holds as many
             # records as a plain one, so it compresses as well when it is moved.
             self._seal_at += TAG_SIZE
@@ -483,9 +480,16 @@ class Cache:
         if not self.dropped:
             self._drop_first_us = time_us
         self.dropped += 1
+        self.dropped_total += 1
         self._drop_last_us = time_us
 
     def _write_drop_note(self, time_us: int) -> None:
+        head, text = self.drop_note(time_us)
+        self._write(head, text, time_us)
+
+    def drop_note(self, time_us: int) -> tuple[bytes, bytes]:
+        """The note record (header and text, or an xlog line) saying how many records
+        were dropped since the last note, and when; the count starts again from 0."""
         first = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._drop_first_us / 1e6))
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._drop_last_us / 1e6))
         text = (
@@ -495,23 +499,31 @@ class Cache:
         ).encode()
         self.dropped = 0
         if self.xlog is not None:
-            from ._xlog import note_line
-
-            self._write(b"", note_line(time_us, self.pid, text), time_us)
-        else:
-            self._write(fmt.record_head(time_us, 40, fmt.KIND_NOTE, text), text, time_us)
+            return b"", note_line(time_us, self.pid, text)
+        return fmt.record_head(time_us, 40, fmt.KIND_NOTE, text), text
 
     def seal(self) -> None:
         """Seal the block being written, if it holds anything."""
         with self.lock:
-            self._seal_active()
+            if not self.closed:
+                self._seal_active()
 
-    def take_seq(self) -> int:
-        """Reserve a block sequence number outside the slots (a block written directly)."""
+    def shut(self) -> None:
+        """Seal the open block and take no record after it: ``append`` returns CLOSED.
+
+        Under the lock, so a writer is either done with its record or has not begun
+        it: the mapping can then be unmapped once the sealed blocks are moved.
+        """
         with self.lock:
-            seq = self._next_seq
-            self._next_seq += 1
-            return seq
+            if not self.closed:
+                self._seal_active()
+                self.closed = True
+            self.cond.notify_all()
+
+    def pending_records(self) -> int:
+        """How many records are in blocks not yet moved into the log."""
+        with self.lock:
+            return self._count + sum(b.count for b in self._sealed)
 
     def has_pending(self) -> bool:
         with self.lock:
@@ -547,9 +559,12 @@ class Cache:
         looks at the slots, all under the lock; here the slot is marked EMPTY and then
         ``_waiting`` read. Either the writer sees the free slot, or this sees the
         writer and notifies it (taking the lock, so after its ``wait`` began).
+        Zeroing the slot stores into the mapping, so the file's size is checked first.
         """
+        self.check_file()
         self._zero_slot(block.slot)
         self._states[block.slot] = EMPTY
+        self._starved = False
         if self._waiting:
             with self.lock:
                 self.cond.notify_all()
@@ -559,17 +574,81 @@ class Cache:
         buf = self._buf
         magic_at = base + fmt.SLOT_BLOCK_OFFSET
         buf[magic_at : magic_at + 4] = b"\0\0\0\0"  # empty from here on, for recovery
-        _testing.point("mid_release")
+        point("mid_release")
         buf[base : base + self.slot_size] = bytes(self.slot_size)
 
+    # -- the cache file shrunk underneath ------------------------------------------------
+
+    def check_file(self) -> None:
+        """Extend the cache file again if another program shrank it (the flusher's tick).
+
+        One ``fstat``; the lock is taken only when the file did shrink.
+        """
+        if self.mapped and self._shrunk():
+            with self.lock:
+                self._check_size()
+
+    def _shrunk(self) -> bool:
+        try:
+            return os.fstat(self.fd).st_size < self.file_size
+        except OSError:
+            return False
+
+    def _check_size(self) -> None:
+        """Under the lock: if the file is shorter than the mapping, extend it again.
+
+        A store into a page past the end of a mapped file is a SIGBUS, which Python
+        cannot survive; ``logrotate copytruncate`` or a cleanup script over the log
+        folder can shrink the cache. The pages that were cut off are zeros when the
+        file is extended: the records of the blocks still to be moved are kept in
+        memory (``SealedBlock``), so they are still moved, but until then they would
+        not survive a crash. The open block lost its header: it is sealed, so the next
+        record opens a block with a header again. If the file cannot be extended, the
+        cache goes on in memory.
+        """
+        if not self.mapped or not self._shrunk():
+            return
+        size = os.fstat(self.fd).st_size
+        try:
+            os.ftruncate(self.fd, self.file_size)
+            _preallocate(self.fd, self.file_size)
+            os.pwrite(self.fd, self._header, 0)
+        except OSError as exc:
+            # Never store into the mapping again: its pages may have no disk behind them.
+            # The old mapping is not closed here: the flusher may be zeroing a slot in it.
+            self._buf = bytearray(self.file_size)
+            self._buf[: len(self._header)] = self._header
+            self.mapped = False
+            message = (
+                f"mmaplog: the cache file {self.path} was shrunk to {size} bytes by another "
+                f"program and cannot be extended again ({exc}); records are kept in memory "
+                "and are lost if the process dies before they are moved"
+            )
+        else:
+            message = (
+                f"mmaplog: the cache file {self.path} was shrunk to {size} bytes by another "
+                "program (a log rotation or clean-up reaching the cache?); it was extended "
+                "again and records not yet moved are moved from memory. Keep the cache out of "
+                "reach of such tools (cache_dir): a record written while it is shrunk kills "
+                "the process (SIGBUS)"
+            )
+        if self._active >= 0:
+            self._seal_active()
+            self._wake()
+        if self._warn is not None:
+            self._warn(message)
+
     def msync(self) -> None:
-        if isinstance(self._buf, mmap.mmap):
-            self._buf.flush()
+        """Write the mapped pages to the disk (``durable=True``); nothing once shut."""
+        with self.lock:
+            if not self.closed and isinstance(self._buf, mmap.mmap):
+                self._buf.flush()
 
     # -- lifetime ----------------------------------------------------------------------
 
     def close(self) -> None:
         """Unmap and unlock. Pending blocks must have been moved out before."""
+        self.closed = True
         buf = self._buf
         if isinstance(buf, mmap.mmap) and not buf.closed:
             buf.close()
@@ -579,6 +658,7 @@ class Cache:
 
     def abandon(self) -> None:
         """Forget the cache without touching it (in a forked child: it is the parent's)."""
+        self.closed = True
         buf = self._buf
         if isinstance(buf, mmap.mmap) and not buf.closed:
             buf.close()  # unmaps only this process's view

@@ -1,4 +1,5 @@
-"""The ``mmaplog`` command line: decode, tail, verify, stats, recover, keygen, ship.
+"""The ``mmaplog`` command line: decode, tail, verify, stats, recover, keygen, pubkey,
+ship.
 
 The only module that touches ``argv`` and standard output. Errors are one line
 on stderr with a documented exit status, never a traceback.
@@ -7,8 +8,10 @@ on stderr with a documented exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime as _dt
+import io
 import json
 import logging
 import os
@@ -23,13 +26,23 @@ from typing import IO, Any
 
 from . import _format as fmt
 from ._reader import (
+    BucketSource,
     Marker,
     Reader,
     Record,
+    Waiting,
+    cache_files_in,
+    count_caches,
     data_kind,
     expand_paths,
+    host_of,
+    log_days_in,
     log_files_in,
+    merge_by_time,
+    read_cache_file,
     read_file,
+    verify_caches,
+    waiting_records,
 )
 from .exceptions import ConfigError, MmapLogError, NeedKeyError
 
@@ -58,14 +71,31 @@ Run `mmaplog COMMAND --help` for the options of a command.
 
 DECODE_EPILOG = (
     """\
+Records are printed in time order: those of the processes that wrote into the
+same files (or the same day of a folder) are merged by time, each process's own
+order kept. A folder's day is read into memory whole for this.
+
+A folder's caches (*.mmap) that no running process holds are read too, never
+written: their records are not in the log yet (a process died before moving
+them). They are printed last, after a line naming the cache, and stderr says how
+many there are and that `mmaplog recover FOLDER` moves them into the log. A
+folder with neither logs nor such caches is said to have no log files.
+
 Filters use each record's stored time and level (no text is parsed). T is an
 ISO 8601 date or date and time (local time unless it has a zone: 2026-11-25,
 2026-11-25T14:30, 2026-11-25 14:30:00+01:00) or a time ago: 30s, 10m, 2h, 3d,
 1w. --since and --until are inclusive. LEVEL is a name (DEBUG, INFO, WARNING,
 ERROR, CRITICAL, any case), xlog's letter (V D I W E F) or a number; records at
-or above it are printed.
+or above it are printed. --pid keeps the records of one process (repeat it for
+more); --format json prints one JSON object per line (JSON Lines): for a text
+record its time, level, logger, pid, session and message; a record logged as
+a JSON object (structlog's JSONRenderer) is printed as that object.
 
 A progress bar is drawn on stderr when it is a terminal and stdout is not.
+On a terminal, control characters in a record's text (escape sequences,
+carriage returns; everything but tab and newline) are shown as \\xNN: --raw
+prints them as they are. Characters the output's encoding cannot hold are
+written as backslash escapes.
 
 exit status:
   0  every block decoded
@@ -80,7 +110,8 @@ TAIL_EPILOG = (
 The newest records of the folder's log files and of the caches (*.mmap) in it,
 including the records a running process has not moved to its log file yet.
 Caches are read without their lock and never written. With -f, new records are
-printed as they arrive (polled every 0.2 s) until Ctrl-C.
+printed as they arrive (polled every 0.2 s) until Ctrl-C. Control characters
+are escaped on a terminal as by decode (--raw prints them as they are).
 
 exit status:
   0  success (also when -f is stopped with Ctrl-C)
@@ -91,6 +122,8 @@ exit status:
 
 VERIFY_EPILOG = (
     """\
+A folder stands for its log files and for the caches in it that no running
+process holds and that hold records (a process died before moving them).
 Every block is checked: header and payload checksums, decompression, record
 framing, and decryption when --key is given. Without --key, encrypted blocks
 are checked by their checksums only (the summary says how many). A progress bar
@@ -106,8 +139,10 @@ exit status:
 
 STATS_EPILOG = """\
 Counts come from the block headers: nothing is decompressed, so no key is
-needed. The compression ratio is the records' raw size over the bytes the
-blocks take on disk, for whole-form blocks (the ones a running process moves).
+needed. Caches of processes no longer running are counted too, on their own
+rows (their records are not in the log yet: `mmaplog recover` moves them).
+The compression ratio is the records' raw size over the bytes the blocks take
+on disk, for whole-form blocks (the ones a running process moves).
 Blocks moved by recovery after a crash are in stream form, whose header does not
 record the raw size: they are counted in blocks and records but left out of the
 ratio, and listed on their own line.
@@ -119,17 +154,36 @@ exit status:
 """
 
 RECOVER_EPILOG = """\
+Only files that start like a cache are read, moved or changed: a file named on
+the command line that is not a cache is left untouched (status 2), and in
+a folder the *.mmap files that are not caches are skipped (said on stderr).
+A cache whose contents are damaged is moved aside to *.corrupt-<time>, never
+deleted, after its intact records are recovered.
+
 exit status:
   0  recovered (or nothing to do)
   1  a cache is held by a live process, is of an unknown newer format, or could
      not be recovered
-  2  bad usage, or a path (or --log-dir) that does not exist
+  2  bad usage, a path (or --log-dir) that does not exist, or a file that is not
+     a cache
 """
 
 KEYGEN_EPILOG = """\
+The private key is written only to the file -o names (mode 0600), never to the
+terminal; the public key is printed. Keep the private key off the devices that
+log: `mmaplog pubkey FILE` prints the public key of a private key file again.
+
 exit status:
   0  the key pair was made
   2  bad usage, or the key file exists already or cannot be created
+"""
+
+PUBKEY_EPILOG = """\
+The public key is what MmapHandler(public_key=...) takes.
+
+exit status:
+  0  the public key was printed
+  2  bad usage, or a file that is missing or does not hold a private key
 """
 
 SHIP_EPILOG = """\
@@ -173,17 +227,60 @@ def _read_key(value: str | None) -> str | bytes | None:
     return value
 
 
+def _is_public_key(key: str | bytes) -> bool:
+    text = key.decode("ascii", "replace") if isinstance(key, bytes) else key
+    return text.lstrip().startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def _looks_like_base64_key(key: str | bytes) -> bool:
+    text = key.decode("ascii", "replace") if isinstance(key, bytes) else key
+    return re.fullmatch(r"\s*[A-Za-z0-9+/]{43}=\s*", text) is not None
+
+
 def _make_reader(
     prog: str, key: str | None, on_damage: Callable[[str, fmt.Damage], None] | None
 ) -> Reader | None:
     """A reader with the private key of ``--key``; None (reported) when the key is unusable."""
     try:
-        return Reader(_read_key(key), on_damage, markers=True)
-    except ConfigError as exc:
-        _err(prog, f"--key: {exc}")
+        value = _read_key(key)
     except OSError as exc:
-        _err(prog, f"--key: {exc.strerror or exc}")
-    return None
+        _err(prog, f"--key {key}: cannot read: {exc.strerror or exc}")
+        return None
+    if value is not None and _is_public_key(value):
+        _err(prog, f"--key {key}: this is a public key: decoding needs the private key")
+        return None
+    try:
+        reader = Reader(value, on_damage, markers=True, each_mismatch=False)
+    except ConfigError as exc:
+        if key is not None and not os.path.exists(key):
+            _err(prog, f"--key {key}: no such file (nor a key given as text)")
+        else:
+            _err(prog, f"--key: {exc}")
+        return None
+    return reader
+
+
+def _report_mismatch(prog: str, key: str | None, *readers: Reader) -> None:
+    """One line per file whose blocks the key does not open, with how many."""
+    counts: dict[str, int] = {}
+    for reader in readers:
+        for source, n in reader.mismatched.items():
+            counts[source] = counts.get(source, 0) + n
+    for source, n in counts.items():
+        _err(
+            prog,
+            f"{source}: the key does not match: {n} encrypted block{'s' if n != 1 else ''} "
+            "skipped (no record of them authenticates with it)",
+        )
+    value = None
+    with contextlib.suppress(OSError):
+        value = _read_key(key)
+    if counts and value is not None and _looks_like_base64_key(value):
+        _err(
+            prog,
+            "a key given as base64 is taken as a private key: if it is the public key "
+            "keygen printed, decoding needs the private key file it wrote",
+        )
 
 
 def _format_text(item: Record | Marker) -> str:
@@ -194,17 +291,68 @@ def _format_text(item: Record | Marker) -> str:
     return item.text
 
 
+# C0 controls but tab and newline, DEL and the C1 controls (CSI is 0x9b): what a
+# terminal acts on. A record's text comes from whoever could get a line logged.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with the characters a terminal acts on written as ``\\xNN``."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+_COLOURS = (
+    (logging.CRITICAL, "\x1b[1;31m"),
+    (logging.ERROR, "\x1b[31m"),
+    (logging.WARNING, "\x1b[33m"),
+    (logging.INFO, ""),
+    (logging.NOTSET, "\x1b[2m"),
+)
+
+
+def _colour(item: Record | Marker) -> str:
+    if isinstance(item, Marker) or item.kind == fmt.KIND_NOTE:
+        return "\x1b[1m"
+    for level, code in _COLOURS:
+        if item.level >= level:
+            return code
+    return ""
+
+
+def _use_colour(out: IO[str]) -> bool:
+    # https://no-color.org: any non-empty NO_COLOR turns colour off.
+    return out.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def _text_renderer(out: IO[str], raw: bool) -> Callable[[Record | Marker], str]:
+    """How records are written to ``out``: on a terminal, escaped unless ``raw``, and coloured."""
+    if not out.isatty():
+        return _format_text
+    text = _format_text if raw else lambda item: escape_controls(_format_text(item))
+    if not _use_colour(out):
+        return text
+
+    def coloured(item: Record | Marker) -> str:
+        code = _colour(item)
+        return f"{code}{text(item)}\x1b[0m" if code else text(item)
+
+    return coloured
+
+
 def _format_json(item: Record | Marker) -> str:
     if isinstance(item, Marker):
         return json.dumps({"marker": item.text})
-    if item.kind == fmt.KIND_JSON:
+    # A JSON object is printed as that object: marked as such by the direct structlog
+    # path, or a text record whose whole text is one (structlog's ProcessorFormatter
+    # with JSONRenderer, or any JSON formatter on the stdlib path).
+    if item.kind == fmt.KIND_JSON or item.text[:1] == "{":
         try:
             obj = json.loads(item.text)
             if isinstance(obj, dict):
                 return json.dumps(obj, ensure_ascii=False)
         except ValueError:
             pass
-    stamp = _dt.datetime.fromtimestamp(item.time).astimezone().isoformat(timespec="milliseconds")
+    stamp = _local(item.time).isoformat(timespec="milliseconds")
     # Records keep the rendered line, not the logger's name: it is read back from
     # lines in xlog's layout (the default formatter's), and is null otherwise.
     m = _XLOG_LOGGER.match(item.text)
@@ -260,13 +408,45 @@ def parse_level(value: str) -> int:
     return level
 
 
-def parse_time(value: str, now: float | None = None) -> float:
-    """Seconds since the epoch for an ISO 8601 date/time (local unless zoned) or ``10m`` ago."""
-    m = _AGO.match(value)
+_UTC = False
+"""``--utc``: times are shown, and naive times given are read, in UTC."""
+
+
+def _local(when: float) -> _dt.datetime:
+    """``when`` as an aware datetime in the zone times are shown in (local, or UTC)."""
+    if _UTC:
+        return _dt.datetime.fromtimestamp(when, _dt.timezone.utc)
+    return _dt.datetime.fromtimestamp(when).astimezone()
+
+
+_AGO_WORDS = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?|w|weeks?)"
+    r"\s+ago\s*$",
+    re.IGNORECASE,
+)
+_DAYS = {"today": 0, "yesterday": -1, "tomorrow": 1}
+
+
+def parse_time(value: str, now: float | None = None, *, utc: bool = False) -> float:
+    """Seconds since the epoch for a time as ``--since`` takes it.
+
+    An ISO 8601 date or date and time (local, or UTC with ``utc``, unless zoned),
+    a time ago (``10m``, ``2h``, ``1 hour ago``), or a word: ``now``, ``today``,
+    ``yesterday``, ``tomorrow`` (the days at midnight).
+    """
+    base = time.time() if now is None else now
+    m = _AGO.match(value) or _AGO_WORDS.match(value)
     if m is not None:
-        base = time.time() if now is None else now
-        return base - float(m.group(1)) * _AGO_SECONDS[m.group(2)]
+        return base - float(m.group(1)) * _AGO_SECONDS[m.group(2)[0].lower()]
     text = value.strip()
+    word = text.lower()
+    zone = _dt.timezone.utc if utc else None
+    if word == "now":
+        return base
+    if word in _DAYS:
+        day = _dt.datetime.fromtimestamp(base, zone).date() + _dt.timedelta(days=_DAYS[word])
+        midnight = _dt.datetime.combine(day, _dt.time(), zone)
+        return midnight.timestamp() if utc else midnight.astimezone().timestamp()
     if text[-1:] in ("Z", "z"):
         text = text[:-1] + "+00:00"
     try:
@@ -274,10 +454,19 @@ def parse_time(value: str, now: float | None = None) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"not a time: {value!r} (expected an ISO 8601 date or date and time, "
-            "e.g. 2026-11-25 or 2026-11-25T14:30:00, or a time ago: 30s, 10m, 2h, 3d, 1w)"
+            "e.g. 2026-11-25 or 2026-11-25T14:30:00; a time ago: 30s, 10m, 2h, 3d, 1w, "
+            "'1 hour ago'; or now, today, yesterday)"
         ) from None
+    if when.tzinfo is None and utc:
+        when = when.replace(tzinfo=_dt.timezone.utc)
     # A naive time is local time: astimezone() on a naive datetime assumes exactly that.
     return when.astimezone().timestamp()
+
+
+def _check_time(value: str) -> str:
+    """Validate a ``--since``/``--until`` value; it is read after ``--utc`` is known."""
+    parse_time(value)
+    return value
 
 
 def parse_regex(value: str) -> re.Pattern[str]:
@@ -451,14 +640,11 @@ class _Filter:
     since: float | None
     until: float | None
     grep: re.Pattern[str] | None
-
-    @property
-    def active(self) -> bool:
-        return not (
-            self.level is None and self.since is None and self.until is None and not self.grep
-        )
+    pids: list[int] | None = None
 
     def keeps(self, r: Record) -> bool:
+        if self.pids and r.pid not in self.pids:
+            return False
         if self.level is not None and r.level < self.level:
             return False
         if self.since is not None and r.time < self.since:
@@ -474,8 +660,34 @@ class _Filter:
         return self.since is None or h.stream or h.last_time_us / 1e6 >= self.since
 
 
+class _NotALog(Exception):
+    """An input that is neither a log nor a cache: the command stops with status 2."""
+
+
+def _decode_groups(files: list[str]) -> list[tuple[str | None, list[str]]]:
+    """What is decoded, in order: a file alone, a folder day by day (with the folder)."""
+    groups: list[tuple[str | None, list[str]]] = []
+    for arg in files:
+        if arg != "-" and os.path.isdir(arg):
+            groups.extend((arg, day) for day in log_days_in(arg))
+            groups.append((arg, []))  # its caches, after its days
+        else:
+            groups.append((None, [arg]))
+    return groups
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     prog = "mmaplog decode"
+    if args.follow:
+        one = args.files[0] if len(args.files) == 1 else ""
+        if not (os.path.isdir(one) or _is_bucket(one)) or args.output:
+            _err(prog, "-f follows one log folder and writes to stdout (give a folder, no -o)")
+            return EXIT_USAGE
+        # What tail -f does, from the first record on (or the last -n N).
+        follow = argparse.Namespace(**vars(args))
+        follow.log_dir, follow.prefix = args.files[0], None
+        follow.lines = sys.maxsize if args.lines is None else args.lines
+        return cmd_tail(follow, prog)
 
     def on_damage(src: str, d: fmt.Damage) -> None:
         _err(prog, f"{src}: bytes {d.start}-{d.end} skipped: {d.reason}")
@@ -483,11 +695,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
     reader = _make_reader(prog, args.key, on_damage)
     if reader is None:
         return EXIT_USAGE
-    filt = _Filter(args.level, args.since, args.until, args.grep)
-    if any(f.startswith("s3://") for f in args.files):
+    filt = _Filter(args.level, args.since, args.until, args.grep, args.pid)
+    if any(_is_bucket(f) for f in args.files):
         return _decode_bucket(args, filt, on_damage)
-    render = _format_json if args.format == "json" else _format_text
     scan_damaged = False
+    in_logs: set[tuple[str, int]] = set()
+    done = 0
 
     def decode_log(
         data: fmt.Buffer, source: str, progress: _Progress, done: int
@@ -499,65 +712,131 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 on_damage(source, item)
                 continue
             block, records = item
+            in_logs.add((block.header.session.hex(), block.header.seq))
             yield from records
             progress.update(done + block.end)
+
+    def file_items(paths: list[str], progress: _Progress) -> Iterator[Record | Marker]:
+        nonlocal done
+        for source, data in _inputs(paths):
+            if not _is_log(data):
+                _close(data)
+                raise _NotALog(f"{source}: not an mmaplog file")
+            try:
+                if data_kind(data) == "log":
+                    yield from decode_log(data, source, progress, done)
+                else:
+                    yield from reader.iter_data(data, source)
+            finally:
+                if source != "<stdin>":
+                    done += len(data)
+                progress.update(done)
+                _close(data)
 
     out: IO[str]
     with contextlib.ExitStack() as stack:
         if args.output and args.output != "-":
-            try:
-                out = stack.enter_context(open(args.output, "w", encoding="utf-8"))
-            except OSError as exc:
-                _err(prog, f"{args.output}: cannot write: {exc.strerror}")
+            if _missing(prog, args.files):
                 return EXIT_USAGE
+            created = _create_private(prog, args.output, args.force)
+            if created is None:
+                return EXIT_USAGE
+            out = stack.enter_context(created)
         else:
             out = sys.stdout
+        render = _format_json if args.format == "json" else _text_renderer(out, args.raw)
+        shown: set[str] = set()
+        # -n N: the last N records, each with the marker (if any) printed before it.
+        last: collections.deque[tuple[Marker | None, Record]] | None = None
+        if args.lines is not None:
+            last = collections.deque(maxlen=args.lines)
+        held: Marker | None = None
+
+        def write(items: Iterator[Record | Marker]) -> None:
+            nonlocal held
+            for n, item in enumerate(items):
+                if not n & 1023:
+                    progress.update(done)  # drawn while a slow reader holds the output up
+                if isinstance(item, Marker):
+                    # The runs of a session merged with others may repeat its marker.
+                    if item.text in shown:
+                        continue
+                    shown.add(item.text)
+                if last is not None:
+                    if isinstance(item, Marker):
+                        held = item
+                    else:
+                        last.append((held, item))
+                        held = None
+                    continue
+                out.write(render(item))
+                out.write("\n")
+
         if _missing(prog, args.files):
             return EXIT_USAGE
         try:
-            paths = expand_paths(args.files)
+            groups = _decode_groups(args.files)
             # Records scrolling on the terminal are progress enough: no bar over them.
             on_tty = out is sys.stdout and sys.stdout.isatty()
             progress = _Progress(
-                _total_size(paths), enabled=sys.stderr.isatty() and not on_tty, label="decode"
+                _total_size([p for _folder, paths in groups for p in paths]),
+                enabled=sys.stderr.isatty() and not on_tty,
+                label="decode",
             )
             stack.callback(progress.close)
-            done = 0
-            pending: Marker | None = None
-            for source, data in _inputs(paths):
-                if not _is_log(data):
-                    _close(data)
-                    _err(prog, f"{source}: not an mmaplog file")
-                    return EXIT_USAGE
-                try:
-                    if data_kind(data) == "log":
-                        items = decode_log(data, source, progress, done)
-                    else:
-                        items = reader.iter_data(data, source)
-                    for item in items:
-                        if isinstance(item, Marker):
-                            if filt.active:
-                                # Printed only before a record that passes the filters.
-                                pending = item
-                                continue
-                        elif not filt.keeps(item):
-                            continue
-                        elif pending is not None:
-                            out.write(render(pending))
-                            out.write("\n")
-                            pending = None
-                        out.write(render(item))
-                        out.write("\n")
-                finally:
-                    if source != "<stdin>":
-                        done += len(data)
-                    progress.update(done)
-                    _close(data)
+            for folder, paths in groups:
+                if paths:
+                    write(merge_by_time(file_items(paths, progress), filt.keeps))
+                    continue
+                assert folder is not None
+                waiting = waiting_records(reader, folder, in_logs)
+                if not waiting and not log_days_in(folder):
+                    _err(prog, f"no log files in {folder}")
+                for w in waiting:
+                    _err(prog, _waiting_note(w, folder))
+                    kept = list(merge_by_time(iter(w.records), filt.keeps))
+                    if kept:
+                        write(iter([Marker(_waiting_marker(w, folder), w.path), *kept]))
+                in_logs.clear()
+            for marker, record in last or ():
+                if marker is not None:
+                    out.write(render(marker))
+                    out.write("\n")
+                out.write(render(record))
+                out.write("\n")
+        except _NotALog as exc:
+            _err(prog, str(exc))
+            return EXIT_USAGE
         except (OSError, MmapLogError) as exc:
             return _reading_failed(prog, exc)
-    if reader.key_mismatch:
-        _err(prog, "the key does not match (no record of those blocks authenticates with it)")
+    _report_mismatch(prog, args.key, reader)
     return EXIT_DAMAGED if reader.damaged or scan_damaged else EXIT_OK
+
+
+def _pids(w: Waiting) -> str:
+    return ("pid " if len(w.pids) == 1 else "pids ") + ", ".join(map(str, w.pids))
+
+
+def _waiting_note(w: Waiting, folder: str) -> str:
+    n = len(w.records)
+    return (
+        f"{w.path}: {n} record{'s' if n != 1 else ''} of {_pids(w)} (no longer running) "
+        f"not recovered yet, shown last; `mmaplog recover {folder}` moves them into the log"
+    )
+
+
+def _waiting_marker(w: Waiting, folder: str) -> str:
+    return (
+        f"-- not recovered yet: left in {w.path} by {_pids(w)}; run `mmaplog recover {folder}` --"
+    )
+
+
+# -- object storage ---------------------------------------------------------------------
+
+
+def _is_bucket(arg: str) -> bool:
+    """Whether a command-line input names a bucket path that ``mmaplog ship`` filled."""
+    return arg.startswith("s3://")
 
 
 def _storage_failed(prog: str, exc: MmapLogError) -> int:
@@ -569,51 +848,81 @@ def _storage_failed(prog: str, exc: MmapLogError) -> int:
         return EXIT_NO_S3_CLIENT
     if isinstance(exc, StorageError):
         return EXIT_STORAGE
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, (ConfigError, NeedKeyError)):
         return EXIT_USAGE
     return EXIT_DAMAGED
+
+
+def _host_renderer(
+    render: Callable[[Record | Marker], str], json_lines: bool
+) -> Callable[[Record], str]:
+    """``render`` with the host a bucket record came from: a ``host`` field of the JSON
+    object, or ``host | `` before the text line."""
+    if json_lines:
+
+        def with_host_json(r: Record) -> str:
+            return json.dumps(
+                {"host": host_of(r.source), **json.loads(render(r))}, ensure_ascii=False
+            )
+
+        return with_host_json
+
+    def with_host(r: Record) -> str:
+        return f"{escape_controls(host_of(r.source))} | {render(r)}"
+
+    return with_host
+
+
+def _bucket_source(
+    args: argparse.Namespace,
+    key: str | bytes | None = None,
+    on_damage: Callable[[str, fmt.Damage], None] | None = None,
+    *,
+    times: bool = False,
+) -> BucketSource:
+    """The bucket path of a command's arguments (``--host``, ``--endpoint-url``)."""
+    url = args.files[0] if "files" in args else args.log_dir
+    return BucketSource(
+        url,
+        key=key,
+        on_damage=on_damage,
+        hosts=args.host,
+        since=args.since if times else None,
+        until=args.until if times else None,
+        endpoint_url=args.endpoint_url,
+        each_mismatch=False,
+    )
 
 
 def _decode_bucket(
     args: argparse.Namespace, filt: _Filter, on_damage: Callable[[str, fmt.Damage], None]
 ) -> int:
     """``mmaplog decode s3://...``: every host's records merged by time, host first."""
-    from ._reader import BucketSource, host_of
-
     prog = "mmaplog decode"
-    if not all(f.startswith("s3://") for f in args.files) or len(args.files) != 1:
+    if len(args.files) != 1:
         _err(prog, "give one s3:// URL, or local files and folders, not both")
         return EXIT_USAGE
     try:
-        source = BucketSource(
-            args.files[0],
-            key=_read_key(args.key),
-            on_damage=on_damage,
-            hosts=args.host,
-            since=args.since,
-            until=args.until,
-            endpoint_url=args.endpoint_url,
-        )
-        out: IO[str] = sys.stdout
+        source = _bucket_source(args, _read_key(args.key), on_damage, times=True)
         with contextlib.ExitStack() as stack:
+            out: IO[str] = sys.stdout
             if args.output and args.output != "-":
-                out = stack.enter_context(open(args.output, "w", encoding="utf-8"))
-            for r in source:
-                if not filt.keeps(r):
-                    continue
-                host = host_of(r.source)
-                if args.format == "json":
-                    obj = json.loads(_format_json(r))
-                    out.write(json.dumps({"host": host, **obj}, ensure_ascii=False))
-                else:
-                    out.write(f"{host} | {_format_text(r)}")
+                created = _create_private(prog, args.output, args.force)
+                if created is None:
+                    return EXIT_USAGE
+                out = stack.enter_context(created)
+            plain = _format_json if args.format == "json" else _text_renderer(out, args.raw)
+            render = _host_renderer(plain, args.format == "json")
+            kept = (r for r in source if filt.keeps(r))
+            # -n N: only the last N records (after the filters).
+            for r in kept if args.lines is None else collections.deque(kept, args.lines):
+                out.write(render(r))
                 out.write("\n")
     except OSError as exc:
         return _reading_failed(prog, exc)
     except MmapLogError as exc:
         return _storage_failed(prog, exc)
-    if source.key_mismatch:
-        _err(prog, "the key does not match (no record of those blocks authenticates with it)")
+    _report_mismatch(prog, args.key, *source.readers)
     return EXIT_DAMAGED if source.damaged else EXIT_OK
 
 
@@ -677,17 +986,13 @@ class _Tail:
     unreadable: set[str] = field(default_factory=set)
     images: dict[str, bytes] = field(default_factory=dict)
     damaged: bool = False
+    keep: Callable[[Record], bool] | None = None
 
     def log_files(self) -> list[str]:
         return log_files_in(self.folder, self.prefix)
 
     def cache_files(self) -> list[str]:
-        if self.prefix is None:
-            pattern = re.compile(r"^.+\.mmap$")
-        else:
-            pattern = re.compile(rf"^{re.escape(self.prefix)}(?:\.\d+)?\.mmap$")
-        names = sorted(n for n in os.listdir(self.folder) if pattern.match(n))
-        return [os.path.join(self.folder, n) for n in names]
+        return cache_files_in(self.folder, self.prefix)
 
     def _new(self, records: list[Record]) -> list[_Line]:
         """The records of one block not seen before."""
@@ -759,8 +1064,7 @@ class _Tail:
             try:
                 # Plain reads, never a mapping (no SIGBUS) and never the lock: the
                 # chunk checksums tell whole records from the one being written.
-                with open(path, "rb") as f:
-                    data = f.read()
+                data = read_cache_file(path)
             except FileNotFoundError:
                 continue
             except OSError as exc:
@@ -768,7 +1072,7 @@ class _Tail:
                     self.unreadable.add(path)
                     _err("mmaplog tail", f"{path}: cannot read: {exc.strerror or exc}")
                 continue
-            if data[:4] != fmt.CACHE_MAGIC or self.images.get(path) == data:
+            if data is None or self.images.get(path) == data:
                 continue  # not a cache, or nothing written since the last poll
             self.images[path] = data
             block: list[Record] = []
@@ -793,72 +1097,37 @@ class _Tail:
                 with contextlib.suppress(OSError):
                     self.offsets[path] = self.sizes[path] = os.stat(path).st_size
                 continue
-            chunk = self.read_log(path)
+            chunk = self._kept(self.read_log(path))
             chunks.append(chunk)
             count += len(chunk)
         lines = [line for chunk in reversed(chunks) for line in chunk]
-        lines.extend(self.read_caches())
+        lines.extend(self._kept(self.read_caches()))
         lines.sort(key=lambda line: line.time)
-        return lines[len(lines) - n :] if n else []
+        return lines[-n:] if n else []
+
+    def _kept(self, lines: list[_Line]) -> list[_Line]:
+        if self.keep is None:
+            return lines
+        keep = self.keep
+        return [line for line in lines if keep(line.record)]
 
     def poll(self) -> list[_Line]:
         lines: list[_Line] = []
         for path in self.log_files():
             lines.extend(self.read_log(path))
         lines.extend(self.read_caches())
+        lines = self._kept(lines)
         lines.sort(key=lambda line: line.time)
         return lines
 
 
-def _tail_bucket(args: argparse.Namespace) -> int:
-    """``mmaplog tail s3://...``: the newest records of every host, merged by time;
-    with -f, the records of new objects as the shippers store them."""
-    from ._reader import BucketSource, host_of
-
-    prog = "mmaplog tail"
-
-    def on_damage(src: str, d: fmt.Damage) -> None:
-        _err(prog, f"{src}: bytes {d.start}-{d.end} skipped: {d.reason}")
-
-    def show(records: list[Record]) -> None:
-        for r in records:
-            sys.stdout.write(f"{host_of(r.source)} | {_format_text(r)}\n")
-        sys.stdout.flush()
-
-    try:
-        source = BucketSource(
-            args.log_dir,
-            key=_read_key(args.key),
-            on_damage=on_damage,
-            hosts=args.host,
-            endpoint_url=args.endpoint_url,
-        )
-        show(source.newest(args.lines))
-        while args.follow:
-            time.sleep(_BUCKET_POLL_INTERVAL)
-            show(source.poll())
-    except KeyboardInterrupt:
-        return EXIT_OK
-    except OSError as exc:
-        return _reading_failed(prog, exc)
-    except NeedKeyError as exc:
-        _err(prog, str(exc))
-        return EXIT_USAGE
-    except MmapLogError as exc:
-        return _storage_failed(prog, exc)
-    return EXIT_DAMAGED if source.damaged else EXIT_OK
-
-
-_BUCKET_POLL_INTERVAL = 2.0
-
-
-def _print_lines(lines: list[_Line]) -> None:
+def _print_lines(lines: list[_Line], render: Callable[[Record | Marker], str]) -> None:
     out = sys.stdout
     for line in lines:
         if line.marker is not None:
             out.write(line.marker)
             out.write("\n")
-        out.write(_format_text(line.record))
+        out.write(render(line.record))
         out.write("\n")
     out.flush()
 
@@ -874,11 +1143,10 @@ def _is_log_folder(prog: str, folder: str) -> bool:
     return True
 
 
-def cmd_tail(args: argparse.Namespace) -> int:
-    prog = "mmaplog tail"
+def cmd_tail(args: argparse.Namespace, prog: str = "mmaplog tail") -> int:
     folder = args.log_dir
-    if folder.startswith("s3://"):
-        return _tail_bucket(args)
+    if _is_bucket(folder):
+        return _tail_bucket(args, prog)
     if not _is_log_folder(prog, folder):
         return EXIT_USAGE
 
@@ -892,26 +1160,81 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     log_reader.markers = cache_reader.markers = False
     tail = _Tail(folder, args.prefix, log_reader, cache_reader)
+    tail.keep = _Filter(args.level, args.since, args.until, args.grep, args.pid).keeps
     stop = threading.Event()
     previous: Any = None
     if args.follow:
         # Ctrl-C sets a flag checked between polls, so it never lands mid-line.
         previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     try:
-        _print_lines(tail.snapshot(args.lines))
+        render: Callable[[Record | Marker], str]
+        if getattr(args, "format", "text") == "json":
+            render = _format_json
+        else:
+            render = _text_renderer(sys.stdout, args.raw)
+        _print_lines(tail.snapshot(args.lines), render)
         while args.follow and not stop.is_set():
             stop.wait(_POLL_INTERVAL)
             if not stop.is_set():
-                _print_lines(tail.poll())
+                _print_lines(tail.poll(), render)
     except (OSError, MmapLogError) as exc:
         return _reading_failed(prog, exc, folder)
     finally:
         if args.follow:
             signal.signal(signal.SIGINT, previous)
     if log_reader.key_mismatch or cache_reader.key_mismatch:
-        _err(prog, "the key does not match (no record of those blocks authenticates with it)")
+        _report_mismatch(prog, args.key, log_reader, cache_reader)
         return EXIT_DAMAGED
     return EXIT_DAMAGED if tail.damaged or log_reader.damaged else EXIT_OK
+
+
+def _tail_bucket(args: argparse.Namespace, prog: str) -> int:
+    """``mmaplog tail s3://...``: the newest records of every host, merged by time;
+    with -f, the records of new objects as the shippers store them."""
+
+    def on_damage(src: str, d: fmt.Damage) -> None:
+        _err(prog, f"{src}: bytes {d.start}-{d.end} skipped: {d.reason}")
+
+    if _make_reader(prog, args.key, None) is None:
+        return EXIT_USAGE
+    keep = _Filter(args.level, args.since, args.until, args.grep, args.pid).keeps
+    stop = threading.Event()
+    previous: Any = None
+    if args.follow:
+        # Ctrl-C sets a flag checked between polls, so it never lands mid-line.
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        source = _bucket_source(args, _read_key(args.key), on_damage)
+        plain: Callable[[Record | Marker], str]
+        if getattr(args, "format", "text") == "json":
+            plain = _format_json
+        else:
+            plain = _text_renderer(sys.stdout, args.raw)
+        render = _host_renderer(plain, plain is _format_json)
+
+        def show(records: list[Record]) -> None:
+            for r in records:
+                sys.stdout.write(render(r))
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+
+        show(source.newest(args.lines, keep))
+        while args.follow and not stop.is_set():
+            stop.wait(_BUCKET_POLL_INTERVAL)
+            if not stop.is_set():
+                show(source.poll(keep))
+    except OSError as exc:
+        return _reading_failed(prog, exc, args.log_dir)
+    except MmapLogError as exc:
+        return _storage_failed(prog, exc)
+    finally:
+        if args.follow:
+            signal.signal(signal.SIGINT, previous)
+    _report_mismatch(prog, args.key, *source.readers)
+    return EXIT_DAMAGED if source.damaged else EXIT_OK
+
+
+_BUCKET_POLL_INTERVAL = 2.0
 
 
 # -- verify -----------------------------------------------------------------------------
@@ -924,6 +1247,7 @@ class _FileCheck:
     blocks: int = 0
     records: int = 0
     unverified: int = 0
+    mismatched: int = 0
     damage: list[fmt.Damage] = field(default_factory=list)
 
 
@@ -960,12 +1284,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if reader is None:
         return EXIT_USAGE
     have_key = args.key is not None
-    if any(f.startswith("s3://") for f in args.files):
+    if any(_is_bucket(f) for f in args.files):
         return _verify_bucket(args, reader, checks)
     status = EXIT_USAGE if _missing(prog, args.files) else EXIT_OK
     present = [p for p in args.files if p == "-" or os.path.exists(p)]
+    found_caches: dict[str, str] = {}  # a dead process's cache found in a folder: the folder
     try:
-        paths = expand_paths(present)
+        paths = []
+        for arg in present:
+            if arg != "-" and os.path.isdir(arg):
+                logs = expand_paths([arg])
+                caches = verify_caches(arg)
+                if not logs and not caches:
+                    _err(prog, f"no log files in {arg}")
+                paths.extend(logs + caches)
+                found_caches.update(dict.fromkeys(caches, arg))
+            else:
+                paths.append(arg)
     except OSError as exc:
         _err(prog, f"{exc.filename or ''}: cannot read: {exc.strerror or exc}")
         return EXIT_USAGE
@@ -997,10 +1332,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
                             blocks.add((item.session, item.seq))
                     check.blocks = len(blocks)
             except NeedKeyError as exc:
-                _err(prog, str(exc))
-                status = EXIT_USAGE
-                checks.pop(source, None)
+                if source in found_caches:
+                    # Found in a folder, not asked for by name: count it from its
+                    # block templates, as the encrypted log blocks without --key.
+                    _count_sealed_cache(data, checks[source])
+                else:
+                    _err(prog, str(exc))
+                    status = EXIT_USAGE
+                    checks.pop(source, None)
             finally:
+                if source in checks:
+                    checks[source].mismatched = reader.mismatched.get(source, 0)
                 done += len(data)
                 progress.update(done)
                 _close(data)
@@ -1008,11 +1350,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         progress.close()
     try:
         _print_verify(list(checks.values()), have_key)
+        waiting = [path for path in found_caches if path in checks and checks[path].records]
+        for folder in dict.fromkeys(found_caches[path] for path in waiting):
+            n = sum(1 for path in waiting if found_caches[path] == folder)
+            sys.stdout.write(
+                f"{n} cache{'s' if n != 1 else ''} in {folder} of processes no longer running "
+                f"hold{'s' if n == 1 else ''} records not recovered yet: "
+                f"`mmaplog recover {folder}` moves them into the log\n"
+            )
     except BrokenPipeError:
         return _broken_pipe()
-    if reader.key_mismatch:
-        _err(prog, "the key does not match (no record of those blocks authenticates with it)")
-    if status == EXIT_OK and any(c.damage for c in checks.values()):
+    _report_mismatch(prog, args.key, reader)
+    if status == EXIT_OK and (reader.key_mismatch or any(c.damage for c in checks.values())):
         status = EXIT_DAMAGED
     return status
 
@@ -1022,17 +1371,16 @@ def _verify_bucket(args: argparse.Namespace, reader: Reader, checks: dict[str, _
     upload, every block in it, and each log file's objects meeting end to end."""
     import hashlib
 
-    from ._reader import BucketSource
     from ._ship import parse_object_key
 
     prog = "mmaplog verify"
-    if len(args.files) != 1 or not args.files[0].startswith("s3://"):
+    if len(args.files) != 1:
         _err(prog, "give one s3:// URL, or local files and folders, not both")
         return EXIT_USAGE
     have_key = args.key is not None
     progress = _Progress(0, enabled=False, label="verify")
     try:
-        source = BucketSource(args.files[0], hosts=args.host, endpoint_url=args.endpoint_url)
+        source = _bucket_source(args)
         for _host, _name, keys in source.files():
             at = 0
             for k in keys:
@@ -1055,20 +1403,37 @@ def _verify_bucket(args: argparse.Namespace, reader: Reader, checks: dict[str, _
                 if check.kind == "log":
                     _verify_log(reader, data, check, have_key, progress, 0)
                 else:
-                    check.records += sum(
-                        1 for r in reader.iter_data(data, url) if isinstance(r, Record)
-                    )
+                    blocks: set[tuple[str, int]] = set()
+                    for item in reader.iter_data(data, url):
+                        if isinstance(item, Record):
+                            check.records += 1
+                            blocks.add((item.session, item.seq))
+                    check.blocks = len(blocks)
+                check.mismatched = reader.mismatched.get(url, 0)
     except OSError as exc:
         return _reading_failed(prog, exc)
-    except NeedKeyError as exc:
-        _err(prog, str(exc))
-        return EXIT_USAGE
     except MmapLogError as exc:
         return _storage_failed(prog, exc)
-    _print_verify(list(checks.values()), have_key)
-    if reader.key_mismatch:
-        _err(prog, "the key does not match (no record of those blocks authenticates with it)")
-    return EXIT_DAMAGED if any(c.damage for c in checks.values()) else EXIT_OK
+    try:
+        _print_verify(list(checks.values()), have_key)
+    except BrokenPipeError:
+        return _broken_pipe()
+    _report_mismatch(prog, args.key, reader)
+    damaged = reader.key_mismatch or any(c.damage for c in checks.values())
+    return EXIT_DAMAGED if damaged else EXIT_OK
+
+
+def _count_sealed_cache(data: fmt.Buffer, check: _FileCheck) -> None:
+    """Without the key: a cache's blocks and records by their templates and chunk walks."""
+    from ._recovery import RecoveryReport, _slots_of
+
+    check.blocks = check.records = 0
+    _info, contents = _slots_of(bytes(data), RecoveryReport())
+    for c in contents:
+        if c.count:
+            check.blocks += 1
+            check.records += c.count
+            check.unverified += 1
 
 
 def _verify_log(
@@ -1101,6 +1466,9 @@ def _print_verify(checks: list[_FileCheck], have_key: bool) -> None:
         what = "cache file: " if c.kind == "cache" else "xlog file: " if c.kind == "xlog" else ""
         ranges = len(c.damage)
         state = "ok" if not ranges else f"{ranges} damaged range{'s' if ranges != 1 else ''}"
+        if c.mismatched:
+            n = c.mismatched
+            state += f", {n} block{'s' if n != 1 else ''} the key does not open"
         out.write(f"{c.path}: {what}{c.blocks} blocks, {c.records} records: {state}\n")
         for d in sorted(c.damage, key=lambda d: d.start):
             out.write(f"  bytes {d.start}-{d.end} ({d.end - d.start} bytes): {d.reason}\n")
@@ -1137,10 +1505,15 @@ class _FileStats:
     last_us: int | None = None
     damaged_bytes: int = 0
     note: str = ""
+    waiting: bool = False
+    """A cache of a dead process: its records are not in the log yet."""
 
 
-def _file_stats(path: str, data: bytes | Any = None) -> _FileStats:
-    data = read_file(path) if data is None else data
+def _file_stats(
+    path: str, in_logs: set[tuple[bytes, int]], image: bytes | None = None
+) -> _FileStats:
+    """What a log file holds, from its block headers (``image``: its bytes, if read already)."""
+    data = read_file(path) if image is None else image
     try:
         st = _FileStats(path, len(data))
         if data and data_kind(data) != "log":
@@ -1151,6 +1524,7 @@ def _file_stats(path: str, data: bytes | Any = None) -> _FileStats:
                 st.damaged_bytes += item.end - item.start
                 continue
             h = item.header
+            in_logs.add((h.session, h.seq))
             st.blocks += 1
             st.records += h.count
             on_disk = h.header_len + h.payload_len
@@ -1172,7 +1546,7 @@ def _file_stats(path: str, data: bytes | Any = None) -> _FileStats:
 def _stamp(time_us: int | None) -> str:
     if time_us is None:
         return "-"
-    when = _dt.datetime.fromtimestamp(time_us / 1e6).astimezone()
+    when = _local(time_us / 1e6)
     return (
         when.strftime("%Y-%m-%d %H:%M:%S.")
         + f"{when.microsecond // 1000:03d}"
@@ -1195,15 +1569,32 @@ def _span(seconds: float) -> str:
 def cmd_stats(args: argparse.Namespace) -> int:
     prog = "mmaplog stats"
     folder = args.log_dir
-    if folder.startswith("s3://"):
+    if _is_bucket(folder):
         return _stats_bucket(args)
     if not _is_log_folder(prog, folder):
         return EXIT_USAGE
+    in_logs: set[tuple[bytes, int]] = set()
     try:
-        stats = [_file_stats(p) for p in log_files_in(folder, args.prefix)]
+        stats = [_file_stats(p, in_logs) for p in log_files_in(folder, args.prefix)]
+        caches = count_caches(folder, in_logs, args.prefix)
     except OSError as exc:
         _err(prog, f"{exc.filename or folder}: cannot read: {exc.strerror or exc}")
         return EXIT_USAGE
+    for c in caches:
+        if c.records:
+            stats.append(
+                _FileStats(
+                    c.path,
+                    c.size,
+                    blocks=c.blocks,
+                    records=c.records,
+                    first_us=c.first_us,
+                    last_us=c.last_us,
+                    waiting=True,
+                )
+            )
+        elif c.live:
+            stats.append(_FileStats(c.path, c.size, note="cache of a running process"))
     try:
         _print_stats(folder, stats)
     except BrokenPipeError:
@@ -1214,22 +1605,22 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def _stats_bucket(args: argparse.Namespace) -> int:
     """``mmaplog stats s3://...``: a table per host, from the block headers of the
     objects (one log file's objects in memory at a time)."""
-    from ._reader import BucketSource
-
     prog = "mmaplog stats"
     try:
-        source = BucketSource(args.log_dir, hosts=args.host, endpoint_url=args.endpoint_url)
+        source = _bucket_source(args)
         per_host: dict[str, list[_FileStats]] = {}
         for host, name, keys in source.files():
             if args.prefix is not None and not name.startswith(args.prefix + "_"):
                 continue
             data = b"".join(source.fetch(k)[0] for k in keys)
-            per_host.setdefault(host, []).append(_file_stats(name, data))
+            per_host.setdefault(host, []).append(_file_stats(name, set(), data))
         for host, stats in per_host.items():
             sys.stdout.write(f"== {source.url}/{host}\n")
             _print_stats(f"{source.url}/{host}", stats)
         if not per_host:
             sys.stdout.write(f"{source.url}: no shipped log files\n")
+    except BrokenPipeError:
+        return _broken_pipe()
     except OSError as exc:
         return _reading_failed(prog, exc)
     except MmapLogError as exc:
@@ -1241,7 +1632,7 @@ def _stats_bucket(args: argparse.Namespace) -> int:
 def _print_stats(folder: str, stats: list[_FileStats]) -> None:
     out = sys.stdout
     if not stats:
-        out.write(f"{folder}: no log files\n")
+        out.write(f"no log files in {folder}\n")
         return
     name_width = max(len(os.path.basename(s.path)) for s in stats)
     out.write(
@@ -1255,7 +1646,9 @@ def _print_stats(folder: str, stats: list[_FileStats]) -> None:
             continue
         out.write(
             f"{name:<{name_width}}  {_human(s.size):>10}  {s.blocks:>7}  {s.records:>9}  "
-            f"{_stamp(s.first_us):<29}  {_stamp(s.last_us)}\n"
+            f"{_stamp(s.first_us):<29}  {_stamp(s.last_us)}"
+            + ("  (cache, not recovered)" if s.waiting else "")
+            + "\n"
         )
     size = sum(s.size for s in stats)
     blocks = sum(s.blocks for s in stats)
@@ -1284,13 +1677,21 @@ def _print_stats(folder: str, stats: list[_FileStats]) -> None:
             "(counted in blocks and records, not in the ratio: their raw size is not "
             "recorded)\n"
         )
+    waiting = [s for s in stats if s.waiting]
+    if waiting:
+        n = sum(s.records for s in waiting)
+        out.write(
+            f"not recovered: {n} records in {len(waiting)} cache{'s' if len(waiting) != 1 else ''} "
+            f"of processes no longer running (counted above); `mmaplog recover {folder}` moves "
+            "them into the log\n"
+        )
     damaged = sum(s.damaged_bytes for s in stats)
     if damaged:
         out.write(f"damaged: {damaged} bytes are not intact blocks (run mmaplog verify)\n")
     out.flush()
 
 
-# -- recover, keygen --------------------------------------------------------------------
+# -- ship, recover, keygen --------------------------------------------------------------
 
 
 def cmd_ship(args: argparse.Namespace) -> int:
@@ -1336,30 +1737,106 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from .recover import main as recover_main
+    from ._recovery import recover_path
 
-    argv = [args.path] + (["--log-dir", args.log_dir] if args.log_dir else [])
-    return recover_main(argv)
+    prog = "mmaplog recover"
+    if not os.path.lexists(args.path):
+        _err(prog, f"{args.path}: no such file or folder")
+        return EXIT_USAGE
+    if args.log_dir is not None and not os.path.isdir(args.log_dir):
+        _err(prog, f"--log-dir {args.log_dir}: not a folder")
+        return EXIT_USAGE
+    try:
+        report = recover_path(args.path, args.log_dir)
+    except (OSError, MmapLogError) as exc:
+        if isinstance(exc, OSError):
+            _err(prog, f"{exc.filename or args.path}: {exc.strerror or exc}")
+        else:
+            _err(prog, str(exc))
+        return EXIT_DAMAGED
+    status = EXIT_OK
+    for path in report.not_caches:
+        if os.path.isdir(args.path):
+            _err(prog, f"{path}: skipped: not a cache")
+        else:
+            _err(prog, f"{path}: not a cache (no cache magic); not touched")
+            status = EXIT_USAGE
+    for path, r in report.caches.items():
+        for problem in r.problems:
+            _err(prog, f"{path}: {problem}")
+        for dest in r.quarantined:
+            _err(prog, f"{path}: damaged cache moved to {dest}")
+    for path, reason in report.newer.items():
+        _err(prog, f"{path}: {reason}; not touched")
+        status = max(status, EXIT_DAMAGED)
+    if report.locked:
+        _err(
+            prog,
+            f"{', '.join(report.locked)}: held by a live process (its lock is taken); not touched",
+        )
+        status = max(status, EXIT_DAMAGED)
+    if status != EXIT_USAGE:
+        print(f"recovered {report.records} records")
+    return status
+
+
+def recover_main(argv: list[str] | None = None) -> int:
+    """``python -m mmaplog.recover``: the same as ``mmaplog recover``."""
+    return main(["recover", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _create_private(prog: str, path: str, force: bool = False) -> IO[str] | None:
+    """A new file of mode 0600 for secrets; None (reported) when it exists or cannot be made."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        _err(prog, f"{path}: already exists (not overwritten; --force to replace it)")
+        return None
+    except OSError as exc:
+        _err(prog, f"{path}: cannot create: {exc.strerror or exc}")
+        return None
+    if force:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_TRUNC
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     from ._crypto import generate_keypair
 
     private, public = generate_keypair()
-    if args.output:
-        try:
-            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            _err("mmaplog keygen", f"{args.output}: already exists (not overwritten)")
-            return EXIT_USAGE
-        except OSError as exc:
-            _err("mmaplog keygen", f"{args.output}: cannot create: {exc.strerror}")
-            return EXIT_USAGE
-        with os.fdopen(fd, "w") as f:
-            f.write(private)
-    else:
-        sys.stdout.write(private)
+    f = _create_private("mmaplog keygen", args.output)
+    if f is None:
+        return EXIT_USAGE
+    with f:
+        f.write(private)
     print(f"public key: {public}")
+    return EXIT_OK
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    from ._crypto import load_private_key, public_key_text
+
+    prog = "mmaplog pubkey"
+    try:
+        with open(args.keyfile, "rb") as f:
+            value = f.read()
+    except OSError as exc:
+        what = "no such file" if isinstance(exc, FileNotFoundError) else "cannot read"
+        _err(
+            prog,
+            f"{args.keyfile}: {what}" + ("" if what == "no such file" else f": {exc.strerror}"),
+        )
+        return EXIT_USAGE
+    if _is_public_key(value):
+        _err(prog, f"{args.keyfile}: this is a public key already")
+        return EXIT_USAGE
+    try:
+        key = load_private_key(value)
+    except ConfigError as exc:
+        _err(prog, f"{args.keyfile}: {exc}")
+        return EXIT_USAGE
+    print(public_key_text(key))
     return EXIT_OK
 
 
@@ -1376,8 +1853,42 @@ def _sub(
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.set_defaults(func=func)
+    p.set_defaults(func=func, parser=p)
     return p
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--level", type=parse_level, metavar="LEVEL", help="records at or above LEVEL")
+    p.add_argument("--since", type=_check_time, metavar="T", help="records at or after T")
+    p.add_argument("--until", type=_check_time, metavar="T", help="records at or before T")
+    p.add_argument(
+        "--grep", type=parse_regex, metavar="RE", help="records whose text matches RE (Python re)"
+    )
+    p.add_argument(
+        "--pid",
+        type=int,
+        action="append",
+        metavar="PID",
+        help="records of this process (repeat for more)",
+    )
+
+
+def _add_display(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="print control characters as they are (on a terminal they are escaped as \\xNN)",
+    )
+    p.add_argument(
+        "--utc",
+        action="store_true",
+        help="show times in UTC, and read times without a zone given to --since and --until as UTC",
+    )
+
+
+def _add_bucket(p: argparse.ArgumentParser, host_help: str = "s3:// only: this host") -> None:
+    p.add_argument("--host", action="append", metavar="HOST", help=host_help)
+    p.add_argument("--endpoint-url", metavar="URL", help="s3:// only: the storage endpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1387,6 +1898,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=MAIN_EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"mmaplog {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     key_help = "private key file (or its text) for encrypted logs"
 
@@ -1399,21 +1911,36 @@ def build_parser() -> argparse.ArgumentParser:
         "s3://BUCKET/PREFIX that mmaplog ship filled (every host, merged by time)",
     )
     p.add_argument("--key", help=key_help)
-    p.add_argument("--level", type=parse_level, metavar="LEVEL", help="records at or above LEVEL")
-    p.add_argument("--since", type=parse_time, metavar="T", help="records at or after T")
-    p.add_argument("--until", type=parse_time, metavar="T", help="records at or before T")
+    _add_filters(p)
     p.add_argument(
-        "--grep", type=parse_regex, metavar="RE", help="records whose text matches RE (Python re)"
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: each record's line as logged (default); json: one JSON object per "
+        "record and line (JSON Lines)",
     )
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.add_argument("-o", "--output", help="write here instead of stdout")
     p.add_argument(
-        "--host",
-        action="append",
-        metavar="HOST",
-        help="s3:// only: this host's records (repeat for more); others are not downloaded",
+        "-n",
+        "--lines",
+        type=parse_count,
+        metavar="N",
+        help="only the last N records (after the filters)",
     )
-    p.add_argument("--endpoint-url", metavar="URL", help="s3:// only: the storage endpoint")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print new records as they come, as tail -f (one folder)",
+    )
+    _add_display(p)
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write here instead of stdout (a new file, mode 0600: it may hold decrypted text)",
+    )
+    p.add_argument("--force", action="store_true", help="let -o replace an existing file")
+    _add_bucket(p, "s3:// only: this host's records (repeat for more); others are not downloaded")
 
     p = _sub(
         sub,
@@ -1475,8 +2002,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="print new records as they come")
     p.add_argument("--prefix", help="only the logs and caches of this prefix")
     p.add_argument("--key", help=key_help)
-    p.add_argument("--host", action="append", metavar="HOST", help="s3:// only: this host")
-    p.add_argument("--endpoint-url", metavar="URL", help="s3:// only: the storage endpoint")
+    _add_filters(p)
+    _add_display(p)
+    _add_bucket(p)
 
     p = _sub(sub, "verify", "check every block of log files", VERIFY_EPILOG, cmd_verify)
     p.add_argument(
@@ -1486,8 +2014,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log files, folders of them, cache files, - for stdin, or one s3://BUCKET/PREFIX",
     )
     p.add_argument("--key", help=key_help + " (to check decryption too)")
-    p.add_argument("--host", action="append", metavar="HOST", help="s3:// only: this host")
-    p.add_argument("--endpoint-url", metavar="URL", help="s3:// only: the storage endpoint")
+    _add_bucket(p)
 
     p = _sub(
         sub,
@@ -1498,8 +2025,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("log_dir", metavar="LOG_DIR", help="the log folder, or s3://BUCKET/PREFIX")
     p.add_argument("--prefix", help="only the log files of this prefix")
-    p.add_argument("--host", action="append", metavar="HOST", help="s3:// only: this host")
-    p.add_argument("--endpoint-url", metavar="URL", help="s3:// only: the storage endpoint")
+    p.add_argument("--utc", action="store_true", help="show times in UTC")
+    _add_bucket(p)
 
     p = _sub(
         sub,
@@ -1509,16 +2036,48 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_recover,
     )
     p.add_argument("path", help="a cache file (.mmap) or a folder of them")
-    p.add_argument("--log-dir", help="where to write the records")
+    p.add_argument(
+        "--log-dir",
+        help="where to write the records (default: the log folder recorded in the cache, "
+        "else beside the cache)",
+    )
 
     p = _sub(sub, "keygen", "make a key pair for encrypted logs", KEYGEN_EPILOG, cmd_keygen)
-    p.add_argument("-o", "--output", help="write the private key here (mode 0600)")
+    p.add_argument("-o", "--output", required=True, help="write the private key here (mode 0600)")
+
+    p = _sub(sub, "pubkey", "print the public key of a private key file", PUBKEY_EPILOG, cmd_pubkey)
+    p.add_argument("keyfile", metavar="KEYFILE", help="the private key file keygen wrote")
     return parser
 
 
+def _tolerant_stdout() -> None:
+    # Text the stream's encoding cannot hold (CJK on a latin-1 terminal) is written
+    # as escapes: a record must never turn into a traceback or a lost line.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _UTC
+    _tolerant_stdout()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    sub: argparse.ArgumentParser = args.parser
+    if extra:
+        # argparse leaves what a subcommand does not know to the top level, whose
+        # usage does not help: say it with the subcommand's.
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    _UTC = bool(getattr(args, "utc", False))
+    for name in ("since", "until"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(args, name, parse_time(value, utc=_UTC))
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import struct
+import weakref
 from collections import OrderedDict
 from typing import Final, TypeAlias
 
@@ -51,7 +53,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import _format as fmt
-from .exceptions import ConfigError, DecryptionError
+from .exceptions import ConfigError, DecryptionError, MmapLogError
 
 __all__ = [
     "KEY_SIZE",
@@ -279,10 +281,12 @@ class Sealer:
     """Seal the chunks of one handler session for one recipient public key.
 
     Make one per session and never share it across processes: a forked child
-    must make its own, or it would reuse the parent's nonces.
+    must make its own, or it would reuse the parent's nonces. In a forked child
+    every Sealer inherited from the parent refuses to seal (:class:`MmapLogError`),
+    so that cannot happen by mistake either.
     """
 
-    __slots__ = ("_encrypt", "_pack", "ephemeral_public")
+    __slots__ = ("__weakref__", "_encrypt", "_pack", "_pid", "ephemeral_public")
 
     ephemeral_public: bytes
 
@@ -317,6 +321,8 @@ class Sealer:
         aead = _derive(shared, self.ephemeral_public, recipient)
         self._encrypt = aead.encrypt
         self._pack = _NONCE.pack
+        self._pid = os.getpid()
+        _sealers.add(self)
 
     def seal(self, seq: int, index: int, plaintext: Buffer, aad: Buffer) -> bytes:
         """Return ``plaintext`` encrypted and authenticated with ``aad``: ciphertext + 16-byte tag.
@@ -333,6 +339,32 @@ class Sealer:
             raise ConfigError(
                 f"nonce: expected seq in [0, 2**64) and index in [0, 2**32); got {seq!r}, {index!r}"
             ) from None
+
+
+def _refuse_in_child(nonce: Buffer, data: Buffer, associated_data: Buffer | None) -> bytes:
+    raise MmapLogError(
+        "this encryption session belongs to the parent process: a forked child seals "
+        "with a session (and ephemeral key) of its own"
+    )
+
+
+_sealers: weakref.WeakSet[Sealer] = weakref.WeakSet()
+
+
+def _forget_sealers_in_child() -> None:
+    # The child shares the parent's key and counters: one seal here could repeat a
+    # nonce the parent uses. Make every inherited Sealer refuse, and drop the AEAD.
+    # A Sealer made in the child already (by a record logged from another module's
+    # at-fork hook, before this one ran) is the child's own and stays usable.
+    pid = os.getpid()
+    for sealer in list(_sealers):
+        if sealer._pid != pid:
+            sealer._encrypt = _refuse_in_child
+            _sealers.discard(sealer)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_sealers_in_child)
 
 
 class Opener:

@@ -12,81 +12,18 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Callable
 
 from . import _format as fmt
-from . import _testing
-from ._cache import Cache, SealedBlock, SealerProtocol
-from ._codec import compress_whole
+from ._blocks import build_xlog_block
+from ._cache import Cache, SealedBlock
+from ._faults import point
 from ._logfile import LogFiles
 
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 5.0
 _DAY = 86400.0
-
-
-def build_block(
-    template: fmt.BlockHeader,
-    heads: bytes | bytearray,
-    texts: Sequence[bytes],
-    last_time_us: int,
-    *,
-    level: int | None,
-    sealer: SealerProtocol | None,
-) -> bytes:
-    """Return the whole-form block for the records with headers ``heads`` and ``texts``.
-
-    Compressed blocks hold their records as columns (``FLAG_COLUMNS``): about 10 %
-    fewer bytes than the records back to back, for the same raw length.
-    """
-    flags = template.flags & ~fmt.FLAG_STREAM
-    columns = fmt.encode_columns(heads, texts) if template.compression != fmt.COMP_NONE else None
-    if columns is not None:
-        raw = columns
-        flags |= fmt.FLAG_COLUMNS
-    else:
-        raw = fmt.join_records(heads, texts)
-    payload = compress_whole(template.compression, raw, level)
-    if sealer is not None:
-        aad = fmt.block_aad(template.session, template.seq, flags)
-        payload = sealer.seal(template.seq, fmt.WHOLE_BLOCK_INDEX, payload, aad)
-    header = replace(
-        template, flags=flags, last_time_us=last_time_us, count=len(texts), raw_len=len(raw)
-    )
-    return fmt.encode_block(header, payload)
-
-
-def local_hour(time_us: int) -> int:
-    """The local hour (0-23) of a time in µs, as xlog's header hours are."""
-    return time.localtime(time_us // 1_000_000).tm_hour
-
-
-def build_xlog_block(
-    template: fmt.BlockHeader, bodies: Iterable[bytes | memoryview], last_time_us: int
-) -> bytes:
-    """Return the Mars xlog async block for an xlog cache block's chunk bodies.
-
-    Start magic from the template's compression and encryption, seq from its sequence
-    number (1..65535, wrapping), begin/end hour from the first/last record time, the
-    client key from its extension (zeros without encryption), the payload joined from
-    the chunk bodies, then the end magic. The flusher and recovery both call this, so
-    a block moved before a crash and recovered after it have the same bytes.
-    Raises ``CorruptionError`` for chunk bodies that cannot be an xlog payload.
-    """
-    from ._xlog import pack_xlog_block, xlog_magic, xlog_payload, xlog_seq_of
-
-    compression = fmt.COMPRESSION_NAMES[template.compression] or "none"
-    encrypted = template.encrypted
-    payload = xlog_payload(bodies, encrypted)
-    return pack_xlog_block(
-        xlog_magic("async", compression, encrypted),
-        xlog_seq_of(template.seq),
-        local_hour(template.first_time_us),
-        local_hour(max(last_time_us, template.first_time_us)),
-        template.extension if encrypted else bytes(fmt.XLOG_EXTENSION),
-        payload,
-    )
+_SWEEP = 30.0  # seconds between looks for caches that dead processes left
 
 
 class Flusher:
@@ -98,20 +35,30 @@ class Flusher:
         logs: LogFiles,
         *,
         interval: float,
-        level: int | None,
         on_error: Callable[[str], None],
+        file_lock: threading.Lock,
+        inside: set[int],
+        after_round: Callable[[int], None],
         daily: Callable[[], object] | None = None,
+        sweep: Callable[[], object] | None = None,
     ) -> None:
+        """``file_lock`` is the one lock of the log files (shared with the handler's
+        direct writes); ``inside`` the handler's set of threads inside a log call, which
+        the flusher thread joins while it works so that a finalizer logging on it is
+        deferred, not deadlocked; ``after_round(ident)`` writes what was deferred."""
         self.cache = cache
         self.logs = logs
         self.interval = interval
-        self.level = level
         self._on_error = on_error
         self._daily = daily
+        self._sweep = sweep
+        self._inside = inside
+        self._after_round = after_round
         # Wake-ups: a SimpleQueue, not an Event, so that waking up takes no Python-level
         # lock the writer might hold (each wait for one is a GIL hand-over it pays for).
         self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._io_lock = threading.Lock()
+        # One writer of the log files at a time: moves and blocks written directly.
+        self._move_lock = file_lock
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -139,9 +86,21 @@ class Flusher:
         self._thread = None
 
     def _run(self) -> None:
+        me = threading.get_ident()
+        inside = self._inside
+        inside.add(me)
+        try:
+            self._loop(me)
+        finally:
+            inside.discard(me)
+            self._after_round(me)
+
+    def _loop(self, me: int) -> None:
         backoff = _BACKOFF_MIN
         next_tick = time.monotonic() + self.interval
         next_day = time.monotonic() + _DAY
+        next_sweep = time.monotonic() + _SWEEP
+        inside = self._inside
         while True:
             timeout = max(0.0, next_tick - time.monotonic())
             if self._failing:
@@ -153,6 +112,7 @@ class Flusher:
             except queue.Empty:
                 pass
             if time.monotonic() >= next_tick:
+                self.cache.check_file()  # a shrunk cache file is extended before any store
                 self.cache.seal()
                 next_tick = time.monotonic() + self.interval
             if self.drain():
@@ -164,10 +124,18 @@ class Flusher:
             if self._daily is not None and time.monotonic() >= next_day:
                 next_day = time.monotonic() + _DAY
                 self._daily()
+            if self._sweep is not None and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + _SWEEP
+                self._sweep()
+            inside.discard(me)  # records deferred on this thread (finalizers) go in now
+            try:
+                self._after_round(me)
+            finally:
+                inside.add(me)
 
     def drain(self) -> bool:
         """Move every sealed block, oldest first; False if a write failed."""
-        with self._io_lock:
+        with self._move_lock:
             while True:
                 block = self.cache.take_sealed()
                 if block is None:
@@ -181,25 +149,23 @@ class Flusher:
                     return False
 
     def _move(self, block: SealedBlock) -> None:
-        if block.template.flags & fmt.FLAG_XLOG:
-            data = build_xlog_block(block.template, block.raw, block.last_time_us)
-        else:
-            data = build_block(
-                block.template,
-                block.heads,
-                block.texts,
-                block.last_time_us,
-                level=self.level,
-                sealer=self.cache.sealer,
-            )
+        data = block.data
+        if not data:
+            if block.template.flags & fmt.FLAG_XLOG:
+                data = build_xlog_block(block.template, block.raw, block.last_time_us)
+            else:
+                data = self.cache.blocks.whole_block(
+                    block.template, block.heads, block.texts, block.last_time_us
+                )
+            block.data = data  # a retry writes these bytes: sealed once, never twice
         self.logs.append(data, block.template.first_time_us)
-        _testing.point("after_append")
+        point("after_append")
         self.cache.release(block)
-        _testing.point("after_release")
+        point("after_release")
 
     def write_direct(self, block: bytes, first_time_us: int) -> None:
         """Append a block built elsewhere (an oversize record), in order with the moves."""
-        with self._io_lock:
+        with self._move_lock:
             self.logs.append(block, first_time_us)
 
     def _set_failing(self, exc: Exception) -> None:

@@ -27,7 +27,7 @@ import sys
 import zlib
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -501,8 +501,6 @@ def crc32_holding_gil(data: bytes | memoryview) -> int:
 
 def encode_block(h: BlockHeader, payload: bytes) -> bytes:
     """Return a complete block: ``h`` with its payload length and checksum filled in."""
-    from dataclasses import replace
-
     full = replace(h, payload_len=len(payload), payload_crc=crc32_holding_gil(payload))
     return pack_header(full) + payload
 

@@ -12,6 +12,8 @@ import errno
 import os
 import re
 import stat
+import time
+from collections.abc import Callable
 
 from . import _format as fmt
 
@@ -22,15 +24,17 @@ _TAIL_SCAN = 32 * 1024 * 1024
 
 def day_of(time_us: int) -> str:
     """The local date of a time in µs, as ``YYYYMMDD``."""
-    return _dt.datetime.fromtimestamp(time_us / 1e6).strftime("%Y%m%d")
+    # time, not datetime: datetime's strftime imports a module, which fails in a
+    # finalizer that logs while the interpreter shuts down.
+    return time.strftime("%Y%m%d", time.localtime(time_us // 1_000_000))
 
 
 def day_bounds(time_us: int) -> tuple[int, int]:
     """The local day holding ``time_us``, as ``[start, end)`` in µs."""
-    d = _dt.datetime.fromtimestamp(time_us / 1e6).date()
-    start = _dt.datetime.combine(d, _dt.time.min)
-    end = _dt.datetime.combine(d + _dt.timedelta(days=1), _dt.time.min)
-    return int(start.timestamp() * 1e6), int(end.timestamp() * 1e6)
+    t = time.localtime(time_us // 1_000_000)
+    start = time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))
+    end = time.mktime((t.tm_year, t.tm_mon, t.tm_mday + 1, 0, 0, 0, 0, 0, -1))
+    return int(start) * 1_000_000, int(end) * 1_000_000
 
 
 def log_file_re(prefix: str, suffix: str = SUFFIX) -> re.Pattern[str]:
@@ -61,17 +65,24 @@ class LogFiles:
     past the limit it goes to ``<prefix>_<YYYYMMDD>_1.mmlog``, then ``_2``, and so on
     (a block is never split, so a file holding one large block may pass the limit).
     ``suffix=".xlog"`` names Mars xlog files instead (``<prefix>_<YYYYMMDD>.xlog``).
+
+    The open file is checked before each block (one ``lstat`` of its path): if it was
+    deleted, renamed away or replaced, or its folder was, a new file is opened at the
+    path (the folder made again if it is gone) and ``on_warning`` is told, as
+    ``WatchedFileHandler`` does.
     """
 
     __slots__ = (
         "_day",
         "_fd",
+        "_ident",
         "_part",
         "_size",
         "durable",
         "file_mode",
         "log_dir",
         "max_file_size",
+        "on_warning",
         "prefix",
         "suffix",
     )
@@ -85,6 +96,7 @@ class LogFiles:
         durable: bool = False,
         max_file_size: int = 0,
         suffix: str = SUFFIX,
+        on_warning: Callable[[str], None] | None = None,
     ):
         self.log_dir = log_dir
         self.suffix = suffix
@@ -96,6 +108,8 @@ class LogFiles:
         self._day = ""
         self._part = 0
         self._size = 0
+        self._ident = (0, 0)  # (st_dev, st_ino) of the open file
+        self.on_warning = on_warning
 
     def path_for(self, day: str, part: int = 0) -> str:
         tail = f"_{part}" if part else ""
@@ -121,7 +135,9 @@ class LogFiles:
         self._fd = open_no_follow(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, self.file_mode)
         self._day = day
         self._part = part
-        self._size = os.fstat(self._fd).st_size
+        st = os.fstat(self._fd)
+        self._size = st.st_size
+        self._ident = (st.st_dev, st.st_ino)
         if created and self.durable:
             _fsync_dir(self.log_dir)
 
@@ -136,6 +152,15 @@ class LogFiles:
             # Always the newest part of the day: a recovery (which knows no size limit)
             # must not put late blocks into an earlier part, or reading order breaks.
             self._open(day, self._last_part(day))
+        elif self._replaced():
+            path = self.path_for(day, self._part)
+            if self.on_warning is not None:
+                self.on_warning(
+                    f"mmaplog: the log file {path} was deleted or replaced while in use; "
+                    "writing to a new file at that path"
+                )
+            os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+            self._open(day, self._part)
         if self.max_file_size:
             # Other processes append too: the file's real size decides.
             self._size = os.fstat(self._fd).st_size
@@ -153,6 +178,16 @@ class LogFiles:
         if self.durable:
             os.fsync(fd)
         return self.path_for(day, self._part)
+
+    def _replaced(self) -> bool:
+        """Whether the open file is no longer the one at its path (one ``lstat``)."""
+        try:
+            st = os.lstat(self.path_for(self._day, self._part))
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError:
+            return False  # cannot tell: keep the file we have
+        return (st.st_dev, st.st_ino) != self._ident
 
     def _day_files(self, first_time_us: int) -> list[str]:
         """The paths of this prefix's log files (all parts) for the day of ``first_time_us``."""

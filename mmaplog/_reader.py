@@ -8,6 +8,7 @@ every skipped byte range is reported to ``on_damage``.
 from __future__ import annotations
 
 import datetime as _dt
+import heapq
 import logging
 import mmap
 import os
@@ -15,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
-from operator import truediv
+from operator import attrgetter, truediv
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _format as fmt
@@ -27,7 +28,6 @@ from .exceptions import (
     KeyMismatchError,
     MmapLogError,
     NeedKeyError,
-    UnsupportedVersionError,
 )
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ class Reader:
         on_damage: DamageCallback | None = None,
         *,
         markers: bool = False,
+        each_mismatch: bool = True,
     ) -> None:
         self._opener: Opener | None = None
         self._xlog_key: Any = None
@@ -85,6 +86,10 @@ class Reader:
         self.markers = markers
         self.damaged = False
         self.key_mismatch = False
+        self.each_mismatch = each_mismatch
+        """Report each block the key does not open to ``on_damage`` (else only count them)."""
+        self.mismatched: dict[str, int] = {}
+        """How many blocks of each source the key does not open."""
         self._opened_sessions: set[bytes] = set()
         self._last_recovered: tuple[str, bytes] | None = None
         self._seen_blocks: dict[tuple[bytes, int, int], tuple[int, int]] = {}
@@ -148,7 +153,7 @@ class Reader:
             yield Record(time=when, level=level, text=line, source=source)
 
     def _iter_cache(self, image: bytes, source: str) -> Iterator[Record | Marker]:
-        from .recover import RecoveryReport, _slots_of
+        from ._recovery import RecoveryReport, _slots_of
 
         report = RecoveryReport()
         _info, contents = _slots_of(image, report)
@@ -219,6 +224,10 @@ class Reader:
                 )
         except KeyMismatchError as exc:
             self.key_mismatch = True
+            self.mismatched[source] = self.mismatched.get(source, 0) + 1
+            if not self.each_mismatch:
+                self.damaged = True
+                return
             self._damage(
                 source, max(offset, 0), max(offset, 0) + h.header_len + h.payload_len, str(exc)
             )
@@ -323,13 +332,26 @@ _XLOG_STAMP = re.compile(
 )
 
 
+def _xlog_offset(text: str) -> _dt.timedelta:
+    """A line's UTC offset: xlog's hours (``+8.0``, ``-3.5``) or strftime's ``%z`` (``+0800``)."""
+    if re.fullmatch(r"[+-]\d{4}(?:\d\d)?", text):
+        sign = -1 if text[0] == "-" else 1
+        hours, minutes, seconds = int(text[1:3]), int(text[3:5]), int(text[5:7] or 0)
+        return sign * _dt.timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    return _dt.timedelta(hours=float(text))
+
+
 def _xlog_time_level(line: str) -> tuple[float, int]:
-    """The time and level of an xlog line (``[I][2026-11-23 +8.0 12:00:00.123]...``)."""
+    """The time and level of an xlog line (``[I][2026-11-23 +8.0 12:00:00.123]...``).
+
+    Mars writes the UTC offset in hours (``+8.0``); mmaplog's ``XlogFormatter``
+    writes it as ``strftime`` does (``+0800``). Both are read.
+    """
     m = _XLOG_STAMP.match(line)
     if m is None:
         return 0.0, 0
     try:
-        tz = _dt.timezone(_dt.timedelta(hours=float(m.group(5))))
+        tz = _dt.timezone(_xlog_offset(m.group(5)))
         y, mo, d, h, mi, s, ms = (int(m.group(i)) for i in (2, 3, 4, 6, 7, 8, 9))
         when = _dt.datetime(y, mo, d, h, mi, s, ms * 1000, tzinfo=tz).timestamp()
     except (ValueError, OverflowError):
@@ -342,18 +364,10 @@ def _view(data: fmt.Buffer) -> bytes | memoryview:
 
 
 def _is_cache(data: fmt.Buffer) -> bool:
-    """Whether data starting with the cache magic really is a cache (one bit separates
-    the two magics, so a damaged log file must not be taken for a cache)."""
-    try:
-        fmt.parse_cache_header(bytes(data[: fmt.CACHE_HEADER_SIZE]))
-        return True
-    except UnsupportedVersionError:
-        return True
-    except CorruptionError:
-        pass
-    # A damaged cache header: a cache still has block templates at page boundaries.
-    first = data.find(fmt.BLOCK_MAGIC)
-    return first < 0 or first >= fmt.CACHE_HEADER_SIZE
+    """Whether data starting with the cache magic really is a cache."""
+    from ._recovery import is_cache_image
+
+    return is_cache_image(data)
 
 
 def log_files_in(folder: str, prefix: str | None = None) -> list[str]:
@@ -438,6 +452,209 @@ def data_kind(data: fmt.Buffer) -> str:
     return "log"
 
 
+# -- folders: days, caches, time order --------------------------------------------------
+
+
+def log_days_in(folder: str, prefix: str | None = None) -> list[list[str]]:
+    """The log files in ``folder`` grouped by day (every prefix's), the days in order."""
+    days: dict[str, list[str]] = {}
+    for path in log_files_in(folder, prefix):
+        m = _LOG_NAME.match(os.path.basename(path))
+        assert m is not None
+        days.setdefault(m.group("day"), []).append(path)
+    return [days[d] for d in sorted(days)]
+
+
+def cache_files_in(folder: str, prefix: str | None = None) -> list[str]:
+    """The regular files in ``folder`` named like caches (``<prefix>[.N].mmap``), by name."""
+    if prefix is None:
+        pattern = re.compile(r"^.+\.mmap$")
+    else:
+        pattern = re.compile(rf"^{re.escape(prefix)}(?:\.\d+)?\.mmap$")
+    names = sorted(n for n in os.listdir(folder) if pattern.match(n))
+    paths = [os.path.join(folder, n) for n in names]
+    # Never a FIFO or a device (an open could block) nor a link (not ours to follow).
+    return [p for p in paths if os.path.isfile(p) and not os.path.islink(p)]
+
+
+def cache_is_held(path: str) -> bool:
+    """Whether a live process holds the cache at ``path`` (its exclusive lock is taken).
+
+    Asks with a shared lock, taken without waiting and dropped at once: nothing
+    is written, and a writer's exclusive lock is never in doubt.
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock
+    return False
+
+
+# A cache is at most 64 MiB of slots and its header: anything larger is not one.
+_MAX_CACHE_FILE = (64 << 20) + (1 << 20)
+
+
+def read_cache_file(path: str) -> bytes | None:
+    """A cache file's image, read (never mapped); None when it is not a cache.
+
+    The head is read and checked first, so a large file that is not a cache is
+    never read whole.
+    """
+    with open(path, "rb") as f:
+        head = f.read(fmt.CACHE_HEADER_SIZE + 8)
+        if head[:4] != fmt.CACHE_MAGIC or not _is_cache(head):
+            return None
+        if os.fstat(f.fileno()).st_size > _MAX_CACHE_FILE:
+            return None
+        return head + f.read()
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Records a dead process left in a cache: not in any log file yet."""
+
+    path: str
+    records: list[Record]
+    pids: tuple[int, ...]
+
+
+def waiting_records(
+    reader: Reader, folder: str, in_logs: set[tuple[str, int]], prefix: str | None = None
+) -> list[Waiting]:
+    """The records in ``folder``'s caches that no live process holds, read without writing.
+
+    Blocks named in ``in_logs`` (``(session, seq)``) are in a log file already (the
+    process died after moving them, before freeing their slot) and are left out.
+    Caches held by a live process are skipped: their records are on their way.
+    """
+    out = []
+    for path in cache_files_in(folder, prefix):
+        try:
+            if cache_is_held(path):
+                continue
+            data = read_cache_file(path)
+        except OSError:
+            continue
+        if data is None:
+            continue
+        records = [
+            r
+            for r in reader.iter_data(data, path)
+            if isinstance(r, Record) and (r.session, r.seq) not in in_logs
+        ]
+        if records:
+            pids = tuple(sorted({r.pid for r in records}))
+            out.append(Waiting(path, records, pids))
+    return out
+
+
+def merge_by_time(
+    items: Iterable[Record | Marker], keep: Callable[[Record], bool] | None = None
+) -> Iterator[Record | Marker]:
+    """The records of many processes in time order, each session's own order kept.
+
+    A file holds blocks of every process that logged into it, one block after
+    another; each session (one process) is a run of records in its own order.
+    The sessions are merged by record time; a session's order is never changed
+    (a record stamped earlier can follow a later one). Records without a session
+    (xlog files) are one run per file. A marker stays before the record that
+    followed it. Everything is held in memory: give one day of files at a time.
+    """
+    runs: dict[tuple[str, str], list[tuple[Marker | None, Record]]] = {}
+    pending: dict[str, Marker] = {}
+    for item in items:
+        if isinstance(item, Marker):
+            pending[item.source] = item
+            continue
+        if keep is not None and not keep(item):
+            continue
+        key = (item.session, "" if item.session else item.source)
+        runs.setdefault(key, []).append((pending.pop(item.source, None), item))
+    for marker, record in heapq.merge(*runs.values(), key=_entry_time):
+        if marker is not None:
+            yield marker
+        yield record
+
+
+def _entry_time(entry: tuple[Marker | None, Record]) -> float:
+    return entry[1].time
+
+
+@dataclass(frozen=True, slots=True)
+class CacheCount:
+    """What a cache holds, from its block templates (nothing decrypted, no key needed)."""
+
+    path: str
+    size: int
+    live: bool
+    blocks: int
+    records: int
+    pids: tuple[int, ...]
+    first_us: int | None
+    last_us: int | None
+
+
+def count_caches(
+    folder: str, in_logs: set[tuple[bytes, int]], prefix: str | None = None
+) -> list[CacheCount]:
+    """The caches of ``folder`` and what they hold that no log file has yet.
+
+    A live process's cache is counted as live with nothing in it (its records are
+    on their way to the log). Blocks named in ``in_logs`` (``(session, seq)``)
+    are in a log file already and are not counted.
+    """
+    from ._recovery import RecoveryReport, _slots_of
+
+    out = []
+    for path in cache_files_in(folder, prefix):
+        try:
+            live = cache_is_held(path)
+            data = None if live else read_cache_file(path)
+        except OSError:
+            continue
+        if not live and data is None:
+            continue
+        blocks = records = 0
+        pids: set[int] = set()
+        first: int | None = None
+        last: int | None = None
+        if data is not None:
+            _info, contents = _slots_of(data, RecoveryReport())
+            for c in contents:
+                t = c.template
+                if not c.count or (t.session, t.seq) in in_logs:
+                    continue
+                blocks += 1
+                records += c.count
+                pids.add(t.pid)
+                first = t.first_time_us if first is None else min(first, t.first_time_us)
+                end = max(c.last_time_us, t.first_time_us)
+                last = end if last is None else max(last, end)
+        size = os.path.getsize(path)
+        out.append(CacheCount(path, size, live, blocks, records, tuple(sorted(pids)), first, last))
+    return out
+
+
+def verify_caches(folder: str) -> list[str]:
+    """The caches of ``folder`` that no live process holds and that hold records."""
+    from ._recovery import RecoveryReport, _slots_of
+
+    found = []
+    for path in cache_files_in(folder):
+        try:
+            data = None if cache_is_held(path) else read_cache_file(path)
+        except OSError:
+            continue
+        if data is not None and any(c.count for c in _slots_of(data, RecoveryReport())[1]):
+            found.append(path)
+    return found
+
+
 # -- object storage ------------------------------------------------------------------
 
 
@@ -451,6 +668,10 @@ class BucketSource:
     :class:`Reader` of their own, so a block stored twice is read once (it is
     recognised by its session and sequence number). The streams are merged by record
     time with :func:`heapq.merge`: memory holds one object per stream.
+
+    ``each_mismatch`` is passed to each stream's :class:`Reader`: with False, blocks
+    the key does not open are counted in :attr:`Reader.mismatched` of :attr:`readers`
+    rather than each reported to ``on_damage``.
     """
 
     def __init__(
@@ -463,6 +684,7 @@ class BucketSource:
         since: float | None = None,
         until: float | None = None,
         endpoint_url: str | None = None,
+        each_mismatch: bool = True,
     ) -> None:
         from ._s3 import Store, parse_url
 
@@ -472,7 +694,9 @@ class BucketSource:
         self._hosts = list(hosts) if hosts is not None else None
         self._since, self._until = since, until
         self._store = Store(self.url, endpoint_url=endpoint_url)
-        self._readers: list[Reader] = []
+        self._each_mismatch = each_mismatch
+        self.readers: list[Reader] = []
+        """The readers of the streams read so far."""
         self._tail_readers: dict[tuple[str, str], Reader] = {}
         self._seen: set[str] = set()
         self.objects = 0
@@ -483,11 +707,11 @@ class BucketSource:
 
     @property
     def damaged(self) -> bool:
-        return any(r.damaged for r in self._readers)
+        return any(r.damaged for r in self.readers)
 
     @property
     def key_mismatch(self) -> bool:
-        return any(r.key_mismatch for r in self._readers)
+        return any(r.key_mismatch for r in self.readers)
 
     def hosts(self) -> list[str]:
         """The hosts that have shipped to the bucket path, in name order."""
@@ -554,9 +778,13 @@ class BucketSource:
         self.bytes += len(data)
         return data, meta
 
+    def _reader(self) -> Reader:
+        reader = Reader(self._key, self._on_damage, each_mismatch=self._each_mismatch)
+        self.readers.append(reader)
+        return reader
+
     def _stream(self, keys: list[tuple[str, str]]) -> Iterator[Record]:
-        reader = Reader(self._key, self._on_damage)
-        self._readers.append(reader)
+        reader = self._reader()
         for _host, k in keys:
             data, _meta = self.fetch(k)
             for item in reader.iter_data(data, f"s3://{self.url.bucket}/{k}"):
@@ -566,23 +794,22 @@ class BucketSource:
     def _reader_for(self, stream: tuple[str, str]) -> Reader:
         reader = self._tail_readers.get(stream)
         if reader is None:
-            reader = self._tail_readers[stream] = Reader(self._key, self._on_damage)
-            self._readers.append(reader)
+            reader = self._tail_readers[stream] = self._reader()
         return reader
 
-    def _records_of(self, stream: tuple[str, str], key: str) -> list[Record]:
+    def _records_of(
+        self, stream: tuple[str, str], key: str, keep: Callable[[Record], bool] | None
+    ) -> list[Record]:
         data, _meta = self.fetch(key)
         source = f"s3://{self.url.bucket}/{key}"
         items = self._reader_for(stream).iter_data(data, source)
-        return [r for r in items if isinstance(r, Record)]
+        return [r for r in items if isinstance(r, Record) and (keep is None or keep(r))]
 
-    def newest(self, n: int) -> list[Record]:
-        """The ``n`` newest records of the bucket path, oldest first: each stream is
-        read backwards from its last object until it has ``n`` records, so only the
-        end of the bucket is downloaded. Objects read are remembered by :meth:`poll`."""
-        import heapq
-        from operator import attrgetter
-
+    def newest(self, n: int, keep: Callable[[Record], bool] | None = None) -> list[Record]:
+        """The ``n`` newest records of the bucket path (of those ``keep`` accepts),
+        oldest first: each stream is read backwards from its last object until it has
+        ``n`` records, so only the end of the bucket is downloaded. Objects read are
+        remembered by :meth:`poll`."""
         self._seen.clear()
         streams: dict[tuple[str, str], list[tuple[tuple[str, int, int, int], str]]] = {}
         for host, prefix, _segment, order, k in self._listing():
@@ -594,27 +821,24 @@ class BucketSource:
             for _order, k in sorted(keys, reverse=True):
                 if len(got) >= n:
                     break
-                got = self._records_of(stream, k) + got
+                got = self._records_of(stream, k, keep) + got
             tails.append(got[-n:] if n else [])
         merged = list(heapq.merge(*tails, key=attrgetter("time")))
-        return merged[len(merged) - n :] if n else []
+        return merged[max(0, len(merged) - n) :] if n else []
 
-    def poll(self) -> list[Record]:
-        """The records of objects stored since the last :meth:`newest` or :meth:`poll`,
-        in time order."""
+    def poll(self, keep: Callable[[Record], bool] | None = None) -> list[Record]:
+        """The records of objects stored since the last :meth:`newest` or :meth:`poll`
+        (of those ``keep`` accepts), in time order."""
         seen = self._seen
         new: list[Record] = []
         for host, prefix, _segment, _order, k in sorted(self._listing(), key=lambda t: t[3]):
             if k not in seen:
                 seen.add(k)
-                new += self._records_of((host, prefix), k)
+                new += self._records_of((host, prefix), k, keep)
         new.sort(key=lambda r: r.time)
         return new
 
     def __iter__(self) -> Iterator[Record]:
-        import heapq
-        from operator import attrgetter
-
         streams = [self._stream(keys) for keys in self._streams()]
         return heapq.merge(*streams, key=attrgetter("time"))
 

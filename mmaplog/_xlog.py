@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -134,6 +135,12 @@ _HEX128_RE: Final = re.compile(r"[0-9a-fA-F]{128}")
 
 _Codec = Literal["plain", "zlib", "zstd", "zlib-chunks"]
 _BytesLike = bytes | bytearray | memoryview
+
+
+XLOG_MAX_LINE = 16 * 1024
+"""xlog cuts a formatted line to fit this buffer (``formater.cc``)."""
+XLOG_BUFFER = 150 * 1024
+"""xlog's async buffer (``kBufferBlockLength``); a block is moved when it is a third full."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -862,10 +869,8 @@ def xlog_seq_of(n: int) -> int:
 
 def note_line(time_us: int, pid: int, text: bytes) -> bytes:
     """A line mmaplog writes itself (a count of dropped records), in xlog's line format."""
-    import time as _time
-
     seconds, micros = divmod(time_us, 1_000_000)
-    stamp = _time.strftime("%Y-%m-%d %z %H:%M:%S", _time.localtime(seconds))
+    stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(seconds))
     head = f"[W][{stamp}.{micros // 1000:03d}][{pid}, 0][mmaplog][:0, ][".encode()
     return head + text + b"\n"
 

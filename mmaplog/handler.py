@@ -7,33 +7,32 @@ flusher thread. See ``docs/design.md`` for the protocol.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar, overload
 
 from . import _format as fmt
+from ._blocks import BlockSession
 from ._cache import (
     APPENDED,
-    MAX_BUFFER,
-    MIN_BUFFER,
+    CLOSED,
     OVERSIZE,
     Cache,
-    SealerProtocol,
     cache_names,
     open_locked,
 )
 from ._codec import prepare_whole
-from ._flusher import Flusher, build_block, local_hour
+from ._flusher import Flusher
 from ._logfile import SUFFIX, XLOG_SUFFIX, LogFiles
+from ._options import HandlerOptions
+from ._recovery import recover_fd
+from ._xlog import XlogBlockWriter
 from .exceptions import ConfigError, UnsupportedVersionError
-from .recover import recover_fd
-
-if TYPE_CHECKING:
-    from ._xlog import XlogBlockWriter
 
 __all__ = ["MmapHandler", "XlogFormatter"]
 
@@ -66,21 +65,28 @@ class XlogFormatter(logging.Formatter):
     The date part is rendered once per second and reused; the part from the pid
     to the function is rendered once per thread and call site and reused (at most
     ``_MAX_PLACES`` of them are kept).
+
+    Safe to share between threads without a lock: the date cache is one
+    ``(second, stamp)`` tuple, read once and replaced whole, so a thread never pairs
+    one record's second with another's stamp; a call-site entry is a pure function
+    of its key, so a lost or cleared entry is only rendered again.
     """
 
     _MAX_PLACES = 4096
 
     def __init__(self) -> None:
         super().__init__()
-        self._second = -1
-        self._stamp = ""
+        self._clock: tuple[int, str] = (-1, "")
         self._places: dict[tuple[Any, ...], str] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(second))
-            self._second = second
+        # One read of one attribute: two attributes could be read between another
+        # thread's two writes and give this record that thread's second.
+        cached, stamp = self._clock
+        if second != cached:
+            stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(second))
+            self._clock = (second, stamp)
         msg = record.getMessage()
         letter = _LETTERS.get(record.levelno) or level_letter(record.levelno)
         key = (
@@ -102,7 +108,7 @@ class XlogFormatter(logging.Formatter):
             self._places[key] = place
         ms = int(record.msecs)
         millis = _MILLIS[ms] if 0 <= ms < 1000 else f"{ms:03d}"
-        s = f"[{letter}][{self._stamp}.{millis}{place}{msg}"
+        s = f"[{letter}][{stamp}.{millis}{place}{msg}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -115,47 +121,152 @@ class XlogFormatter(logging.Formatter):
 _MILLIS = [f"{ms:03d}" for ms in range(1000)]
 _DEFAULT_FORMATTER = XlogFormatter()
 _pack_record = fmt.RECORD_HEADER.pack
-_COMPRESSIONS = {
-    "zstd": fmt.COMP_ZSTD,
-    "zlib": fmt.COMP_ZLIB,
-    None: fmt.COMP_NONE,
-    "none": fmt.COMP_NONE,
-}
+
+T = TypeVar("T")
+
+
+class _Option(Generic[T]):
+    """A handler attribute that reads its checked option: fixed once the handler is made."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> _Option[T]: ...
+    @overload
+    def __get__(self, instance: MmapHandler, owner: type) -> T: ...
+    def __get__(self, instance: MmapHandler | None, owner: type) -> T | _Option[T]:
+        if instance is None:
+            return self
+        value: T = getattr(instance.options, self.name)
+        return value
+
+    def __set__(self, instance: MmapHandler, value: object) -> None:
+        raise AttributeError(
+            f"{self.name} is fixed when the handler is made (options are checked once); "
+            "make a new handler to change it"
+        )
+
+
 _live: weakref.WeakSet[MmapHandler] = weakref.WeakSet()
+_get_ident = threading.get_ident
+
+
+def _before_fork() -> None:
+    # Until the child's hook below has run, a record logged in the child (by a
+    # finalizer the at-fork machinery of another module triggers) must not take the
+    # fast path into the parent's cache: it goes the slow path, which asks the pid.
+    for handler in list(_live):
+        handler._forking = True
+        handler._fast = None
+
+
+def _after_fork_in_parent() -> None:
+    for handler in list(_live):
+        handler._forking = False
+        handler._update_fast()
+
+
+# Errors creating a cache file that come from its folder, not its name: every other
+# name would fail the same way, so the search stops at the first.
+_FOLDER_ERRORS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.ENOTDIR})
+_CANNOT_WRITE = "mmaplog: cannot write the log file"
 
 
 def _after_fork_in_child() -> None:
+    # Runs after threading's own at-fork hook: only from here on may the child start
+    # a thread (a flusher started earlier would be forgotten by threading's hook).
     for handler in list(_live):
-        handler._forked = True
-        cache = handler._cache
-        if cache is not None:
-            # Let go of the parent's cache at once: the child must never write into it,
-            # and an inherited descriptor would keep the parent's lock after it dies.
-            try:
-                cache.abandon()
-            except Exception:
-                pass
+        handler._become_child()
+        handler._forking = False
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class MmapHandler(logging.Handler):
-    """A handler that keeps records in a file-backed mmap cache until they are in the log.
+    """A ``logging.Handler`` that keeps records in a file-backed mmap cache until they
+    are in the log, so that a ``kill -9`` loses nothing.
 
-    ``log_dir`` and ``prefix`` name the log files ``<log_dir>/<prefix>_<YYYYMMDD>.mmlog``;
-    the cache is ``<cache_dir>/<prefix>.mmap`` (``cache_dir`` defaults to ``log_dir``;
-    when another live process holds that cache, the next free ``<prefix>.N.mmap``).
-    On start, whatever a dead process left in this prefix's caches is recovered.
+    Log files are ``<log_dir>/<prefix>_<YYYYMMDD>.mmlog`` (``.xlog`` with
+    ``format="xlog"``), by the local date of their first record. The cache is
+    ``<cache_dir>/<prefix>.mmap``, or the next free ``<prefix>.N.mmap`` (N up to 63)
+    when a live process holds it. On start, whatever dead processes left in this
+    prefix's caches is recovered into the log (:attr:`recovered` counts it).
 
-    ``format="xlog"`` writes Tencent Mars xlog files (``<prefix>_<YYYYMMDD>.xlog``)
-    instead, optionally encrypted with xlog's weak scheme to ``xlog_public_key``
-    (see ``docs/xlog.md``); the cache and its crash safety are the same.
+    Args:
+        log_dir (str | os.PathLike): folder of the log files; made (mode 0700) if
+            missing; made absolute once, so a later ``os.chdir`` changes nothing.
+        prefix (str): start of the file names; default ``"app"``; a plain name part
+            (no ``/``, not starting with ``.``).
+        cache_dir (str | os.PathLike | None): folder of the cache file; default
+            ``log_dir``. A folder that log rotation and clean-up tools never touch is
+            safest (a cache shrunk underneath is detected at the next block, but a
+            record written before that kills the process with SIGBUS).
+        buffer_size (int): bytes of cache, split into two block slots; default
+            ``150 * 1024``; from 16 KiB to 64 MiB (with ``format="xlog"`` at most
+            xlog's 150 KiB).
+        compression (str | None): per-record and per-block compression: ``"zstd"``
+            (default), ``"zlib"`` (raw deflate, as xlog) or ``None``.
+        compress_level (int | None): level of the whole-block compression of the log
+            files; default None (zstd 9, tuned; zlib 9); zstd -7..22, zlib 1..9.
+        mode (str): ``"async"`` (default) or ``"sync"``: each record is in the log
+            file before ``emit`` returns (no cache, no thread).
+        flush_interval (float): seconds between moves of a partly filled block;
+            default 5.0; > 0.
+        level (int | str): the handler's level, as for any handler; default NOTSET.
+        max_record_size (int): longer records (UTF-8 bytes) are cut and end in
+            ``[truncated: N bytes]``; default 0 (16 MiB; with xlog, 16 KiB).
+        block_timeout (float): seconds ``emit`` waits when both slots wait for the
+            disk, then drops the record (counted, and noted in the log); after one such
+            wait, records are dropped at once until a block is moved; default 1.0.
+        public_key (str | bytes | None): X25519 public key (base64, 32 raw bytes or
+            PEM): encrypt every record to it (``docs/security.md``); default None.
+        file_mode (int): permission bits of the cache and log files; default 0o600.
+        durable (bool): ``msync`` the cache after each record and ``fsync`` the log
+            after each move, to survive power loss too; default False (much slower).
+        max_file_size (int): split a day's log into ``_1``, ``_2``, … parts past this
+            many bytes; default 0 (never).
+        max_age_days (int): delete this prefix's log files older than this many days,
+            at start and daily; default 10; 0 never deletes.
+        on_full (str): ``"block"`` (default: wait ``block_timeout``) or ``"drop"``.
+        format (str): ``"mmaplog"`` (default) or ``"xlog"``: Tencent Mars xlog files
+            (``docs/xlog.md``).
+        xlog_public_key (str | None): with ``format="xlog"``: xlog's own (weak)
+            secp256k1 + TEA encryption, 128 hex characters (X||Y); default None.
 
-    Raises :class:`~mmaplog.ConfigError` for invalid options. Once constructed it
-    never raises into the application: failures go to :meth:`handleError`.
+    Raises:
+        ConfigError: for any invalid option, before the handler is registered with
+            ``logging`` (a failed construction leaves nothing for shutdown).
+
+    Once made it never raises into the application: failures go to
+    :meth:`handleError` or, for its own troubles, one line on stderr. Options are
+    read-only attributes of the same names (``log_format`` for ``format``), held in
+    :attr:`options`.
     """
+
+    _closed: bool  # logging.Handler's own flag, set by its __init__ and close()
+
+    log_dir = _Option[str]()
+    prefix = _Option[str]()
+    cache_dir = _Option[str]()
+    buffer_size = _Option[int]()
+    compression = _Option["str | None"]()
+    mode = _Option[str]()
+    flush_interval = _Option[float]()
+    max_record_size = _Option[int]()
+    block_timeout = _Option[float]()
+    file_mode = _Option[int]()
+    durable = _Option[bool]()
+    max_file_size = _Option[int]()
+    max_age_days = _Option[int]()
+    on_full = _Option[str]()
+    log_format = _Option[str]()
 
     def __init__(
         self,
@@ -180,68 +291,57 @@ class MmapHandler(logging.Handler):
         format: str = "mmaplog",
         xlog_public_key: str | None = None,
     ) -> None:
-        super().__init__(level)
-        self.log_dir = os.fspath(log_dir)
-        self.prefix = prefix
-        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else self.log_dir
-        self.mode = mode
-        self.max_record_size = max_record_size
-        self.block_timeout = block_timeout
-        self.durable = durable
-        self.file_mode = file_mode
-        self.flush_interval = flush_interval
-        self.buffer_size = buffer_size
-        self._validate(
-            prefix,
-            buffer_size,
-            compression,
-            compress_level,
-            mode,
-            flush_interval,
-            max_record_size,
-            block_timeout,
+        # Everything is checked before logging.Handler.__init__ registers the handler
+        # for shutdown: a handler whose construction failed leaves nothing behind.
+        options = HandlerOptions.check(
+            log_dir=log_dir,
+            prefix=prefix,
+            cache_dir=cache_dir,
+            buffer_size=buffer_size,
+            compression=compression,
+            compress_level=compress_level,
+            mode=mode,
+            flush_interval=flush_interval,
+            max_record_size=max_record_size,
+            block_timeout=block_timeout,
+            public_key=public_key,
+            file_mode=file_mode,
+            durable=durable,
+            max_file_size=max_file_size,
+            max_age_days=max_age_days,
+            on_full=on_full,
+            format=format,
+            xlog_public_key=xlog_public_key,
         )
-        for name, value in (("max_file_size", max_file_size), ("max_age_days", max_age_days)):
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
-        if on_full not in ("block", "drop"):
-            raise ConfigError(f"on_full must be 'block' or 'drop', got {on_full!r}")
-        if not isinstance(file_mode, int) or not 0 <= file_mode <= 0o7777:
-            raise ConfigError(f"file_mode must be a permission mode like 0o600, got {file_mode!r}")
-        self.max_file_size = max_file_size
-        self.max_age_days = max_age_days
-        self.on_full = on_full
-        self._wait = float(block_timeout) if on_full == "block" else 0.0
-        self._limit = max_record_size or fmt.MAX_RECORD_TEXT
-        self.compression = compression
-        self._codec = _COMPRESSIONS[compression]
-        self._level_whole = compress_level
-        self.log_format = format
-        """``"mmaplog"`` or ``"xlog"``: the format of the log files."""
-        self._xlog_key = self._validate_xlog(
-            format, compression, compress_level, public_key, xlog_public_key
-        )
+        self.options = options
+        """The checked options (:class:`HandlerOptions`, frozen)."""
+        self._wait = options.wait
+        self._limit = options.limit
+        self._codec = options.codec
+        self._level_whole = options.compress_level
+        self._xlog_key = options.xlog_key
+        self._recipient = options.recipient
+        self._durable = options.durable
         self._xlog: XlogBlockWriter | None = None
-        self._recipient: bytes | None = None
-        if public_key is not None:
-            from ._crypto import load_public_key
-
-            self._recipient = load_public_key(public_key)
-        self.recovered = 0
-        """How many records of dead processes were recovered when this handler started."""
-        self._closed = False
-        self._forked = False
-        self._io_lock = threading.Lock()
-        self._cache: Cache | None = None
-        self._flusher: Flusher | None = None
-        self._warned: set[str] = set()
         try:
-            for d in {self.log_dir, self.cache_dir}:
+            for d in {options.log_dir, options.cache_dir}:
                 os.makedirs(d, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
                 f"cannot create the log folder {exc.filename}: {exc.strerror}"
             ) from None
+        super().__init__(level)
+        self.recovered = 0
+        """How many records of dead processes were recovered when this handler started."""
+        self._forked = False
+        self._forking = False
+        self._pid = os.getpid()
+        self._new_locks()
+        self._cache: Cache | None = None
+        self._fast: Cache | None = None  # the cache while records may take the fast path
+        self._flusher: Flusher | None = None
+        self._warned: set[str] = set()
+        self._quiet_log_error = False
         self._logs = self._new_logs()
         self.remove_old_logs()
         self._start()
@@ -255,54 +355,10 @@ class MmapHandler(logging.Handler):
             durable=self.durable,
             max_file_size=self.max_file_size,
             suffix=XLOG_SUFFIX if self.log_format == "xlog" else SUFFIX,
+            on_warning=self._warn,
         )
 
-    @staticmethod
-    def _validate_xlog(
-        format: str,
-        compression: str | None,
-        compress_level: int | None,
-        public_key: object,
-        xlog_public_key: object,
-    ) -> str | None:
-        """Check the xlog options; return the xlog public key."""
-        if format not in ("mmaplog", "xlog"):
-            raise ConfigError(f"format must be 'mmaplog' or 'xlog', got {format!r}")
-        if format == "mmaplog":
-            if xlog_public_key is not None:
-                raise ConfigError(
-                    "xlog_public_key is only for format='xlog'; mmaplog's own format "
-                    "encrypts to an X25519 key given as public_key="
-                )
-            return None
-        if public_key is not None:
-            raise ConfigError(
-                "public_key (X25519) cannot be used with format='xlog': xlog files can only "
-                "use xlog's own scheme (secp256k1 + TEA); give xlog_public_key= (128 hex "
-                "characters, X||Y, as xlog's gen_key prints), or use format='mmaplog'"
-            )
-        if compression not in ("zlib", "zstd"):
-            raise ConfigError(
-                f"format='xlog' needs compression 'zlib' or 'zstd', got {compression!r}"
-            )
-        if compress_level is not None and compression == "zstd" and compress_level < 1:
-            raise ConfigError(
-                f"compress_level for xlog's zstd must be from 1 to 22, got {compress_level!r}"
-            )
-        if xlog_public_key is not None and not isinstance(xlog_public_key, str):
-            raise ConfigError(
-                "xlog_public_key must be a str of 128 hex characters (X||Y), got "
-                f"{type(xlog_public_key).__name__}"
-            )
-        # Parse it once now so a bad key fails here, not at the first record.
-        from ._xlog import XlogBlockWriter
-
-        XlogBlockWriter("async", "zlib", xlog_public_key)
-        return xlog_public_key
-
     def _new_xlog_writer(self) -> XlogBlockWriter:
-        from ._xlog import XlogBlockWriter
-
         level = self._level_whole
         return XlogBlockWriter(
             "sync" if self.mode == "sync" else "async",
@@ -315,74 +371,52 @@ class MmapHandler(logging.Handler):
     def remove_old_logs(self, now: float | None = None) -> list[str]:
         """Delete this prefix's log files older than ``max_age_days`` (done at start and daily)."""
         try:
-            return self._logs.remove_old(self.max_age_days, time.time() if now is None else now)
+            removed = self._logs.remove_old(self.max_age_days, time.time() if now is None else now)
         except OSError as exc:
             self._warn(f"mmaplog: removing old logs in {self.log_dir}: {exc}")
             return []
-
-    @staticmethod
-    def _validate(
-        prefix: str,
-        buffer_size: int,
-        compression: str | None,
-        compress_level: int | None,
-        mode: str,
-        flush_interval: float,
-        max_record_size: int,
-        block_timeout: float,
-    ) -> None:
-        if not prefix or "/" in prefix or prefix.startswith(".") or "\0" in prefix:
-            raise ConfigError(f"prefix must be a plain file name part, got {prefix!r}")
-        if not isinstance(buffer_size, int) or not MIN_BUFFER <= buffer_size <= MAX_BUFFER:
-            raise ConfigError(
-                f"buffer_size must be an int from {MIN_BUFFER} to {MAX_BUFFER}, got {buffer_size!r}"
+        if removed:
+            # Deleting is the default (max_age_days=10): never do it silently.
+            n = len(removed)
+            self._warn(
+                f"mmaplog: deleted {n} log file{'s' if n != 1 else ''} of prefix "
+                f"{self.prefix!r} older than {self.max_age_days} days in {self.log_dir} "
+                "(max_age_days)"
             )
-        if compression not in _COMPRESSIONS:
-            raise ConfigError(f"compression must be 'zstd', 'zlib' or None, got {compression!r}")
-        if compress_level is not None:
-            lo, hi = (1, 9) if compression == "zlib" else (-7, 22)
-            if not isinstance(compress_level, int) or not lo <= compress_level <= hi:
-                raise ConfigError(
-                    f"compress_level for {compression} must be from {lo} to {hi}, "
-                    f"got {compress_level!r}"
-                )
-        if mode not in ("async", "sync"):
-            raise ConfigError(f"mode must be 'async' or 'sync', got {mode!r}")
-        if not isinstance(flush_interval, (int, float)) or not flush_interval > 0:
-            raise ConfigError(
-                f"flush_interval must be a number of seconds > 0, got {flush_interval!r}"
-            )
-        if not isinstance(max_record_size, int) or max_record_size < 0:
-            raise ConfigError(f"max_record_size must be an int >= 0, got {max_record_size!r}")
-        if not isinstance(block_timeout, (int, float)) or block_timeout < 0:
-            raise ConfigError(
-                f"block_timeout must be a number of seconds >= 0, got {block_timeout!r}"
-            )
+        return removed
 
     # -- start-up -----------------------------------------------------------------------
 
-    def _new_sealer(self) -> SealerProtocol | None:
-        if self._recipient is None:
-            return None
-        from ._crypto import Sealer
-
-        return Sealer(self._recipient)
-
-    def _start(self) -> None:
-        self._sealer = self._new_sealer()
+    def _new_session(self) -> None:
+        """Make this process's block session: a new id, counter and key."""
         # One ephemeral client key per start, as xlog makes one per appender.
         self._xlog = self._new_xlog_writer() if self.log_format == "xlog" else None
-        self._session = os.urandom(8)
-        self._seq = 0
-        self._pid = os.getpid()
+        # Every block of this start, on every path, is numbered and sealed by this one
+        # session: a new key and a new counter per start (and per forked child).
+        self._blocks = BlockSession(
+            codec=self._codec,
+            level=self._level_whole,
+            recipient=self._recipient,
+            xlog=self._xlog,
+        )
+
+    def _start(self) -> None:
+        self._new_session()
         if self.mode == "sync":
             self._recover_free_caches(None)
             return
         try:
             path, fd = self._claim_cache()
         except (OSError, ConfigError) as exc:
-            # No cache file at all: keep logging in memory rather than not at all.
-            self._warn(f"mmaplog: no cache file can be used in {self.cache_dir}: {exc}")
+            # No cache file at all: keep logging in memory rather than not at all. One
+            # warning: if the log files cannot be written either, their first failure
+            # is the same news from the same folder, so it is not printed again.
+            self._quiet_log_error = self.cache_dir == self.log_dir
+            self._warn(
+                f"mmaplog: no cache file can be made in {self.cache_dir} ({exc}); records "
+                "are kept in memory until they are written to the log files, and are lost "
+                "if the process dies first"
+            )
             path, fd = os.path.join(self.cache_dir, f"{self.prefix}.mmap"), -1
         self._recover_free_caches(path)
         flusher_box: list[Flusher] = []
@@ -392,11 +426,9 @@ class MmapHandler(logging.Handler):
             buffer_size=self.buffer_size,
             log_dir=os.path.abspath(self.log_dir),
             prefix=self.prefix,
-            codec=self._codec,
-            level=None,
-            sealer=self._sealer,
+            blocks=self._blocks,
             wake=lambda: flusher_box[0].wake(),
-            xlog=self._xlog,
+            warn=self._warn,
         )
         if cache.warning:
             self._warn(cache.warning)
@@ -404,27 +436,39 @@ class MmapHandler(logging.Handler):
             cache,
             self._logs,
             interval=self.flush_interval,
-            level=self._level_whole,
-            on_error=self._warn,
+            on_error=self._on_flusher_error,
+            file_lock=self._file_lock,
+            inside=self._inside,
+            after_round=self._flusher_round,
             daily=self.remove_old_logs,
+            sweep=lambda: self._recover_free_caches(path),
         )
         flusher_box.append(flusher)
         self._cache = cache
         self._flusher = flusher
+        self._update_fast()
         if self._xlog is None:
             prepare_whole(self._codec, self._level_whole)
         flusher.start()
 
     def _claim_cache(self) -> tuple[str, int]:
-        """Open and lock the first free cache name, recovering what it holds."""
-        last_error: Exception | None = None
+        """Open and lock the first free cache name, recovering what it holds.
+
+        Names that cannot be opened are passed over quietly; if a later one is used,
+        one warning names the first that failed. Raises ``ConfigError`` if none can be.
+        """
+        last_error: OSError | None = None
+        first_failure = ""
         for name in cache_names(self.prefix):
             path = os.path.join(self.cache_dir, name)
             try:
                 fd = open_locked(path, self.file_mode, create=True)
             except OSError as exc:
-                self._warn(f"mmaplog: cannot use the cache {path}: {exc.strerror or exc}")
+                if last_error is None:
+                    first_failure = f"mmaplog: cannot use the cache {path}: {exc.strerror or exc}"
                 last_error = exc
+                if exc.errno in _FOLDER_ERRORS:
+                    break
                 continue
             if fd is None:
                 continue
@@ -447,8 +491,12 @@ class MmapHandler(logging.Handler):
                 fd = open_locked(path, self.file_mode, create=True) or -1
                 if fd < 0:
                     continue
+            if first_failure:
+                self._warn(first_failure)
             return path, fd
-        raise ConfigError(f"no usable cache file in {self.cache_dir}: {last_error}")
+        if last_error is not None:
+            raise ConfigError(last_error.strerror or str(last_error))
+        raise ConfigError("every cache name is taken")
 
     def _recover_free_caches(self, own: str | None) -> None:
         """Recover every other cache of this prefix whose owner is dead."""
@@ -491,19 +539,104 @@ class MmapHandler(logging.Handler):
             except Exception:
                 pass
 
-    def _after_fork(self) -> None:
-        # In a forked child: the parent's cache, lock, key and flusher are not ours.
-        self._forked = False
-        self._io_lock = threading.Lock()
+    def _on_flusher_error(self, message: str) -> None:
+        if self._quiet_log_error and message.startswith(_CANNOT_WRITE):
+            # Said already by the start-up warning; flush() repeats the flusher's last
+            # error, so mark it as said.
+            self._quiet_log_error = False
+            self._warned.add(message)
+            return
+        self._warn(message)
+
+    def _report_losses(self, cache: Cache) -> None:
+        """At close, say on stderr what never reached the log, and note in the log the
+        drops no block has noted yet (a note is otherwise written when a block opens)."""
+        if cache.dropped and not cache.has_pending():
+            time_us = time.time_ns() // 1000
+            with cache.lock:
+                note = cache.drop_note(time_us) if cache.dropped else None
+            if note is not None:
+                try:
+                    self._direct(note[0], note[1], time_us)
+                except OSError:
+                    pass
+        pending = cache.pending_records()
+        if pending and not cache.mapped:
+            self._warn(
+                f"mmaplog: {pending} record{'s' if pending > 1 else ''} could not be written "
+                f"to the log files in {self.log_dir} and {'are' if pending > 1 else 'is'} "
+                "lost (they were kept in memory: no cache file could be used)"
+            )
+        elif pending:
+            self._warn(
+                f"mmaplog: {pending} record{'s are' if pending > 1 else ' is'} left in the "
+                f"cache {cache.path}: the next start on this folder, or "
+                "`python -m mmaplog.recover`, moves them into the log"
+            )
+        if cache.dropped_total:
+            n = cache.dropped_total
+            self._warn(
+                f"mmaplog: {n} record{'s were' if n > 1 else ' was'} dropped because the cache "
+                f"was full while the log files in {self.log_dir} could not be written"
+            )
+
+    def _update_fast(self) -> None:
+        cache = self._cache
+        ok = cache is not None and not (self.durable or self._forked or self._forking)
+        self._fast = cache if ok else None
+
+    def _new_locks(self) -> None:
+        """The handler's own locks and re-entry state (at start, and in a forked child)."""
+        # The one lock of the log files: the flusher's moves and the direct writes.
+        self._file_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        # Threads inside a log call (or a flush, close or move) of this handler, and
+        # what they logged meanwhile from a signal handler, finalizer or formatter.
+        self._inside: set[int] = set()
+        self._deferred: dict[int, list[tuple[Any, ...]]] = {}
+
+    def _become_child(self) -> None:
+        """In a forked child, at once: nothing of the parent's is used again.
+
+        Another thread of the parent may have held any lock at the fork, and in the
+        child nobody would ever release it: every one is made anew. The parent's
+        cache is let go (an inherited descriptor would keep its lock after the parent
+        dies) and a new session means a new key. Runs once per process.
+        """
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        self._pid = pid
+        self._forked = True
+        self._fast = None
+        self._new_locks()
         self.createLock()
-        if self._cache is not None:
-            self._cache.abandon()
+        cache = self._cache
+        if cache is not None:
+            try:
+                cache.abandon()
+            except Exception:
+                pass
+        self._new_session()
+
+    def _after_fork(self) -> None:
+        # In a forked child, at its first record after fork: start anew (a cache and a
+        # flusher of its own), or, closed, write directly with the child's session.
+        self._forked = False
         self._cache = None
         self._flusher = None
         self._logs.close()
         self._logs = self._new_logs()
-        if not self._closed:
+        if not self._closed:  # closed: records are written directly, with the new session
             self._start()
+            self._close_at_child_exit()
+
+    def _close_at_child_exit(self) -> None:
+        # A multiprocessing child ends with os._exit, after its finalizers: close there,
+        # so that its records are in the log when the parent has joined it.
+        util = sys.modules.get("multiprocessing.util")
+        if util is not None:
+            util.Finalize(self, self.close, exitpriority=0)
 
     # -- the logging.Handler contract ---------------------------------------------------
 
@@ -521,52 +654,149 @@ class MmapHandler(logging.Handler):
     def format(self, record: logging.LogRecord) -> str:
         return (self.formatter or _DEFAULT_FORMATTER).format(record)
 
+    # Re-entry. A log call can be re-entered on its own thread: a signal handler, a
+    # finalizer run by the garbage collector, a formatter or filter that logs. The
+    # locks are never taken twice by one thread: a thread already inside a log call
+    # (or a flush, a close, or the flusher's move) queues what it logs, and the outer
+    # call writes it as soon as it is done, right after its own record.
+
     def emit(self, record: logging.LogRecord) -> None:
         """Put one record into the cache; on failure, call :meth:`handleError`."""
-        # The hot path: what write() does, without its extra call.
+        ident = _get_ident()
+        inside = self._inside
+        if ident in inside:
+            self._defer(ident, ("emit", record))
+            return
+        inside.add(ident)
         try:
+            # The hot path: _render and _frame inlined for mmaplog's own format.
             text = (
                 (self.formatter or _DEFAULT_FORMATTER)
                 .format(record)
                 .encode("utf-8", "backslashreplace")
             )
-            if len(text) > self._limit:
-                text = _truncate(text, self._limit)
-            time_us = int(record.created * 1e6)
-            if self._xlog is not None:
-                self._store_line(text, time_us)
-                return
-            levelno = record.levelno
-            if not 0 <= levelno <= 255:
-                levelno = min(max(levelno, 0), 255)
-            head = _pack_record(len(text), time_us, levelno, 0)
-            cache = self._cache
-            if cache is None or self._forked or self.durable:
+            if self._xlog is not None or len(text) > self._limit:
+                head, text, time_us = self._frame(
+                    text, record.created, record.levelno, fmt.KIND_TEXT
+                )
+            else:
+                time_us = int(record.created * 1e6)
+                levelno = record.levelno
+                if not 0 <= levelno <= 255:
+                    levelno = min(max(levelno, 0), 255)
+                head = _pack_record(len(text), time_us, levelno, 0)
+            cache = self._fast
+            if cache is None:
                 self._store(head, text, time_us)
-            elif cache.append(head, text, time_us, self._wait) == OVERSIZE:
-                self._store_oversize(head, text, time_us)
+            else:
+                status = cache.append(head, text, time_us, self._wait)
+                if status != APPENDED:
+                    self._not_appended(status, head, text, time_us)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+        finally:
+            inside.discard(ident)
+            if self._deferred:
+                self._run_deferred(ident)
 
-    def write(self, text: bytes, created: float, levelno: int, kind: int = fmt.KIND_TEXT) -> None:
-        """Store one rendered record (the path shared by ``emit`` and structured loggers).
+    def _render(self, record: logging.LogRecord) -> tuple[bytes, bytes, int]:
+        """The record's header, text (or xlog line, with no header) and time in µs."""
+        text = (
+            (self.formatter or _DEFAULT_FORMATTER)
+            .format(record)
+            .encode("utf-8", "backslashreplace")
+        )
+        return self._frame(text, record.created, record.levelno, fmt.KIND_TEXT)
 
-        Raises what storing raises; ``emit`` turns that into :meth:`handleError`.
-        """
+    def _frame(
+        self, text: bytes, created: float, levelno: int, kind: int
+    ) -> tuple[bytes, bytes, int]:
         if len(text) > self._limit:
             text = _truncate(text, self._limit)
         time_us = int(created * 1e6)
         if self._xlog is not None:
-            self._store_line(text, time_us)
+            return b"", text if text.endswith(b"\n") else text + b"\n", time_us
+        if not 0 <= levelno <= 255:
+            levelno = min(max(levelno, 0), 255)
+        return _pack_record(len(text), time_us, levelno, kind), text, time_us
+
+    def write(self, text: bytes, created: float, levelno: int, kind: int = fmt.KIND_TEXT) -> None:
+        """Store one rendered record (the path of structured loggers, such as structlog's).
+
+        ``text`` is the rendered record (UTF-8), ``created`` its time in seconds since
+        the epoch, ``levelno`` a ``logging`` level, ``kind`` ``KIND_TEXT`` or
+        ``KIND_JSON``. Raises what storing raises; the caller reports it.
+        """
+        ident = _get_ident()
+        inside = self._inside
+        if ident in inside:
+            self._defer(ident, ("write", text, created, levelno, kind))
             return
-        head = _pack_record(len(text), time_us, min(max(levelno, 0), 255), kind)
-        self._store(head, text, time_us)
+        inside.add(ident)
+        try:
+            self._store(*self._frame(text, created, levelno, kind))
+        finally:
+            inside.discard(ident)
+            if self._deferred:
+                self._run_deferred(ident)
+
+    def _defer(self, ident: int, item: tuple[Any, ...]) -> None:
+        self._deferred.setdefault(ident, []).append(item)
+
+    def _run_deferred(self, ident: int, *, direct: bool = False) -> None:
+        """Write what this thread logged while it was inside a call of this handler.
+
+        ``direct``: on the flusher thread, as blocks of their own (the flusher must not
+        wait for a cache slot that only it can free).
+        """
+        while True:
+            items = self._deferred.pop(ident, None)
+            if not items:
+                return
+            for item in items:
+                what = item[0]
+                if what == "close":
+                    self.close()
+                    continue
+                if not direct:
+                    if what == "emit":
+                        self.emit(item[1])
+                    else:
+                        self._write_safely(*item[1:])
+                    continue
+                try:
+                    if what == "emit":
+                        self._direct(*self._render(item[1]))
+                    else:
+                        self._direct(*self._frame(*item[1:]))
+                except Exception:
+                    if what == "emit":
+                        self.handleError(item[1])
+                    else:
+                        self._warn("mmaplog: a record logged during a move was lost")
+
+    def _write_safely(self, text: bytes, created: float, levelno: int, kind: int) -> None:
+        try:
+            self.write(text, created, levelno, kind)
+        except Exception as exc:
+            self._warn(f"mmaplog: a structured record could not be stored: {exc}")
+
+    def _flusher_round(self, ident: int) -> None:
+        if self._deferred:
+            self._run_deferred(ident, direct=True)
 
     def _store(self, head: bytes, text: bytes, time_us: int) -> None:
         """Put a record (header and text; or an xlog line, with no header) into the cache,
         or straight into the log."""
+        if self._forking and (self._forked or os.getpid() != self._pid):
+            # In a forked child whose at-fork hook has not run yet (a finalizer run while
+            # the interpreter or another module's hook tidied up after the fork logged):
+            # a block of its own, with a key of its own, and no thread started yet.
+            self._become_child()
+            self._direct(head, text, time_us)
+            return
         if self._forked:
             self._after_fork()
         cache = self._cache
@@ -575,81 +805,57 @@ class MmapHandler(logging.Handler):
             return
         status = cache.append(head, text, time_us, self._wait)
         if status == APPENDED:
-            if self.durable:
+            if self._durable:
                 cache.msync()
-        elif status == OVERSIZE:
-            self._store_oversize(head, text, time_us)
+        else:
+            self._not_appended(status, head, text, time_us)
 
-    def _store_oversize(self, head: bytes, text: bytes, time_us: int) -> None:
-        """A record no slot can take: after what the cache holds, as a block of its own."""
-        self.flush()
-        self._direct(head, text, time_us)
+    def _not_appended(self, status: int, head: bytes, text: bytes, time_us: int) -> None:
+        if status == OVERSIZE:
+            # A record no slot can take: after what the cache holds, as a block of its own.
+            self._flush()
+            self._direct(head, text, time_us)
+        elif status == CLOSED:  # close() ran meanwhile: the documented path after it
+            self._direct(head, text, time_us)
+        # DROPPED: counted by the cache, noted in the log when a slot is free again
 
     def _direct(self, head: bytes, text: bytes, time_us: int) -> None:
-        if self._xlog is not None:
-            self._write_xlog_direct(text, time_us)
-        else:
-            self._write_direct(head, text, time_us)
-
-    def _store_line(self, text: bytes, time_us: int) -> None:
-        """Store one xlog line (``\\n`` added if missing, as xlog's formatter does)."""
-        self._store(b"", text if text.endswith(b"\n") else text + b"\n", time_us)
-
-    def _write_xlog_direct(self, line: bytes, time_us: int) -> None:
-        """Append one xlog block holding just this line: a sync block in sync mode,
-        else an async block (a line too large for the cache, or one logged after close)."""
-        xlog = self._xlog
-        if xlog is None:
-            return
-        hour = local_hour(time_us)
-        with self._io_lock:
-            if xlog.mode == "sync":
-                seq = 0
-            else:
-                from ._xlog import xlog_seq_of
-
-                cache = self._cache
-                if cache is not None:
-                    n = cache.take_seq()
-                else:
-                    n = self._seq
-                    self._seq += 1
-                seq = xlog_seq_of(n)
-            block = xlog.encode_block([line], seq, hour, hour)
-            if self._flusher is not None:
-                self._flusher.write_direct(block, time_us)
-            else:
-                self._logs.append(block, time_us)
-
-    def _write_direct(self, head: bytes, text: bytes, time_us: int) -> None:
-        """Append a block holding just this record straight to the log (sync mode, big records)."""
-        with self._io_lock:
-            seq = self._seq
-            self._seq += 1
-            flags = self._codec | (fmt.FLAG_ENCRYPTED if self._sealer else 0)
-            template = fmt.BlockHeader(
-                flags=flags,
-                session=self._session,
-                seq=seq,
-                pid=self._pid,
-                payload_len=0,
-                first_time_us=time_us,
-                last_time_us=time_us,
-                count=1,
-                raw_len=0,
-                payload_crc=0,
-                extension=self._sealer.ephemeral_public if self._sealer else b"",
-            )
-            block = build_block(
-                template, head, [text], time_us, level=self._level_whole, sealer=self._sealer
-            )
-            if self._flusher is not None:
-                self._flusher.write_direct(block, time_us)
-            else:
-                self._logs.append(block, time_us)
+        """Append a block holding just this record (or xlog line) straight to the log:
+        sync mode, a record too large for a slot, a record logged after ``close()``."""
+        block = self._blocks.direct_block(head, text, time_us)
+        with self._file_lock:  # in order with the flusher's moves
+            self._logs.append(block, time_us)
 
     def flush(self) -> None:
-        """Move every record emitted so far into the log file before returning."""
+        """Move every record emitted so far into the log file before returning.
+
+        Also recovers the caches that other processes of this prefix left when they
+        died (forked workers killed or ended with ``os._exit``). Called from inside a
+        log call on the same thread (a signal handler that interrupted one), it
+        returns at once: that thread holds the locks a move needs.
+
+        If the log files cannot be written (a full disk, a read-only or missing
+        folder), it makes one attempt and returns without raising: the records stay in
+        the cache (in memory, if no cache file could be made), the flusher keeps
+        retrying them, and stderr has said so once. Records still unwritten at
+        :meth:`close` are left in the cache file for recovery, or, when they were in
+        memory, counted as lost on stderr.
+        """
+        ident = _get_ident()
+        inside = self._inside
+        if ident in inside:
+            return
+        inside.add(ident)
+        try:
+            self._flush()
+            if self._cache is not None and not self._forked:
+                self._recover_free_caches(self._cache.path)
+        finally:
+            inside.discard(ident)
+            if self._deferred:
+                self._run_deferred(ident)
+
+    def _flush(self) -> None:
         if self._forked:
             return
         cache, flusher = self._cache, self._flusher
@@ -660,29 +866,53 @@ class MmapHandler(logging.Handler):
             self._warn(flusher.last_error)
 
     def close(self) -> None:
-        """Flush, stop the flusher, unmap the cache. Calling it again does nothing."""
-        with self._io_lock:
+        """Flush, stop the flusher, unmap the cache. Calling it again does nothing.
+
+        Safe while other threads log: a record whose ``emit`` had begun is in the
+        cache and moved, or written directly; records logged after ``close()`` are
+        written directly into the log file, one block each.
+        """
+        ident = _get_ident()
+        if ident in self._inside:  # from a signal handler inside a log call: right after it
+            self._defer(ident, ("close",))
+            return
+        with self._close_lock:
             if self._closed:
                 return
             self._closed = True
+        self._inside.add(ident)
         try:
-            if not self._forked:
-                self.flush()
-                if self._flusher is not None:
-                    self._flusher.stop()
-                if self._cache is not None:
-                    if not self._cache.has_pending():
-                        self._cache.close()
-                    else:  # the log cannot be written: leave it for recovery
-                        self._cache.abandon()
-            self._logs.close()
+            self._shut()
         except Exception as exc:
             self._warn(f"mmaplog: closing {self.prefix}: {exc}")
         finally:
-            self._cache = None
-            self._flusher = None
-            _live.discard(self)
+            self._inside.discard(ident)
             super().close()
+            if self._deferred:
+                self._run_deferred(ident)
+
+    def _shut(self) -> None:
+        cache, flusher = self._cache, self._flusher
+        if self._forked:
+            cache = flusher = None  # the parent's: never touched by the child
+        if cache is not None:
+            cache.shut()  # from here on appends return CLOSED: those records go direct
+        if flusher is not None:
+            flusher.stop()  # the thread moves what is sealed, then ends
+            if not flusher.drain() and flusher.last_error:
+                self._warn(flusher.last_error)
+        if cache is not None:
+            self._report_losses(cache)
+        with self._file_lock:  # no move or direct write is under way
+            if cache is not None:
+                if not cache.has_pending():
+                    cache.close()
+                else:  # the log cannot be written: leave it for recovery
+                    cache.abandon()
+            self._cache = None
+            self._fast = None
+            self._flusher = None
+            self._logs.close()
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)

@@ -19,12 +19,21 @@ stored as one record with the level of the method called and the current time,
 with the same crash safety as the stdlib path. Output that is a JSON object is
 marked as such, so ``mmaplog decode --format json`` prints the event dict.
 
+A logger can be copied (``copy.copy``, ``copy.deepcopy``, as structlog's
+``bind`` and some frameworks do): the copy is the same logger, writing into the
+same handler. It cannot be pickled to another process: the handler's cache is
+this process's own. Pickling raises ``pickle.PicklingError``; in the other
+process, configure structlog with its own ``MmapLoggerFactory(MmapHandler(...))``
+(each process gets its own cache, as always) and call ``structlog.get_logger()``
+there.
+
 This module does not import structlog: it only provides what structlog calls.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import sys
 import time
 from typing import Any
@@ -34,8 +43,29 @@ from .handler import MmapHandler
 
 __all__ = ["MmapLogger", "MmapLoggerFactory"]
 
+_NOT_PICKLED = (
+    "{name} writes into this process's mmaplog cache and cannot be sent to another "
+    "process; there, configure structlog with its own "
+    "MmapLoggerFactory(MmapHandler(log_dir, prefix)) and call structlog.get_logger()"
+)
 
-class MmapLogger:
+
+class _SharedNotPickled:
+    """Copies are the object itself (they share the handler); pickling is refused."""
+
+    __slots__ = ()
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise pickle.PicklingError(_NOT_PICKLED.format(name=type(self).__name__))
+
+
+class MmapLogger(_SharedNotPickled):
     """A structlog logger (the object at the end of the processor chain) writing to a handler.
 
     Each method takes the rendered event (``str`` or ``bytes``). Like the stdlib
@@ -95,7 +125,7 @@ class MmapLogger:
     failure = error
 
 
-class MmapLoggerFactory:
+class MmapLoggerFactory(_SharedNotPickled):
     """A structlog ``logger_factory`` giving loggers that write into ``handler``."""
 
     __slots__ = ("_logger",)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import mmaplog
+from tests._weed import WeedServer
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +25,16 @@ def _restore_logging() -> Iterator[None]:
             root.removeHandler(h)
             h.close()
     root.setLevel(saved_level)
+
+
+@pytest.fixture(scope="session")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
+    """A SeaweedFS server with an S3 gateway on free localhost ports, for the session
+    (started by the first test that asks for it)."""
+    server = WeedServer(str(tmp_path_factory.mktemp("weed")))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -62,6 +73,7 @@ def new_cache(folder: str) -> Any:
     """A real cache file of 16 KiB in ``folder``, with no flusher (wake does nothing)."""
     from mmaplog import _cache
     from mmaplog import _format as fmt
+    from mmaplog._blocks import BlockSession
 
     path = os.path.join(folder, "app.mmap")
     fd = _cache.open_locked(path, 0o600, create=True)
@@ -72,9 +84,7 @@ def new_cache(folder: str) -> Any:
         buffer_size=16 * 1024,
         log_dir=folder,
         prefix="app",
-        codec=fmt.COMP_NONE,
-        level=None,
-        sealer=None,
+        blocks=BlockSession(codec=fmt.COMP_NONE),
         wake=lambda: None,
     )
 

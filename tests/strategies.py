@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import strategies as st
 
 from mmaplog import _format as fmt
+from mmaplog._blocks import encode_whole_block as build_block
 from mmaplog._codec import StreamCompressor
 from mmaplog._crypto import Sealer
-from mmaplog._flusher import build_block
 from mmaplog._reader import Reader, Record
 from mmaplog.recover import recovered_block
 

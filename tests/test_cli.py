@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import mmaplog
-from mmaplog import _testing
+from torture import harness
 
 from .conftest import make_logger
 
@@ -149,10 +149,11 @@ def test_decode_of_an_unreadable_file_exits_2(log_dir):
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_recover_module_moves_a_dead_process_cache(tmp_path):
     """python -m mmaplog.recover DIR recovers a killed writer's cache and says how many records."""
     log_dir = str(tmp_path)
-    acked, status = _testing.run_writer(
+    acked, status = harness.run_writer(
         {"log_dir": log_dir, "handler": {"flush_interval": 3600}, "sizes": [10, 100]},
         kill_after=0.6,
     )
@@ -162,7 +163,7 @@ def test_recover_module_moves_a_dead_process_cache(tmp_path):
     n = int(res.stdout.split()[1])
     assert n > 0 and res.stdout.strip() == f"recovered {n} records"
     texts = [r.text for r in mmaplog.read_records(log_dir)]
-    _testing.check_exactly_once(texts, acked)
+    harness.check_exactly_once(texts, acked)
     again = run("-m", "mmaplog.recover", log_dir)
     assert again.stdout.strip() == "recovered 0 records"
 
@@ -172,7 +173,7 @@ def test_recover_into_another_folder(tmp_path):
     log_dir = str(tmp_path / "a")
     other = str(tmp_path / "b")
     os.makedirs(other)
-    _acked, _ = _testing.run_writer(
+    _acked, _ = harness.run_writer(
         {"log_dir": log_dir, "handler": {"flush_interval": 3600}, "sizes": [10, 100]},
         kill_after=0.5,
     )

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 import mmaplog
-from mmaplog import _testing
+from torture import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *sys.path])}
@@ -332,6 +332,31 @@ def test_tail_follow_sees_another_process_and_stops_on_ctrl_c(log_dir, writer):
         tail.stderr.close()
 
 
+def test_decode_follow_prints_everything_then_new_records(log_dir, writer):
+    """decode -f prints every record of the folder, then new ones as they come, like tail -f."""
+    write_log(log_dir, [(f"old {i}", 20, None) for i in range(15)])
+    follow = subprocess.Popen(
+        [*MMAPLOG, "decode", "-f", log_dir], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    assert follow.stdout is not None
+    out = Lines(follow.stdout)
+    try:
+        out.wait_for("old 14")
+        proc, replies = writer
+        tell(proc, replies, "log fresh")
+        out.wait_for("fresh")
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(timeout=10) == 0
+        assert out.seen == [f"old {i}" for i in range(15)] + ["fresh"]
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+        out.close()
+    res = run("decode", "-f", log_dir, log_dir)
+    assert res.returncode == 2 and "-f follows one log folder" in res.stderr
+
+
 # -- verify -----------------------------------------------------------------------------
 
 
@@ -434,13 +459,13 @@ def test_stats_counts_files_records_span_and_ratio(log_dir):
     assert "time span: 2026-03-01 09:00:00.000" in out and "1d 9h 19m" in out
     ratio = float(out.split("ratio ")[1].split()[0])
     assert ratio > 2
-    assert run("stats", "--prefix", "other", log_dir).stdout.strip().endswith("no log files")
+    assert run("stats", "--prefix", "other", log_dir).stdout.strip() == f"no log files in {log_dir}"
 
 
 def test_stats_lists_recovered_blocks_apart(tmp_path):
     """Blocks moved by recovery count as records but are listed apart from the ratio."""
     log_dir = str(tmp_path)
-    _testing.run_writer(
+    harness.run_writer(
         {"log_dir": log_dir, "handler": {"flush_interval": 3600}, "sizes": [10, 100]},
         kill_after=0.5,
     )
@@ -513,7 +538,8 @@ def test_no_progress_bar_when_stderr_is_piped(log_dir):
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["decode"], ["tail"], ["verify"], ["stats"], ["recover"], ["keygen"]]
+    "command",
+    [[], ["decode"], ["tail"], ["verify"], ["stats"], ["recover"], ["keygen"], ["pubkey"]],
 )
 def test_help_documents_the_exit_status(command):
     """Every --help, the top level's included, lists the exit statuses."""
@@ -521,7 +547,7 @@ def test_help_documents_the_exit_status(command):
     assert res.returncode == 0
     status = res.stdout.split("exit status")[1]
     assert "  0  " in status and "  2  " in status
-    if command not in (["keygen"],):
+    if command not in (["keygen"], ["pubkey"]):
         assert "  1  " in status
 
 

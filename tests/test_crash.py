@@ -15,7 +15,9 @@ import sys
 import pytest
 
 import mmaplog
-from mmaplog import _testing
+from torture import harness
+
+pytestmark = pytest.mark.slow  # kills real processes: left out of the quick run
 
 SEED = int(os.environ.get("MMAPLOG_CRASH_SEED", "20261125"))
 # Every crash test runs with and without encryption: the key changes what is in the
@@ -49,7 +51,7 @@ def kill_and_check(
         "threads": threads,
         "sizes": list(sizes),
     }
-    acked, status = _testing.run_writer(config, kill_after=delay)
+    acked, status = harness.run_writer(config, kill_after=delay)
     assert status == -9, "the writer should have been killed, not have exited"
     assert acked, "the writer acknowledged nothing before the kill"
     if recover_with_handler:
@@ -57,10 +59,10 @@ def kill_and_check(
         h.close()
     else:
         mmaplog.recover(log_dir)
-    counts = _testing.check_exactly_once(decoded(log_dir, key), acked)
+    counts = harness.check_exactly_once(decoded(log_dir, key), acked)
     # Recovery a second time finds nothing more.
     assert mmaplog.recover(log_dir) == 0
-    assert _testing.check_exactly_once(decoded(log_dir, key), acked) == counts
+    assert harness.check_exactly_once(decoded(log_dir, key), acked) == counts
     return counts
 
 
@@ -117,17 +119,17 @@ def test_kill_at_each_step_of_a_block_move(tmp_path, step, nth, encrypted):
         "sizes": [1, 300],
         "crash_at": {step: nth},
     }
-    acked, status = _testing.run_writer(config, kill_after=30.0)
+    acked, status = harness.run_writer(config, kill_after=30.0)
     assert status == -9
     mmaplog.recover(log_dir)
-    _testing.check_exactly_once(decoded(log_dir, key), acked)
+    harness.check_exactly_once(decoded(log_dir, key), acked)
     # Keep logging after the crash, then check again: the second session adds its own.
-    acked2, status2 = _testing.run_writer({**config, "crash_at": {}, "count": 300}, kill_after=None)
+    acked2, status2 = harness.run_writer({**config, "crash_at": {}, "count": 300}, kill_after=None)
     assert status2 == 0
     texts = decoded(log_dir, key)
     first = [t for t in texts[: len(texts) - 300]]
-    _testing.check_exactly_once(first, acked)
-    _testing.check_exactly_once(texts[len(texts) - 300 :], acked2, complete=True)
+    harness.check_exactly_once(first, acked)
+    harness.check_exactly_once(texts[len(texts) - 300 :], acked2, complete=True)
 
 
 @ENCRYPTION
@@ -136,25 +138,25 @@ def test_kill_during_recovery_then_recover_again(tmp_path, encrypted):
     log_dir = str(tmp_path)
     handler = keyed({"buffer_size": 64 * 1024, "flush_interval": 3600}, encrypted)
     config = {"log_dir": log_dir, "handler": handler}
-    acked, status = _testing.run_writer(config, kill_after=0.8)
+    acked, status = harness.run_writer(config, kill_after=0.8)
     assert status == -9
     code = (
-        "import sys; from mmaplog import _testing, recover\n"
-        "_testing.crash_at('recover_after_append', 1)\n"
+        "import sys; from mmaplog import _faults, recover\n"
+        "_faults.crash_at('recover_after_append', 1)\n"
         "recover(sys.argv[1])\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     res = subprocess.run([sys.executable, "-c", code, log_dir], env=env)
     assert res.returncode == -9
     mmaplog.recover(log_dir)
-    _testing.check_exactly_once(decoded(log_dir, _PRIVATE if encrypted else None), acked)
+    harness.check_exactly_once(decoded(log_dir, _PRIVATE if encrypted else None), acked)
 
 
 def test_recovered_blocks_are_marked_in_the_decoded_output(tmp_path):
     """decode prints where a process died: a line naming the crashed pid before its records."""
     log_dir = str(tmp_path)
     config = {"log_dir": log_dir, "handler": {"flush_interval": 3600}, "sizes": [10, 50]}
-    _acked, _ = _testing.run_writer(config, kill_after=0.5)
+    _acked, _ = harness.run_writer(config, kill_after=0.5)
     assert mmaplog.recover(log_dir) > 0
     out = subprocess.run(
         [sys.executable, "-m", "mmaplog", "decode", log_dir],

@@ -18,7 +18,7 @@ import pytest
 
 import mmaplog
 from mmaplog import _format as fmt
-from mmaplog import _testing
+from torture import harness
 
 from .conftest import make_logger
 
@@ -37,6 +37,7 @@ def plain(h: mmaplog.MmapHandler, name: str) -> logging.Logger:
 # -- many processes and fork --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_four_processes_two_killed_recovered_by_a_third(tmp_path):
     """Four writers share a folder; two finish, two are killed; a third process recovers all."""
     log_dir = str(tmp_path)
@@ -50,7 +51,7 @@ def test_four_processes_two_killed_recovered_by_a_third(tmp_path):
             "sizes": [20, 300],
             "count": 0 if i < 2 else 3000,
         }
-        results[i] = _testing.run_writer(config, kill_after=1.5 if i < 2 else None)
+        results[i] = harness.run_writer(config, kill_after=1.5 if i < 2 else None)
 
     workers = [threading.Thread(target=one, args=(i,)) for i in range(4)]
     for w in workers:
@@ -72,7 +73,7 @@ def test_four_processes_two_killed_recovered_by_a_third(tmp_path):
     acked: dict[int, list[int]] = {}
     for i in range(4):
         acked.update(results[i][0])
-    _testing.check_exactly_once(texts(log_dir), acked)
+    harness.check_exactly_once(texts(log_dir), acked)
     pids = {r.pid for r in mmaplog.read_records(log_dir)}
     assert len(pids) == 4
 
@@ -156,10 +157,11 @@ def test_child_exiting_without_close_is_recovered(make_handler, log_dir):
     assert [t for t in got if t.startswith("parent")] == ["parent 0", "parent 1"]
 
 
+@pytest.mark.slow
 def test_killed_lock_holder_frees_its_cache_at_once(tmp_path):
     """After kill -9 of the process holding a cache, the next handler gets that cache at once."""
     log_dir = str(tmp_path)
-    acked, status = _testing.run_writer({"log_dir": log_dir}, kill_after=0.5)
+    acked, status = harness.run_writer({"log_dir": log_dir}, kill_after=0.5)
     assert status == -9
     moved = len(texts(log_dir))
     h = mmaplog.MmapHandler(log_dir)
@@ -168,7 +170,7 @@ def test_killed_lock_holder_frees_its_cache_at_once(tmp_path):
     finally:
         h.close()
     assert h.recovered == len(texts(log_dir)) - moved
-    _testing.check_exactly_once(texts(log_dir), acked)
+    harness.check_exactly_once(texts(log_dir), acked)
 
 
 def test_a_forked_child_does_not_keep_the_parents_cache_locked(tmp_path):
@@ -179,9 +181,12 @@ def test_a_forked_child_does_not_keep_the_parents_cache_locked(tmp_path):
         "h = mmaplog.MmapHandler(sys.argv[1])\n"
         "logging.getLogger().addHandler(h)\n"
         "logging.getLogger().warning('parent record')\n"
+        "r, w = os.pipe()\n"
         "if os.fork() == 0:\n"
+        "    os.write(w, b'x')  # the at-fork hooks have run by now\n"
         "    time.sleep(30)\n"
         "    os._exit(0)\n"
+        "os.read(r, 1)\n"
         "print('forked', flush=True)\n"
         "time.sleep(30)\n"
     )
@@ -265,10 +270,11 @@ def test_max_age_zero_keeps_everything(make_handler, log_dir):
     assert texts(log_dir) == ["ancient"]
 
 
+@pytest.mark.slow
 def test_cache_of_another_buffer_size_is_recovered(tmp_path):
     """A cache left by a run with another buffer_size is recovered by a handler with a new size."""
     log_dir = str(tmp_path)
-    acked, _ = _testing.run_writer(
+    acked, _ = harness.run_writer(
         {"log_dir": log_dir, "handler": {"buffer_size": 256 * 1024, "flush_interval": 3600}},
         kill_after=0.6,
     )
@@ -277,7 +283,7 @@ def test_cache_of_another_buffer_size_is_recovered(tmp_path):
     assert os.path.getsize(h._cache.path) < 64 * 1024
     h.close()
     assert h.recovered == len(texts(log_dir)) - moved
-    _testing.check_exactly_once(texts(log_dir), acked)
+    harness.check_exactly_once(texts(log_dir), acked)
 
 
 def test_unknown_future_cache_version_is_left_untouched(log_dir, capfd):
@@ -348,6 +354,7 @@ def test_full_disk_keeps_blocks_in_the_cache_then_writes_them(tmp_path, capfd):
         assert h._cache.dropped > 0
         dropped = h._cache.dropped
         os.unlink(filler)
+        h.flush()  # a move succeeds: records are taken again, the first after a note
         log.info("space is back")
         h.close()
         got = texts(mnt)
@@ -385,6 +392,7 @@ def test_cache_on_a_full_disk_falls_back_without_sigbus(tmp_path, capfd):
     assert "cannot map the cache" in res.stderr
 
 
+@pytest.mark.slow
 def test_eio_on_log_writes_is_retried_without_loss(make_handler, log_dir, monkeypatch):
     """Injected EIO on the first log writes: blocks stay in the cache and land once, in order."""
     real_write = os.write
@@ -502,7 +510,7 @@ def test_garbage_cache_is_moved_aside_not_deleted(log_dir, capfd):
 
 def test_no_sigbus_when_the_cache_file_is_truncated_by_another_process(make_handler, log_dir):
     """Recovery reads caches with pread, so a cache truncated to any length never kills us."""
-    acked, _ = _testing.run_writer(
+    acked, _ = harness.run_writer(
         {"log_dir": log_dir, "handler": {"flush_interval": 3600}}, kill_after=0.5
     )
     path = os.path.join(log_dir, "app.mmap")
@@ -515,12 +523,13 @@ def test_no_sigbus_when_the_cache_file_is_truncated_by_another_process(make_hand
     for text in got:
         n = int(text.split(" #", 1)[1].split()[0])
         message = text[text.index("T0 #") :]
-        assert message == _testing.record_text(0, n, len(message))
+        assert message == harness.record_text(0, n, len(message))
         numbers.append(n)
     assert numbers == sorted(set(numbers))
     assert set(numbers) <= set(acked[0]) | {max(acked[0]) + 1}
 
 
+@pytest.mark.slow
 def test_recovery_after_size_splits_keeps_reading_order(tmp_path):
     """A block recovered after a day was split goes to the newest part, so order holds."""
     log_dir = str(tmp_path)
@@ -529,9 +538,9 @@ def test_recovery_after_size_splits_keeps_reading_order(tmp_path):
         "handler": {"buffer_size": 16 * 1024, "max_file_size": 8000, "compression": None},
         "sizes": [50, 200],
     }
-    acked, status = _testing.run_writer(config, kill_after=0.8)
+    acked, status = harness.run_writer(config, kill_after=0.8)
     assert status == -9
     parts = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
     assert len(parts) > 2
     mmaplog.recover(log_dir)
-    _testing.check_exactly_once(texts(log_dir), acked)
+    harness.check_exactly_once(texts(log_dir), acked)

@@ -12,7 +12,7 @@ import pytest
 
 import mmaplog
 from mmaplog import _format as fmt
-from mmaplog import _testing
+from torture import harness
 
 from .conftest import make_logger
 
@@ -165,7 +165,7 @@ def test_tampered_recovered_block_loses_only_later_records(tmp_path, keys):
 
     private, public = keys
     log_dir = str(tmp_path)
-    _testing.run_writer(
+    harness.run_writer(
         {"log_dir": log_dir, "handler": {"public_key": public, "flush_interval": 3600}},
         kill_after=0.5,
     )
@@ -197,18 +197,19 @@ def test_tampered_recovered_block_loses_only_later_records(tmp_path, keys):
     assert "record 2" in damage[0].reason
 
 
+@pytest.mark.slow
 def test_kill_with_encryption_recovers_without_key(tmp_path, keys):
     """Recovery of an encrypted cache moves its blocks without the private key."""
     private, public = keys
     log_dir = str(tmp_path)
-    acked, status = _testing.run_writer(
+    acked, status = harness.run_writer(
         {"log_dir": log_dir, "handler": {"public_key": public, "flush_interval": 3600}},
         kill_after=0.6,
     )
     assert status == -9
     assert mmaplog.recover(log_dir) > 0
     assert b"T0 #1 " not in all_bytes(log_dir)
-    _testing.check_exactly_once([r.text for r in mmaplog.read_records(log_dir, key=private)], acked)
+    harness.check_exactly_once([r.text for r in mmaplog.read_records(log_dir, key=private)], acked)
 
 
 def test_fork_child_uses_a_new_key_and_session(log_dir, keys):

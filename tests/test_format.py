@@ -227,7 +227,7 @@ def test_compressed_whole_blocks_hold_columns_and_plain_ones_do_not() -> None:
 
 def test_column_blocks_decode_bad_utf8_as_stream_blocks_do() -> None:
     """Texts that are not UTF-8 read back with replacement characters in either form."""
-    from mmaplog._flusher import build_block
+    from mmaplog._blocks import encode_whole_block as build_block
 
     from .strategies import template
 

@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -45,15 +44,6 @@ while not os.path.exists(stop):
 h.close()
 print(n)
 """
-
-
-@pytest.fixture(scope="session")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
-    """A SeaweedFS server with an S3 gateway on free localhost ports, for the session."""
-    server = WeedServer(str(tmp_path_factory.mktemp("weed")))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -124,6 +114,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+@pytest.mark.slow
 def test_ship_then_decode_merges_hosts_by_time(
     tmp_path: Any, s3env: WeedServer, bucket: str
 ) -> None:
@@ -169,6 +160,7 @@ def test_host_filter_downloads_only_that_host(
     assert src.objects == 1
 
 
+@pytest.mark.slow
 def test_a_second_pass_ships_only_new_blocks(tmp_path: Any, s3env: WeedServer, bucket: str) -> None:
     """A pass after more logging uploads only the new blocks, under new ranges."""
     d = str(tmp_path / "logs")
@@ -312,6 +304,7 @@ def _pending_intent(log_dir: str) -> int:
     return 0
 
 
+@pytest.mark.slow
 def test_storage_stopped_and_restarted_mid_ship_loses_nothing(
     tmp_path: Any, weed: WeedServer, bucket: str
 ) -> None:
@@ -368,6 +361,7 @@ def test_storage_stopped_and_restarted_mid_ship_loses_nothing(
     ]
 
 
+@pytest.mark.slow
 def test_follow_waits_out_an_outage(tmp_path: Any, s3env: WeedServer, bucket: str) -> None:
     """``ship --follow`` says the storage is away, keeps going, and ships what came
     meanwhile once it is back."""
@@ -419,6 +413,7 @@ def test_follow_waits_out_an_outage(tmp_path: Any, s3env: WeedServer, bucket: st
     assert "trying again" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_encrypted_logs_are_shipped_sealed(tmp_path: Any, s3env: WeedServer, bucket: str) -> None:
     """Encrypted logs reach the bucket sealed (no plaintext) and decode with the key."""
     private, public = mmaplog.generate_keypair()
@@ -483,6 +478,7 @@ def test_cli_refusals_are_one_line(
         assert len(lines) == 1 and said in lines[0] and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_unreachable_storage_gives_up_after_the_retries(tmp_path: Any, bucket: str) -> None:
     """Storage that never answers: ship retries for --retry-for seconds, then says so
     in one line with status 3."""
@@ -601,6 +597,7 @@ def test_bad_host_names_and_folders_are_config_errors(tmp_path: Any, s3env: Weed
         mmaplog.ship(str(tmp_path / "missing"), "s3://bucket-x", host="h")
 
 
+@pytest.mark.slow
 def test_verify_and_stats_read_the_bucket(tmp_path: Any, s3env: WeedServer, bucket: str) -> None:
     """verify and stats on a bucket path: clean after shipping; an altered object and a
     missing one are reported, with status 1."""
@@ -631,6 +628,7 @@ def test_verify_and_stats_read_the_bucket(tmp_path: Any, s3env: WeedServer, buck
     assert "of the file are not in the bucket" in bad.stdout
 
 
+@pytest.mark.slow
 def test_tail_of_a_bucket_shows_the_newest_and_follows(
     tmp_path: Any, s3env: WeedServer, bucket: str
 ) -> None:

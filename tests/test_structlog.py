@@ -13,7 +13,7 @@ import pytest
 
 import mmaplog
 from mmaplog import _format as fmt
-from mmaplog import _testing
+from torture import harness
 
 structlog = pytest.importorskip("structlog")
 
@@ -160,14 +160,15 @@ def test_factory_needs_an_mmap_handler():
         MmapLoggerFactory(logging.NullHandler())  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_kill_through_the_direct_path_loses_nothing(tmp_path):
     """A process logging through the direct structlog path, killed with SIGKILL, loses nothing."""
     log_dir = str(tmp_path)
     config = {"log_dir": log_dir, "via": "structlog", "handler": {"buffer_size": 32 * 1024}}
-    acked, status = _testing.run_writer(config, kill_after=0.8)
+    acked, status = harness.run_writer(config, kill_after=0.8)
     assert status == -9
     mmaplog.recover(log_dir)
-    _testing.check_exactly_once([r.text for r in mmaplog.read_records(log_dir)], acked)
+    harness.check_exactly_once([r.text for r in mmaplog.read_records(log_dir)], acked)
 
 
 def test_mmaplog_imports_without_structlog():
@@ -180,3 +181,45 @@ def test_mmaplog_imports_without_structlog():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+_COPY_AND_PICKLE = """
+import copy, pickle, sys
+import structlog, mmaplog
+from mmaplog.structlog import MmapLoggerFactory
+
+handler = mmaplog.MmapHandler(sys.argv[1], prefix="api")
+structlog.configure(
+    processors=[structlog.processors.JSONRenderer()],
+    logger_factory=MmapLoggerFactory(handler),
+    cache_logger_on_first_use=True,
+)
+log = structlog.get_logger().bind(service="orders")
+log.info("first")
+copied = copy.deepcopy(log)
+copied.info("from the copy")
+copy.copy(log).info("from a shallow copy")
+try:
+    pickle.dumps(log)
+except pickle.PicklingError as exc:
+    print("refused:", exc)
+handler.close()
+"""
+
+
+def test_loggers_copy_and_refuse_pickling_with_a_message(tmp_path):
+    """A bound logger deep-copies, sharing the handler; pickling it raises a PicklingError."""
+    log_dir = str(tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-c", _COPY_AND_PICKLE, log_dir],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert res.stdout.startswith("refused: MmapLogger writes into this process's mmaplog cache")
+    assert "MmapLoggerFactory(MmapHandler(log_dir, prefix))" in res.stdout
+    events = [json.loads(r.text) for r in mmaplog.read_records(log_dir)]
+    assert [e["event"] for e in events] == ["first", "from the copy", "from a shallow copy"]
+    assert all(e["service"] == "orders" for e in events)

@@ -14,11 +14,12 @@ import pytest
 
 import mmaplog
 from mmaplog import _format as fmt
-from mmaplog import _testing
-from torture import corrupt, fuzz, protocol, resources, stateful
+from torture import corrupt, fuzz, harness, protocol, resources, stateful
 from torture.common import decode_dir, is_torn_write
 
 from .conftest import new_cache
+
+pytestmark = pytest.mark.slow  # kills real processes: left out of the quick run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = int(os.environ.get("TORTURE_SEED", "7"))
@@ -76,10 +77,10 @@ def test_recovery_after_size_splits_keeps_the_order(tmp_path):
         "sizes": [100, 300],
         "handler": {"buffer_size": 16 * 1024, "max_file_size": 4096, "flush_interval": 3600},
     }
-    acked, status = _testing.run_writer(config, kill_after=1.0)
+    acked, status = harness.run_writer(config, kill_after=1.0)
     assert status == -9
     mmaplog.recover(log_dir)
-    _testing.check_exactly_once([r.text for r in mmaplog.read_records(log_dir)], acked)
+    harness.check_exactly_once([r.text for r in mmaplog.read_records(log_dir)], acked)
 
 
 def test_recovery_writes_a_caches_blocks_in_sequence(tmp_path):
@@ -326,3 +327,13 @@ def test_corrupt_accepts_a_spliced_copy_of_a_whole_block():
     spliced = data[:c0] + data[b0:b1] + data[c0 + (b1 - b0) :]
     assert corrupt.copied_block_ranges(spliced) == [(b0, b1), (c0, c0 + b1 - b0)]
     assert corrupt.copied_block_ranges(data) == []
+
+
+def test_lifecycle_schedules_neither_hang_nor_lose_records():
+    """Random schedules of signals, finalizers, fork, reopen, reloads, renames and chdir
+    around threads that log: no hang, no logging error, every acknowledged record once."""
+    from torture.lifecycle import main_lifecycle
+
+    status, summary = main_lifecycle(schedules=6, seconds=None, seed=4242, quiet=True)
+    assert status == 0
+    assert summary["schedules"] == 6 and summary["hangs"] == 0

@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import mmaplog
 from mmaplog import _format as fmt
-from mmaplog import _testing
 from mmaplog import _xlog as xlog
 from mmaplog.exceptions import ConfigError
 from mmaplog.recover import recover_image
+from torture import harness
 
 PRIVATE, PUBLIC = xlog.generate_xlog_keypair()
 KEY = xlog.load_xlog_private_key(PRIVATE)
@@ -291,7 +291,7 @@ def test_oversize_line_goes_in_a_block_of_its_own(log_dir):
     """A line larger than a cache slot is written directly as an async block, in order."""
     h = xlog_handler(log_dir, buffer_size=16 * 1024, compression="zstd")
     h.setFormatter(logging.Formatter("%(message)s"))
-    big = "".join(random.Random(3).choice("abcdefghij") for _ in range(40_000))
+    big = "".join(random.Random(3).choice("abcdefghij") for _ in range(12_000))
     write_lines(h, ["before", big, "after"])
     h.close()
     lines, damage = lines_of(read_all(log_dir))
@@ -405,18 +405,19 @@ def no_damage(log_dir: str) -> None:
 
 
 @CRYPT
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.7, 1.1, 1.5])
 def test_random_kill_loses_nothing(tmp_path, crypt, delay):
     """An xlog writer killed at a random moment loses no acknowledged line and repeats none."""
     log_dir = str(tmp_path)
     compression = random.Random(delay).choice(["zlib", "zstd"])
     config = xlog_writer_config(log_dir, crypt, compression=compression, flush_interval=0.05)
-    acked, status = _testing.run_writer(config, kill_after=delay)
+    acked, status = harness.run_writer(config, kill_after=delay)
     assert status == -9 and acked
     mmaplog.recover(log_dir)
-    counts = _testing.check_exactly_once(decoded(log_dir), acked)
+    counts = harness.check_exactly_once(decoded(log_dir), acked)
     assert mmaplog.recover(log_dir) == 0
-    assert _testing.check_exactly_once(decoded(log_dir), acked) == counts
+    assert harness.check_exactly_once(decoded(log_dir), acked) == counts
     no_damage(log_dir)
 
 
@@ -427,45 +428,47 @@ def test_kill_after_append_before_release_gives_no_duplicate(tmp_path, crypt, nt
     log_dir = str(tmp_path)
     config = xlog_writer_config(log_dir, crypt, buffer_size=16 * 1024)
     config["crash_at"] = {"after_append": nth}
-    acked, status = _testing.run_writer(config, kill_after=30.0)
+    acked, status = harness.run_writer(config, kill_after=30.0)
     assert status == -9
     cache = os.path.join(log_dir, "app.mmap")
     report = recover_image(read_bytes(cache), cache)
     assert report.skipped_blocks == 1  # the slot still held the block already appended
     assert mmaplog.recover(log_dir) == 0  # everything is in the log now
-    _testing.check_exactly_once(decoded(log_dir), acked)
+    harness.check_exactly_once(decoded(log_dir), acked)
     # A new session on the same folder recovers nothing more and appends its own lines.
-    acked2, status2 = _testing.run_writer({**config, "crash_at": {}, "count": 200}, kill_after=None)
+    acked2, status2 = harness.run_writer({**config, "crash_at": {}, "count": 200}, kill_after=None)
     assert status2 == 0
     texts = decoded(log_dir)
-    _testing.check_exactly_once(texts[:-200], acked)
-    _testing.check_exactly_once(texts[-200:], acked2, complete=True)
+    harness.check_exactly_once(texts[:-200], acked)
+    harness.check_exactly_once(texts[-200:], acked2, complete=True)
     no_damage(log_dir)
 
 
 @CRYPT
+@pytest.mark.slow
 def test_kill_during_recovery_then_recover_again(tmp_path, crypt):
     """Recovery killed after appending an xlog block, then run again, gives every line once."""
     log_dir = str(tmp_path)
     config = xlog_writer_config(log_dir, crypt, flush_interval=3600)
-    acked, status = _testing.run_writer(config, kill_after=0.8)
+    acked, status = harness.run_writer(config, kill_after=0.8)
     assert status == -9
     code = (
-        "import sys; from mmaplog import _testing, recover\n"
-        "_testing.crash_at('recover_after_append', 1)\n"
+        "import sys; from mmaplog import _faults, recover\n"
+        "_faults.crash_at('recover_after_append', 1)\n"
         "recover(sys.argv[1])\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     assert subprocess.run([sys.executable, "-c", code, log_dir], env=env).returncode == -9
     mmaplog.recover(log_dir)
-    _testing.check_exactly_once(decoded(log_dir), acked)
+    harness.check_exactly_once(decoded(log_dir), acked)
 
 
+@pytest.mark.slow
 def test_kill_then_a_new_handler_recovers_at_start(tmp_path):
     """A new xlog handler on the folder recovers what the killed writer left in its cache."""
     log_dir = str(tmp_path)
     config = xlog_writer_config(log_dir, True, flush_interval=3600)
-    acked, status = _testing.run_writer(config, kill_after=0.8)
+    acked, status = harness.run_writer(config, kill_after=0.8)
     assert status == -9
     moved = len(decoded(log_dir))
     h = xlog_handler(log_dir, xlog_public_key=PUBLIC)
@@ -473,5 +476,5 @@ def test_kill_then_a_new_handler_recovers_at_start(tmp_path):
     # What the cache still held (nothing when the kill came just after every block had
     # been moved, while the writer waited for a slot) is what recovery counted.
     assert h.recovered == len(decoded(log_dir)) - moved
-    _testing.check_exactly_once(decoded(log_dir), acked)
+    harness.check_exactly_once(decoded(log_dir), acked)
     assert tencent_decode(read_all(log_dir), PRIVATE).count(b"\n") == len(decoded(log_dir))

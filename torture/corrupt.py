@@ -1,7 +1,7 @@
 """Corruption: byte flips and truncations of small log and cache files, random damage of large ones.
 
 The inputs are made by the library's own writer (a real :class:`mmaplog._cache.Cache`,
-blocks moved with the flusher's ``build_block``, recovered blocks from
+blocks moved as the flusher moves them (``BlockSession.whole_block``), recovered blocks from
 ``recover_image``), so they hold both payload forms. For every damaged copy:
 
 - the decoder and recovery never raise (anything but ``MmapLogError`` is a
@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import mmaplog
-from mmaplog import _cache, _testing
+from mmaplog import _cache
 from mmaplog import _format as fmt
-from mmaplog._crypto import Sealer, load_public_key
-from mmaplog._flusher import build_block
+from mmaplog._blocks import BlockSession
+from mmaplog._crypto import load_public_key
 from mmaplog._reader import Reader, Record
 from mmaplog.recover import recover_image
+from torture import harness
 
 from .common import finish_workdir
 from .protocol import time_limit
@@ -98,7 +99,7 @@ def make_fixture(
     key = public = None
     if encrypted:
         key, public = keys or mmaplog.generate_keypair()
-    sealer = Sealer(load_public_key(public)) if public else None
+    blocks = BlockSession(codec=codec, recipient=load_public_key(public) if public else None)
     path = os.path.join(work, "app.mmap")
     fd = _cache.open_locked(path, 0o600, create=True)
     assert fd is not None
@@ -108,9 +109,7 @@ def make_fixture(
         buffer_size=buffer_size,
         log_dir=work,
         prefix="app",
-        codec=codec,
-        level=None,
-        sealer=sealer,
+        blocks=blocks,
         wake=lambda: None,
     )
     log = bytearray()
@@ -120,30 +119,20 @@ def make_fixture(
             if not any(s == _cache.EMPTY for s in cache._states):
                 block = cache.take_sealed()
                 assert block is not None
-                log += build_block(
-                    block.template,
-                    block.heads,
-                    block.texts,
-                    block.last_time_us,
-                    level=None,
-                    sealer=sealer,
+                log += cache.blocks.whole_block(
+                    block.template, block.heads, block.texts, block.last_time_us
                 )
                 cache.release(block)
             now = time.time_ns() // 1000
-            text = _testing.record_text(0, n, rng.choice(sizes))
+            text = harness.record_text(0, n, rng.choice(sizes))
             data = text.encode()
             status = cache.append(fmt.record_head(now, 20, fmt.KIND_TEXT, data), data, now, 0.0)
             assert status == _cache.APPENDED
             if n % every == 0 and n < records - every:
                 cache.seal()
                 while (block := cache.take_sealed()) is not None:
-                    log += build_block(
-                        block.template,
-                        block.heads,
-                        block.texts,
-                        block.last_time_us,
-                        level=None,
-                        sealer=sealer,
+                    log += cache.blocks.whole_block(
+                        block.template, block.heads, block.texts, block.last_time_us
                     )
                     cache.release(block)
             elif n == records - every:

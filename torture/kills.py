@@ -2,7 +2,7 @@
 
 A *round* is one fresh log folder and one random configuration (threads, cache
 size, compression, encryption, size splits, flush interval). It runs one to
-three *lives*: each is a writer child (``mmaplog._testing.run_writer``) killed
+three *lives*: each is a writer child (``mmaplog.harness.run_writer``) killed
 at a random time or at a kill point of the protocol; the next life's handler
 recovers what the previous one left, itself possibly killed while doing so.
 Between lives a separate *recoverer* child (``mmaplog.recover`` or a handler
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import mmaplog
-from mmaplog import _testing
+from torture import harness
 
 from .common import decode_dir, describe, in_write_order
 
@@ -42,9 +42,9 @@ import json, os, sys
 cfg = json.loads(sys.argv[1]); ready = int(sys.argv[2])
 import faulthandler; faulthandler.enable()
 import mmaplog
-from mmaplog import _testing
+from mmaplog import _faults
 for step, nth in cfg.get("crash_at", {}).items():
-    _testing.crash_at(step, nth)
+    _faults.crash_at(step, nth)
 os.write(ready, b"r")
 if cfg["how"] == "recover":
     if os.path.isdir(cfg["cache_dir"]):  # a writer killed early may not have made it
@@ -117,7 +117,7 @@ def analyze(texts: list[str], acked: dict[int, list[int]]) -> dict[str, int]:
             continue
         t, n = int(m.group(1)), int(m.group(2))
         message = text[m.start() :]
-        if message != _testing.record_text(t, n, len(message)):
+        if message != harness.record_text(t, n, len(message)):
             counts["garbled"] += 1
             continue
         seen.setdefault(t, []).append(n)
@@ -209,7 +209,7 @@ def misordered_blocks(records: list[mmaplog.Record]) -> str:
 def _run_into(
     box: list[tuple[dict[int, list[int]], int]], config: dict[str, Any], kill_after: float
 ) -> None:
-    box.append(_testing.run_writer(config, kill_after=kill_after))
+    box.append(harness.run_writer(config, kill_after=kill_after))
 
 
 def run_round(
@@ -270,7 +270,7 @@ def run_round(
             box: list[tuple[dict[int, list[int]], int]] = []
             th = threading.Thread(target=_run_into, args=(box, other, other_after))
             th.start()
-            got, status = _testing.run_writer(config, kill_after=kill_after)
+            got, status = harness.run_writer(config, kill_after=kill_after)
             th.join()
             got2, status2 = box[0]
             for t, ns in got2.items():
@@ -288,7 +288,7 @@ def run_round(
                 if got2:
                     tally.writer_kills_while_logging += 1
         else:
-            got, status = _testing.run_writer(config, kill_after=kill_after)
+            got, status = harness.run_writer(config, kill_after=kill_after)
         # Killed by its own kill point (before the parent's timer) or by the timer?
         by_point = "crash_at" in config and time.monotonic() - t_life < kill_after - 0.05
         for t, ns in got.items():
@@ -339,7 +339,7 @@ def run_round(
     counts = analyze(dec.texts, acked)
     problems = list(writer_problems)
     try:
-        _testing.check_exactly_once(dec.texts, acked)
+        harness.check_exactly_once(dec.texts, acked)
     except AssertionError as exc:
         problems.append(f"check_exactly_once: {exc}")
     n2 = mmaplog.recover(cache_dir)

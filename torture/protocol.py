@@ -36,12 +36,13 @@ from typing import Any
 from unittest import mock
 
 import mmaplog
-from mmaplog import _cache, _testing
+from mmaplog import _cache
 from mmaplog import _format as fmt
-from mmaplog._crypto import Sealer, load_public_key
-from mmaplog._flusher import build_block
+from mmaplog._blocks import BlockSession
+from mmaplog._crypto import load_public_key
 from mmaplog._logfile import LogFiles, day_of
 from mmaplog.recover import clear_slots, recover_image
+from torture import harness
 
 from .common import decode_dir, describe, finish_workdir
 
@@ -192,10 +193,10 @@ class Harness:
         self.max_failures = max_failures
         self.name = f"{fmt.COMPRESSION_NAMES[codec] or 'none'}{'+enc' if encrypted else ''}"
         self.key: str | None = None
-        sealer = None
+        recipient = None
         if encrypted:
             self.key, public = mmaplog.generate_keypair()
-            sealer = Sealer(load_public_key(public))
+            recipient = load_public_key(public)
         self.cache_path = os.path.join(work, "app.mmap")
         self.log_dir = os.path.join(work, "logs")
         self.case_dir = os.path.join(work, "case")
@@ -209,9 +210,7 @@ class Harness:
             buffer_size=buffer_size,
             log_dir=self.log_dir,
             prefix="app",
-            codec=codec,
-            level=None,
-            sealer=sealer,
+            blocks=BlockSession(codec=codec, recipient=recipient),
             wake=lambda: None,
         )
         mapped = self.cache._buf
@@ -365,13 +364,8 @@ class Harness:
         if block is None:
             return False
         self.stats.moves += 1
-        data = build_block(
-            block.template,
-            block.heads,
-            block.texts,
-            block.last_time_us,
-            level=None,
-            sealer=self.cache.sealer,
+        data = self.cache.blocks.whole_block(
+            block.template, block.heads, block.texts, block.last_time_us
         )
         name = os.path.basename(
             LogFiles(self.log_dir, "app").path_for(day_of(block.template.first_time_us))
@@ -508,7 +502,7 @@ def run_config(
                 size = rng.choice([1, 10, 40, 80, 150]) if rng.random() < 0.9 else 3000
                 if not any(s == _cache.EMPTY for s in h.cache._states):
                     h.move_one()  # both slots busy: the flusher must free one first
-                h.append(_testing.record_text(0, n, size))
+                h.append(harness.record_text(0, n, size))
                 if rng.random() < seal_p:
                     h.seal()
                 if rng.random() < 0.5 or n == records:
@@ -516,7 +510,7 @@ def run_config(
                         pass
                 if n == records // 2:
                     h.recovery_states()  # with the cache part-filled, maybe a block waiting
-            h.append(_testing.record_text(0, records + 1, 30))  # leave one in the cache
+            h.append(harness.record_text(0, records + 1, 30))  # leave one in the cache
             h.recovery_states()
         finally:
             h.close()

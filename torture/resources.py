@@ -26,7 +26,8 @@ from typing import Any
 from unittest import mock
 
 import mmaplog
-from mmaplog import _logfile, _testing
+from mmaplog import _logfile
+from torture import harness
 
 from .common import decode_dir, describe
 from .kills import analyze
@@ -72,7 +73,7 @@ def thread_storm(
     def work(t: int) -> None:
         rng = random.Random(seed * 1000 + t)
         for n in range(1, records + 1):
-            logger.info("%s", _testing.record_text(t, n, rng.choice([1, 30, 200, 1500])))
+            logger.info("%s", harness.record_text(t, n, rng.choice([1, 30, 200, 1500])))
             if rng.random() < 0.002:
                 handler.flush()
                 flushes[0] += 1
@@ -154,7 +155,7 @@ def fsync_failure(log_dir: str, *, records: int = 50) -> dict[str, Any]:
         h = mmaplog.MmapHandler(log_dir, "app", buffer_size=16 * 1024, durable=True)
         logger = _logger(f"torture.fsync.{id(h)}", h)
         for k in range(1, records + 1):
-            logger.info("%s", _testing.record_text(0, k, 50))
+            logger.info("%s", harness.record_text(0, k, 50))
         h.close()
         logger.handlers[:] = []
     dec = decode_dir(log_dir)
@@ -205,7 +206,7 @@ def io_errors(log_dir: str, *, first_n: int = 6, records: int = 400) -> dict[str
 
                 def body(logger: logging.Logger = logger, done: threading.Event = done) -> None:
                     for k in range(1, records + 1):
-                        logger.info("%s", _testing.record_text(0, k, 200))
+                        logger.info("%s", harness.record_text(0, k, 200))
                         if k % 97 == 0:
                             time.sleep(0.01)
                     done.set()
@@ -254,7 +255,7 @@ child = r'''
 import json, logging, os, sys, time, faulthandler
 faulthandler.enable()
 import mmaplog
-from mmaplog import _testing
+from torture import harness
 log_dir, n, free_after, filler = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 errors = []
 h = mmaplog.MmapHandler(log_dir, "app", buffer_size=16 * 1024, flush_interval=0.01,
@@ -266,13 +267,13 @@ logger.setLevel(logging.DEBUG)
 raised = 0
 for k in range(1, n + 1):
     try:
-        logger.info("%s", _testing.record_text(0, k, 120))
+        logger.info("%s", harness.record_text(0, k, 120))
     except Exception:
         raised += 1
 if free_after == "yes":
     os.unlink(filler)
     for k in range(n + 1, n + 201):
-        logger.info("%s", _testing.record_text(0, k, 120))
+        logger.info("%s", harness.record_text(0, k, 120))
 h.close()
 print(json.dumps({"raised": raised, "errors": errors, "cache_mapped": mapped}))
 '''
@@ -282,7 +283,7 @@ p = subprocess.run([sys.executable, "-c", child, log_dir, str(total), sys.argv[4
 out = {"status": p.returncode, "stderr": p.stderr[-3000:], "child": p.stdout.strip()}
 if sys.argv[4] == "yes":
     import mmaplog
-    from mmaplog import _testing
+    from torture import harness
     sys.path.insert(0, sys.argv[5])
     from torture.common import decode_dir
     from torture.kills import analyze
@@ -304,7 +305,7 @@ _FSIZE = r"""
 import json, logging, os, resource, signal, sys
 sys.path.insert(0, sys.argv[2])
 import mmaplog
-from mmaplog import _testing
+from torture import harness
 from torture.common import decode_dir
 from torture.kills import analyze
 from torture.resources import dropped_in
@@ -319,10 +320,10 @@ h.handleError = lambda r: errors.append(str(r))
 logger = logging.getLogger("fsize"); logger.propagate = False; logger.handlers[:] = [h]
 logger.setLevel(logging.DEBUG)
 for k in range(1, n + 1):
-    logger.info("%s", _testing.record_text(0, k, 300))
+    logger.info("%s", harness.record_text(0, k, 300))
 resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 for k in range(n + 1, n + 101):
-    logger.info("%s", _testing.record_text(0, k, 300))
+    logger.info("%s", harness.record_text(0, k, 300))
 h.close()
 dec = decode_dir(log_dir)
 texts = [t for t in dec.texts if not t.startswith("mmaplog: ")]

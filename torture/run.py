@@ -11,6 +11,9 @@ Modes (default ``kills``):
   ``tests/fuzz/regressions/``);
 - ``stateful``: the hypothesis state machine of the handler (``--examples N``);
 - ``resources``: a 16-thread storm, a full tmpfs and injected I/O errors;
+- ``lifecycle``: random schedules of threads, signals and finalizers that log, fork,
+  close and reopen, dictConfig reloads, renamed log files and chdir, each under a
+  watchdog (``--schedules N``, ``--seconds S``);
 - ``all``: every mode with small budgets.
 
 Every mode prints a summary and exits 1 on any failure.
@@ -27,7 +30,7 @@ import time
 if __package__ in (None, ""):  # run as a script: python torture/run.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-MODES = ("kills", "protocol", "corrupt", "fuzz", "stateful", "resources", "all")
+MODES = ("kills", "protocol", "corrupt", "fuzz", "stateful", "resources", "lifecycle", "all")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -74,6 +77,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="corrupt: records in the large log and cache",
     )
     p.add_argument("--examples", type=int, default=60, help="stateful: hypothesis examples")
+    p.add_argument(
+        "--schedules", type=int, default=100, help="lifecycle: schedules to run (default 100)"
+    )
     p.add_argument(
         "--large",
         type=int,
@@ -153,6 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         from .resources import main_resources
 
         status |= main_resources(seed=seed, tolerate=frozenset(args.tolerate))
+    if mode in ("lifecycle", "all"):
+        from .lifecycle import main_lifecycle
+
+        schedules = 10 if mode == "all" else args.schedules
+        lifecycle_status, _summary = main_lifecycle(
+            schedules=schedules, seconds=args.seconds, seed=seed, quiet=args.quiet
+        )
+        status |= lifecycle_status
     print(f"\ntorture {mode}: {'FAILED' if status else 'passed'} (seed {seed})")
     return status
 

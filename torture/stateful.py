@@ -30,7 +30,7 @@ from hypothesis.stateful import (
 )
 
 import mmaplog
-from mmaplog import _testing
+from torture import harness
 
 from .common import decode_dir, describe
 from .kills import analyze
@@ -103,7 +103,7 @@ class HandlerMachine(RuleBasedStateMachine):
         numbers = self.acked.setdefault(t, [])
         for _ in range(n):
             k = len(numbers) + 1
-            self.logger.info("%s", _testing.record_text(t, k, size))
+            self.logger.info("%s", harness.record_text(t, k, size))
             numbers.append(k)
 
     @rule()
@@ -133,7 +133,7 @@ class HandlerMachine(RuleBasedStateMachine):
             code = 1
             try:
                 for k in range(1, n + 1):
-                    self.logger.info("%s", _testing.record_text(t, k, 100))
+                    self.logger.info("%s", harness.record_text(t, k, 100))
                 code = 0
             finally:
                 os._exit(code)
@@ -153,7 +153,7 @@ class HandlerMachine(RuleBasedStateMachine):
             "sizes": [1, 500],
             "thread_base": base,
         }
-        got, _status = _testing.run_writer(config, kill_after=delay)
+        got, _status = harness.run_writer(config, kill_after=delay)
         for t in range(base, base + threads):
             self.acked[t] = got.get(t, [])
 

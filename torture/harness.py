@@ -1,11 +1,10 @@
-"""Crash-testing support: kill points inside the protocol and a numbered-record writer.
+"""The crash harness: a numbered-record writer child and the exactly-once check.
 
-Not part of the public API. ``crash_at(step, nth)`` makes the process SIGKILL
-itself the ``nth`` time it reaches ``step``; the flusher and recovery call
-:func:`point` at each step of moving a block.
 :func:`run_writer` starts the child process of the crash tests and demos: it logs
 numbered records and writes each number to a pipe once ``emit`` returned, so the
-parent knows what was acknowledged before the kill.
+parent knows what was acknowledged before the kill. :func:`check_exactly_once`
+compares what decodes with what was acknowledged. Kill points inside the protocol
+are armed with ``mmaplog._faults.crash_at`` (config key ``crash_at``).
 """
 
 from __future__ import annotations
@@ -14,39 +13,13 @@ import json
 import logging
 import os
 import random
-import signal
 import struct
 import sys
 import threading
 from collections.abc import MutableMapping
 from typing import Any
 
-STEPS = (
-    "after_append",  # the block is in the log file, its slot not yet released
-    "mid_release",  # the slot is marked empty, its bytes not yet zeroed
-    "after_release",
-    "recover_after_append",  # recovery wrote a block, the cache is not yet cleared
-)
-
-_armed: dict[str, int] = {}
-
-
-def crash_at(step: str, nth: int = 1) -> None:
-    """SIGKILL this process the ``nth`` time it reaches ``step``."""
-    if step not in STEPS:
-        raise ValueError(f"unknown step {step!r}; known: {', '.join(STEPS)}")
-    _armed[step] = nth
-
-
-def point(step: str) -> None:
-    """A place where an armed crash happens (a dict lookup when nothing is armed)."""
-    if _armed:
-        left = _armed.get(step)
-        if left is not None:
-            if left <= 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-            _armed[step] = left - 1
-
+from mmaplog._faults import crash_at
 
 ACK = struct.Struct("<HI")
 """What the writer sends per acknowledged record: thread number, record number."""
@@ -71,7 +44,7 @@ def writer_main(config: dict[str, object], ack_fd: int) -> None:
     import faulthandler
 
     faulthandler.enable()
-    from .handler import MmapHandler
+    from mmaplog import MmapHandler
 
     for step, nth in dict(config.get("crash_at", {})).items():  # type: ignore[call-overload]
         crash_at(step, int(nth))
@@ -81,7 +54,7 @@ def writer_main(config: dict[str, object], ack_fd: int) -> None:
     if config.get("via") == "structlog":
         import structlog
 
-        from .structlog import MmapLoggerFactory
+        from mmaplog.structlog import MmapLoggerFactory
 
         def render(_logger: object, _name: str, event_dict: MutableMapping[str, Any]) -> str:
             return str(event_dict["event"])
@@ -127,7 +100,7 @@ def writer_main(config: dict[str, object], ack_fd: int) -> None:
 
 
 _CHILD = (
-    "import json, sys; from mmaplog._testing import writer_main; "
+    "import json, sys; from torture.harness import writer_main; "
     "writer_main(json.loads(sys.argv[1]), int(sys.argv[2]))"
 )
 
@@ -148,7 +121,7 @@ def run_writer(
 
     rfd, wfd = os.pipe()
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, json.dumps(config), str(wfd)],

@@ -1,0 +1,576 @@
+"""The command line as a new user meets it, after a crash and with hostile input: subprocesses."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pty
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import mmaplog
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *sys.path])}
+MMAPLOG = [sys.executable, "-m", "mmaplog"]
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, encoding: str = "utf-8"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MMAPLOG, *args],
+        capture_output=True,
+        encoding=encoding,
+        env={**ENV, **(env or {})},
+        timeout=60,
+    )
+
+
+def write_log(log_dir: str, texts: list[str], prefix: str = "app", **kwargs: object) -> None:
+    h = mmaplog.MmapHandler(log_dir, prefix=prefix, **kwargs)  # type: ignore[arg-type]
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for text in texts:
+        h.handle(logging.LogRecord("user", logging.INFO, __file__, 1, text, None, None))
+    h.close()
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import json, logging, os, signal, sys
+    import mmaplog
+    log_dir, prefix, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    h = mmaplog.MmapHandler(log_dir, prefix=prefix, flush_interval=3600)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for text in texts:
+        h.handle(logging.LogRecord("user", logging.INFO, "w.py", 1, text, None, None))
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def killed_writer(log_dir: str, texts: list[str], prefix: str = "app") -> None:
+    """Run a process that logs ``texts`` and is killed before its first block move."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, log_dir, prefix, json.dumps(texts)],
+        env=ENV,
+        timeout=60,
+    )
+    assert proc.returncode == -9
+
+
+def listing(folder: str) -> dict[str, bytes]:
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            out[name] = f.read()
+    return out
+
+
+# -- recover ----------------------------------------------------------------------------
+
+
+def test_recover_of_a_log_file_says_not_a_cache_and_leaves_it(log_dir):
+    """recover of a log, a text file or random bytes exits 2, "not a cache", renaming nothing."""
+    write_log(log_dir, ["one", "two"])
+    (log_name,) = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
+    with open(os.path.join(log_dir, "notes.txt"), "w") as f:
+        f.write("hello\n")
+    with open(os.path.join(log_dir, "noise.mmap"), "wb") as f:
+        f.write(os.urandom(5000))
+    before = listing(log_dir)
+    for name in (log_name, "notes.txt", "noise.mmap"):
+        res = run("recover", os.path.join(log_dir, name))
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.strip().endswith("not a cache (no cache magic); not touched")
+        assert "Traceback" not in res.stderr and res.stdout == ""
+    assert listing(log_dir) == before
+    res = run("decode", log_dir)
+    assert res.stdout.splitlines() == ["one", "two"]
+
+
+def test_recover_of_a_folder_skips_files_that_are_not_caches(log_dir):
+    """recover of a folder recovers its caches and skips *.mmap files that are not caches."""
+    killed_writer(log_dir, ["left in the cache"])
+    with open(os.path.join(log_dir, "other.mmap"), "wb") as f:
+        f.write(b"not a cache at all\n" * 100)
+    res = run("recover", log_dir)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "recovered 1 records"
+    assert "other.mmap: skipped: not a cache" in res.stderr
+    with open(os.path.join(log_dir, "other.mmap"), "rb") as f:
+        assert f.read() == b"not a cache at all\n" * 100
+    assert [r.text for r in mmaplog.read_records(log_dir)] == ["left in the cache"]
+
+
+def test_recover_module_runs_without_a_warning(log_dir):
+    """python -W error -m mmaplog.recover runs clean: no RuntimeWarning about the module."""
+    killed_writer(log_dir, ["a", "b"])
+    res = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "mmaplog.recover", log_dir],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "" and res.stdout.strip() == "recovered 2 records"
+
+
+def test_recover_as_a_library_prints_nothing(log_dir):
+    """mmaplog.recover returns the count and prints nothing, even for a non-cache in the folder."""
+    killed_writer(log_dir, ["x"])
+    with open(os.path.join(log_dir, "junk.mmap"), "wb") as f:
+        f.write(b"junk")
+    code = f"import mmaplog; print(mmaplog.recover({log_dir!r}))"
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60
+    )
+    assert res.returncode == 0 and res.stdout == "1\n" and res.stderr == ""
+
+
+def test_importing_the_recover_module_keeps_the_function_callable(log_dir):
+    """After import mmaplog.recover, mmaplog.recover(path) still recovers."""
+    killed_writer(log_dir, ["y"])
+    code = f"import mmaplog.recover, mmaplog; print(mmaplog.recover({log_dir!r}))"
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60
+    )
+    assert res.returncode == 0 and res.stdout == "1\n", res.stderr
+
+
+# -- tail -------------------------------------------------------------------------------
+
+
+def test_tail_n_larger_than_the_log_prints_every_record(log_dir):
+    """tail -n N prints all records when N exceeds their number, and the last N otherwise."""
+    texts = [f"record {i}" for i in range(30)]
+    write_log(log_dir, texts)
+    for n, want in (("40", texts), ("61", texts), ("30", texts), ("5", texts[-5:]), ("0", [])):
+        res = run("tail", "-n", n, log_dir)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines() == want, n
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+def on_terminal(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run ``mmaplog ARGS`` with stdout on a pseudo-terminal; what it printed there."""
+    master, slave = pty.openpty()
+    try:
+        env = {**ENV, "NO_COLOR": "1", **(env or {})}
+        with subprocess.Popen([*MMAPLOG, *args], stdout=slave, env=env) as proc:
+            os.close(slave)
+            slave = -1
+            seen = b""
+            while True:
+                try:
+                    part = os.read(master, 4096)
+                except OSError:  # EIO: every writer of the terminal is gone
+                    break
+                if not part:
+                    break
+                seen += part
+            assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return seen.decode("utf-8").replace("\r\n", "\n")
+
+
+def test_text_the_output_cannot_encode_is_escaped(log_dir):
+    """decode and tail to a latin-1 stdout escape CJK text and exit 0, with no traceback."""
+    write_log(log_dir, ["订单 42 失败", "café"])
+    for command in ("decode", "tail"):
+        res = run(command, log_dir, env={"PYTHONIOENCODING": "latin-1"}, encoding="latin-1")
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        assert res.stdout.splitlines() == ["\\u8ba2\\u5355 42 \\u5931\\u8d25", "café"]
+
+
+def test_control_characters_are_escaped_on_a_terminal(log_dir):
+    """On a terminal, escape sequences and carriage returns are shown as \\xNN; --raw keeps them."""
+    hostile = "ok\x1b[2J\x1b]0;owned\x07\rfake line\x9b1m"
+    write_log(log_dir, [hostile, "tab\there"])
+    shown = "ok\\x1b[2J\\x1b]0;owned\\x07\\x0dfake line\\x9b1m"
+    for command in ("decode", "tail"):
+        assert on_terminal(command, log_dir).splitlines() == [shown, "tab\there"]
+        assert on_terminal(command, "--raw", log_dir).split("\n") == [hostile, "tab\there", ""]
+    # Into a pipe or a file, the text is as it was logged.
+    piped = subprocess.run([*MMAPLOG, "decode", log_dir], capture_output=True, env=ENV, timeout=60)
+    assert piped.stdout.decode().split("\n") == [hostile, "tab\there", ""]
+
+
+# -- xlog times -------------------------------------------------------------------------
+
+_XLOG_WRITER = textwrap.dedent(
+    """
+    import logging, sys
+    import mmaplog
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="app", format="xlog", compression="zstd")
+    for when in (float(sys.argv[2]), float(sys.argv[2]) + 60.5):
+        r = logging.LogRecord("svc", logging.INFO, "w.py", 7, "at %s", (when,), None)
+        r.created, r.msecs = when, (when % 1) * 1000
+        h.handle(r)
+    h.close()
+    """
+)
+
+
+def test_xlog_lines_written_outside_utc_read_back_at_their_time(tmp_path):
+    """xlog files written at UTC offsets like +0800, +0545 or -0330 read back at their time."""
+    import time
+
+    now = round(time.time() - 120, 3)
+    for tz in ("Asia/Shanghai", "Asia/Kathmandu", "America/St_Johns", "UTC"):
+        folder = str(tmp_path / tz.replace("/", "_"))
+        env = {**ENV, "TZ": tz}
+        subprocess.run(
+            [sys.executable, "-c", _XLOG_WRITER, folder, repr(now)], env=env, check=True, timeout=60
+        )
+        times = [r.time for r in mmaplog.read_records(folder)]
+        assert times == [pytest.approx(now, abs=0.001), pytest.approx(now + 60.5, abs=0.001)]
+        res = run("decode", "--since", "1h", folder, env={"TZ": tz})
+        assert res.returncode == 0 and len(res.stdout.splitlines()) == 2, (tz, res.stderr)
+        res = run("decode", "--since", "90s", folder, env={"TZ": "UTC"})
+        assert [line.rsplit("[", 1)[1] for line in res.stdout.splitlines()] == [f"at {now + 60.5}"]
+
+
+# -- keys -------------------------------------------------------------------------------
+
+
+def keypair(folder: str, name: str = "ops.key") -> tuple[str, str]:
+    """Make a key pair with keygen; the private key file's path and the public key."""
+    path = os.path.join(folder, name)
+    res = run("keygen", "-o", path)
+    assert res.returncode == 0, res.stderr
+    return path, res.stdout.strip().removeprefix("public key: ")
+
+
+def test_a_wrong_key_is_one_line_per_file_with_the_block_count(log_dir, tmp_path):
+    """A key that does not match says so once per file, with how many blocks, and exits 1."""
+    _private, public = keypair(str(tmp_path))
+    other, _ = keypair(str(tmp_path), "other.key")
+    write_log(log_dir, [f"secret {os.urandom(1000).hex()}" for i in range(400)], public_key=public)
+    (log,) = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
+    for command in ("decode", "verify"):
+        res = run(command, "--key", other, log_dir)
+        assert res.returncode == 1 and "Traceback" not in res.stderr
+        (line,) = res.stderr.splitlines()
+        assert line.startswith(f"mmaplog {command}: {os.path.join(log_dir, log)}: the key does")
+        assert "encrypted blocks skipped" in line and "secret" not in res.stdout
+
+
+def test_key_mistakes_get_a_clear_line(log_dir, tmp_path):
+    """A public key, a missing key file and a base64 public key each get a message saying so."""
+    private, public = keypair(str(tmp_path))
+    write_log(log_dir, ["secret"], public_key=public)
+    pem = tmp_path / "public.pem"
+    from mmaplog import _crypto
+
+    raw = _crypto.load_public_key(public)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    pem.write_bytes(
+        X25519PublicKey.from_public_bytes(raw).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    res = run("decode", "--key", str(pem), log_dir)
+    assert res.returncode == 2
+    assert res.stderr.strip().endswith("this is a public key: decoding needs the private key")
+    res = run("decode", "--key", str(tmp_path / "missing.key"), log_dir)
+    assert res.returncode == 2 and res.stderr.strip().endswith(
+        "no such file (nor a key given as text)"
+    )
+    res = run("decode", "--key", public, log_dir)
+    assert res.returncode == 1 and "if it is the public key keygen printed" in res.stderr
+    assert run("decode", "--key", private, log_dir).stdout == "secret\n"
+
+
+def test_keygen_writes_the_private_key_only_to_a_file_and_pubkey_prints_the_public(tmp_path):
+    """keygen needs -o (never prints the private key); pubkey prints the public key of the file."""
+    res = run("keygen")
+    assert res.returncode == 2 and "-o" in res.stderr and "PRIVATE" not in res.stdout
+    private, public = keypair(str(tmp_path))
+    assert os.stat(private).st_mode & 0o777 == 0o600
+    res = run("pubkey", private)
+    assert res.returncode == 0 and res.stdout == public + "\n"
+    res = run("pubkey", str(tmp_path / "nope.key"))
+    assert res.returncode == 2 and res.stderr.strip().endswith("nope.key: no such file")
+
+
+# -- after a crash, and many processes --------------------------------------------------
+
+
+def test_decode_stats_and_verify_of_a_folder_show_what_a_dead_process_left(log_dir):
+    """After a kill before any move, decode shows the cache's records; stats, verify count them."""
+    write_log(log_dir, ["in the log"])
+    killed_writer(log_dir, ["left 1", "left 2"], prefix="svc")
+    res = run("decode", log_dir)
+    assert res.returncode == 0, res.stderr
+    cache = os.path.join(log_dir, "svc.mmap")
+    lines = res.stdout.splitlines()
+    assert lines[0] == "in the log" and lines[2:] == ["left 1", "left 2"]
+    assert lines[1].startswith(f"-- not recovered yet: left in {cache} by pid ")
+    assert f"run `mmaplog recover {log_dir}` --" in lines[1]
+    assert "2 records of pid" in res.stderr and f"mmaplog recover {log_dir}" in res.stderr
+    filtered = run("decode", "--level", "ERROR", log_dir)
+    assert filtered.stdout == "" and "2 records of pid" in filtered.stderr
+    res = run("stats", log_dir)
+    assert res.returncode == 0, res.stderr
+    assert "svc.mmap" in res.stdout and "(cache, not recovered)" in res.stdout
+    assert "not recovered: 2 records in 1 cache of processes no longer running" in res.stdout
+    res = run("verify", log_dir)
+    assert res.returncode == 0, res.stderr
+    assert f"{cache}: cache file: 1 blocks, 2 records: ok" in res.stdout
+    assert f"1 cache in {log_dir} of processes no longer running" in res.stdout
+    # Reading changed nothing: recovery still finds the two records.
+    assert run("recover", log_dir).stdout.strip() == "recovered 2 records"
+    assert "not recovered" not in run("decode", log_dir).stdout
+
+
+def test_an_empty_folder_says_it_has_no_log_files(tmp_path):
+    """decode, verify and stats of a folder with no logs say "no log files in" it."""
+    folder = str(tmp_path)
+    for command in ("decode", "verify", "stats"):
+        res = run(command, folder)
+        assert res.returncode == 0, res.stderr
+        assert f"no log files in {folder}" in res.stderr + res.stdout
+
+
+_BUSY_WRITER = textwrap.dedent(
+    """
+    import logging, sys, time
+    import mmaplog
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="app", buffer_size=16 * 1024,
+                            flush_interval=0.02)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for i in range(300):
+        h.handle(logging.LogRecord("w", logging.INFO, "w.py", 1, "%s " + "x" * 60, (i,), None))
+        time.sleep(0.001)
+    h.close()
+    """
+)
+
+
+def test_a_folder_of_several_processes_decodes_in_time_order(log_dir):
+    """Three processes logging at once decode in time order, with the pid in JSON and --pid."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _BUSY_WRITER, log_dir], env=ENV) for _ in range(3)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    res = run("decode", "--format", "json", log_dir)
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(events) == 900
+    stamps = [e["time"] for e in events]
+    assert stamps == sorted(stamps)
+    pids = sorted({e["pid"] for e in events})
+    assert pids == sorted(p.pid for p in procs)
+    for pid in pids:  # each process's records in its own order
+        mine = [int(e["message"].split()[0]) for e in events if e["pid"] == pid]
+        assert mine == list(range(300))
+    res = run("decode", "--pid", str(pids[1]), log_dir)
+    assert len(res.stdout.splitlines()) == 300 and res.returncode == 0
+
+
+# -- conventions ------------------------------------------------------------------------
+
+
+def test_version_and_unknown_options():
+    """--version prints the version; an unknown option prints the subcommand's usage, exit 2."""
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"mmaplog {mmaplog.__version__}"
+    res = run("decode", "--bogus", "logs")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("usage: mmaplog decode")
+    assert res.stderr.strip().endswith("unrecognized arguments: --bogus")
+
+
+def test_output_file_is_new_and_private_unless_forced(log_dir, tmp_path):
+    """decode -o creates a 0600 file, never replaces one without --force, and --force does."""
+    write_log(log_dir, ["one"])
+    out = tmp_path / "out.txt"
+    assert run("decode", "-o", str(out), log_dir).returncode == 0
+    assert out.read_text() == "one\n" and out.stat().st_mode & 0o777 == 0o600
+    out.write_text("keep me\n")
+    out.chmod(0o644)
+    res = run("decode", "-o", str(out), log_dir)
+    assert res.returncode == 2 and "already exists" in res.stderr and "--force" in res.stderr
+    assert out.read_text() == "keep me\n"
+    assert run("decode", "-o", str(out), "--force", log_dir).returncode == 0
+    assert out.read_text() == "one\n" and out.stat().st_mode & 0o777 == 0o600
+
+
+def test_since_and_until_take_words_and_utc(log_dir):
+    """--since/--until take now, today, yesterday and '1 hour ago'; --utc shows UTC times."""
+    import datetime as dt
+    import time
+
+    now = time.time()
+    stamps = [now - 3 * 86400, now - 7200, now - 60]
+    h = mmaplog.MmapHandler(log_dir, prefix="app")
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for i, when in enumerate(stamps):
+        r = logging.LogRecord("w", logging.INFO, "w.py", 1, f"r{i}", None, None)
+        r.created = when
+        h.handle(r)
+    h.close()
+
+    def texts(*args: str) -> list[str]:
+        res = run("decode", *args, log_dir)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.splitlines()
+
+    assert texts("--since", "1 hour ago") == ["r2"]
+    assert texts("--since", "3 hours ago", "--until", "now") == ["r1", "r2"]
+    assert texts("--until", "yesterday") == ["r0"]
+    midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
+    assert texts("--since", "today") == [f"r{i}" for i, t in enumerate(stamps) if t >= midnight]
+    res = run("decode", "--utc", "--format", "json", log_dir)
+    assert all(json.loads(line)["time"].endswith("+00:00") for line in res.stdout.splitlines())
+    assert "+0000" in run("stats", "--utc", log_dir).stdout
+    res = run("decode", "--since", "the day before", log_dir)
+    assert res.returncode == 2 and "not a time" in res.stderr
+
+
+def test_levels_are_coloured_on_a_terminal_unless_no_color(log_dir):
+    """On a terminal, warnings and errors are coloured; NO_COLOR and pipes get plain text."""
+    h = mmaplog.MmapHandler(log_dir, prefix="app")
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for level in (logging.INFO, logging.WARNING, logging.ERROR):
+        h.handle(logging.LogRecord("w", level, "w.py", 1, logging.getLevelName(level), None, None))
+    h.close()
+    coloured = on_terminal("decode", log_dir, env={"NO_COLOR": "", "TERM": "xterm"})
+    assert coloured.splitlines() == ["INFO", "\x1b[33mWARNING\x1b[0m", "\x1b[31mERROR\x1b[0m"]
+    plain = on_terminal("decode", log_dir, env={"NO_COLOR": "1", "TERM": "xterm"})
+    assert plain.splitlines() == ["INFO", "WARNING", "ERROR"]
+    assert run("decode", log_dir).stdout.splitlines() == ["INFO", "WARNING", "ERROR"]
+
+
+def test_tail_takes_the_filters_and_decode_takes_n(log_dir):
+    """tail takes --level/--grep/--pid like decode, and decode -n N prints the last N records."""
+    texts = [f"record {i}" for i in range(20)]
+    write_log(log_dir, texts)
+    res = run("tail", "-n", "3", "--grep", "record 1", log_dir)
+    assert res.returncode == 0 and res.stdout.splitlines() == texts[17:20]
+    assert run("tail", "--level", "ERROR", log_dir).stdout == ""
+    assert run("decode", "-n", "2", log_dir).stdout.splitlines() == texts[-2:]
+    assert run("decode", "-n", "2", "--grep", "record [1-5]$", log_dir).stdout.splitlines() == [
+        "record 4",
+        "record 5",
+    ]
+
+
+def test_a_handler_says_when_it_deletes_old_logs(log_dir):
+    """A handler deleting log files past max_age_days (on by default) says so on stderr."""
+    os.makedirs(log_dir)
+    for name in ("app_20200101.mmlog", "app_20200102.mmlog", "other_20200101.mmlog"):
+        with open(os.path.join(log_dir, name), "wb"):
+            pass
+    code = f"import mmaplog; mmaplog.MmapHandler({log_dir!r}, prefix='app').close()"
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60
+    )
+    assert res.returncode == 0
+    assert res.stderr == (
+        f"mmaplog: deleted 2 log files of prefix 'app' older than 10 days in {log_dir} "
+        "(max_age_days)\n"
+    )
+    assert os.listdir(log_dir).count("other_20200101.mmlog") == 1
+
+
+_LONG_XLOG_WRITER = textwrap.dedent(
+    """
+    import logging, os, sys
+    import mmaplog
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="app", format="xlog", compression="zstd",
+                            buffer_size=1024 * 1024)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    def log(text):
+        h.handle(logging.LogRecord("w", logging.INFO, "w.py", 1, text, None, None))
+    log("x" * 200_000)
+    for i in range(3000):
+        log(f"{i} " + os.urandom(60).hex())
+    h.close()
+    """
+)
+
+
+def test_xlog_blocks_stay_within_what_xlog_writes(tmp_path):
+    """With format="xlog", long lines are cut at 16 KiB and no block passes xlog's own sizes."""
+    from mmaplog import _xlog
+
+    folder = str(tmp_path)
+    subprocess.run([sys.executable, "-c", _LONG_XLOG_WRITER, folder], env=ENV, check=True)
+    (name,) = [n for n in os.listdir(folder) if n.endswith(".xlog")]
+    with open(os.path.join(folder, name), "rb") as f:
+        blocks = list(_xlog.iter_blocks(f.read()))
+    assert len(blocks) > 3
+    for block in blocks:
+        assert block.length <= 100_000
+        assert len(_xlog.decode_block(block).encode()) <= 1_000_000
+    lines = run("decode", folder).stdout.splitlines()
+    assert len(lines) == 3001
+    assert lines[0].startswith("xxx") and lines[0].endswith(" [truncated: 200000 bytes]")
+    assert len(lines[0]) + 1 == 16 * 1024  # with its newline
+
+
+_STDLIB_STRUCTLOG = textwrap.dedent(
+    """
+    import logging, sys
+    import mmaplog, structlog
+    handler = mmaplog.MmapHandler(sys.argv[1], prefix="api")
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processor=structlog.processors.JSONRenderer()))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    structlog.configure(
+        processors=[structlog.stdlib.add_log_level,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    structlog.get_logger("orders").info("order placed", order=42)
+    logging.getLogger("plain").info("{not json")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("plain").warning("{not json either")
+    handler.close()
+    """
+)
+
+
+def test_json_output_prints_stdlib_structlog_events_as_objects(log_dir):
+    """--format json prints a record whose text is a JSON object (structlog's stdlib path) as it."""
+    pytest.importorskip("structlog")
+    subprocess.run([sys.executable, "-c", _STDLIB_STRUCTLOG, log_dir], env=ENV, check=True)
+    res = run("decode", "--format", "json", log_dir)
+    assert res.returncode == 0, res.stderr
+    first, second, third = (json.loads(line) for line in res.stdout.splitlines())
+    assert first == {"order": 42, "event": "order placed", "level": "info"}
+    assert second == {"event": "{not json"}
+    assert third["message"] == "{not json either" and third["level"] == "WARNING"
+
+
+def test_fifos_and_foreign_files_named_like_caches_are_left_alone(log_dir):
+    """A FIFO or a foreign file named *.mmap in a log folder never blocks or changes a command."""
+    write_log(log_dir, ["one"])
+    os.mkfifo(os.path.join(log_dir, "pipe.mmap"))
+    with open(os.path.join(log_dir, "foreign.mmap"), "wb") as f:
+        f.write(b"x" * 100_000)
+    for args in (("decode",), ("tail",), ("stats",), ("verify",), ("recover",)):
+        res = run(*args, log_dir)
+        assert res.returncode == 0, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert run("decode", log_dir).stdout == "one\n"
+    with open(os.path.join(log_dir, "foreign.mmap"), "rb") as f:
+        assert f.read() == b"x" * 100_000
