@@ -10,14 +10,17 @@ from importlib import metadata as _metadata
 
 from ._reader import Record, read_records
 from ._recovery import recover
+from ._ship import ShipReport, ship
 from .exceptions import (
     CacheLockedError,
     ConfigError,
     CorruptionError,
     DecryptionError,
     KeyMismatchError,
+    MissingDependencyError,
     MmapLogError,
     NeedKeyError,
+    StorageError,
     UnsupportedVersionError,
 )
 from .handler import MmapHandler, XlogFormatter
@@ -33,16 +36,20 @@ __all__ = [
     "CorruptionError",
     "DecryptionError",
     "KeyMismatchError",
+    "MissingDependencyError",
     "MmapHandler",
     "MmapLogError",
     "NeedKeyError",
     "Record",
+    "ShipReport",
+    "StorageError",
     "UnsupportedVersionError",
     "XlogFormatter",
     "__version__",
     "generate_keypair",
     "read_records",
     "recover",
+    "ship",
 ]
 
 

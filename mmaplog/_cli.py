@@ -1,4 +1,5 @@
-"""The ``mmaplog`` command line: decode, tail, verify, stats, recover, keygen, pubkey.
+"""The ``mmaplog`` command line: decode, tail, verify, stats, recover, keygen, pubkey,
+ship.
 
 The only module that touches ``argv`` and standard output. Errors are one line
 on stderr with a documented exit status, never a traceback.
@@ -25,6 +26,7 @@ from typing import IO, Any
 
 from . import _format as fmt
 from ._reader import (
+    BucketSource,
     Marker,
     Reader,
     Record,
@@ -33,6 +35,7 @@ from ._reader import (
     count_caches,
     data_kind,
     expand_paths,
+    host_of,
     log_days_in,
     log_files_in,
     merge_by_time,
@@ -46,6 +49,8 @@ from .exceptions import ConfigError, MmapLogError, NeedKeyError
 EXIT_OK = 0
 EXIT_DAMAGED = 1
 EXIT_USAGE = 2
+EXIT_STORAGE = 3
+EXIT_NO_S3_CLIENT = 4
 
 _STATUS_USAGE = "  2  bad usage, a file that cannot be read or is not a log, or an encrypted\n"
 _STATUS_USAGE += "     log without --key\n"
@@ -57,6 +62,9 @@ exit status (every command):
      process holds the cache)
   2  bad usage, a missing or unreadable file, input that is not an mmaplog log,
      or an encrypted log without --key
+  3  s3:// only: the object storage refused (bad credentials, a missing bucket)
+     or stayed unreachable through the retries
+  4  s3:// only: the S3 client is not installed (pip install "mmaplog[s3]")
 
 Run `mmaplog COMMAND --help` for the options of a command.
 """
@@ -176,6 +184,30 @@ The public key is what MmapHandler(public_key=...) takes.
 exit status:
   0  the public key was printed
   2  bad usage, or a file that is missing or does not hold a private key
+"""
+
+SHIP_EPILOG = """\
+Uploads the whole blocks of the folder's log files (never the caches) to
+URL/HOST/FILE/START-END, exactly as they are on disk: compressed, and encrypted
+when the logs are. A state file in the folder (.mmaplog-ship-*.json) records how
+far each file has gone, so a shipper killed at any moment and started again
+leaves every block in the bucket exactly once. Storage settings are the AWS ones:
+AWS_ENDPOINT_URL (or --endpoint-url), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or
+~/.aws/credentials. Failures that may pass (connection refused, timeouts,
+throttling, 5xx) are retried with backoff for --retry-for seconds; with --follow
+an outage of any length is waited out.
+
+With --delete-shipped, a log file of a past day is deleted once every byte of it
+is in the bucket with the same size and SHA-256 (checked against the bucket
+before deleting); today's files and files changed in the last minute are kept.
+
+exit status:
+  0  everything in the log files is shipped (with --follow: stopped by Ctrl-C)
+  1  another shipper holds this folder, or its state file is unreadable
+  2  bad usage: a malformed URL or host, or a missing log folder
+  3  the storage refused (bad credentials, a missing bucket) or stayed
+     unreachable through the retries
+  4  the S3 client is not installed (pip install "mmaplog[s3]")
 """
 
 _POLL_INTERVAL = 0.2
@@ -647,7 +679,8 @@ def _decode_groups(files: list[str]) -> list[tuple[str | None, list[str]]]:
 def cmd_decode(args: argparse.Namespace) -> int:
     prog = "mmaplog decode"
     if args.follow:
-        if len(args.files) != 1 or not os.path.isdir(args.files[0]) or args.output:
+        one = args.files[0] if len(args.files) == 1 else ""
+        if not (os.path.isdir(one) or _is_bucket(one)) or args.output:
             _err(prog, "-f follows one log folder and writes to stdout (give a folder, no -o)")
             return EXIT_USAGE
         # What tail -f does, from the first record on (or the last -n N).
@@ -663,6 +696,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if reader is None:
         return EXIT_USAGE
     filt = _Filter(args.level, args.since, args.until, args.grep, args.pid)
+    if any(_is_bucket(f) for f in args.files):
+        return _decode_bucket(args, filt, on_damage)
     scan_damaged = False
     in_logs: set[tuple[str, int]] = set()
     done = 0
@@ -794,6 +829,101 @@ def _waiting_marker(w: Waiting, folder: str) -> str:
     return (
         f"-- not recovered yet: left in {w.path} by {_pids(w)}; run `mmaplog recover {folder}` --"
     )
+
+
+# -- object storage ---------------------------------------------------------------------
+
+
+def _is_bucket(arg: str) -> bool:
+    """Whether a command-line input names a bucket path that ``mmaplog ship`` filled."""
+    return arg.startswith("s3://")
+
+
+def _storage_failed(prog: str, exc: MmapLogError) -> int:
+    """One line for an error of the object storage path; its exit status."""
+    from .exceptions import MissingDependencyError, StorageError
+
+    _err(prog, str(exc))
+    if isinstance(exc, MissingDependencyError):
+        return EXIT_NO_S3_CLIENT
+    if isinstance(exc, StorageError):
+        return EXIT_STORAGE
+    if isinstance(exc, (ConfigError, NeedKeyError)):
+        return EXIT_USAGE
+    return EXIT_DAMAGED
+
+
+def _host_renderer(
+    render: Callable[[Record | Marker], str], json_lines: bool
+) -> Callable[[Record], str]:
+    """``render`` with the host a bucket record came from: a ``host`` field of the JSON
+    object, or ``host | `` before the text line."""
+    if json_lines:
+
+        def with_host_json(r: Record) -> str:
+            return json.dumps(
+                {"host": host_of(r.source), **json.loads(render(r))}, ensure_ascii=False
+            )
+
+        return with_host_json
+
+    def with_host(r: Record) -> str:
+        return f"{escape_controls(host_of(r.source))} | {render(r)}"
+
+    return with_host
+
+
+def _bucket_source(
+    args: argparse.Namespace,
+    key: str | bytes | None = None,
+    on_damage: Callable[[str, fmt.Damage], None] | None = None,
+    *,
+    times: bool = False,
+) -> BucketSource:
+    """The bucket path of a command's arguments (``--host``, ``--endpoint-url``)."""
+    url = args.files[0] if "files" in args else args.log_dir
+    return BucketSource(
+        url,
+        key=key,
+        on_damage=on_damage,
+        hosts=args.host,
+        since=args.since if times else None,
+        until=args.until if times else None,
+        endpoint_url=args.endpoint_url,
+        each_mismatch=False,
+    )
+
+
+def _decode_bucket(
+    args: argparse.Namespace, filt: _Filter, on_damage: Callable[[str, fmt.Damage], None]
+) -> int:
+    """``mmaplog decode s3://...``: every host's records merged by time, host first."""
+    prog = "mmaplog decode"
+    if len(args.files) != 1:
+        _err(prog, "give one s3:// URL, or local files and folders, not both")
+        return EXIT_USAGE
+    try:
+        source = _bucket_source(args, _read_key(args.key), on_damage, times=True)
+        with contextlib.ExitStack() as stack:
+            out: IO[str] = sys.stdout
+            if args.output and args.output != "-":
+                created = _create_private(prog, args.output, args.force)
+                if created is None:
+                    return EXIT_USAGE
+                out = stack.enter_context(created)
+            plain = _format_json if args.format == "json" else _text_renderer(out, args.raw)
+            render = _host_renderer(plain, args.format == "json")
+            kept = (r for r in source if filt.keeps(r))
+            # -n N: only the last N records (after the filters).
+            for r in kept if args.lines is None else collections.deque(kept, args.lines):
+                out.write(render(r))
+                out.write("\n")
+    except OSError as exc:
+        return _reading_failed(prog, exc)
+    except MmapLogError as exc:
+        return _storage_failed(prog, exc)
+    _report_mismatch(prog, args.key, *source.readers)
+    return EXIT_DAMAGED if source.damaged else EXIT_OK
 
 
 def _reading_failed(prog: str, exc: OSError | MmapLogError, name: str = "") -> int:
@@ -1015,6 +1145,8 @@ def _is_log_folder(prog: str, folder: str) -> bool:
 
 def cmd_tail(args: argparse.Namespace, prog: str = "mmaplog tail") -> int:
     folder = args.log_dir
+    if _is_bucket(folder):
+        return _tail_bucket(args, prog)
     if not _is_log_folder(prog, folder):
         return EXIT_USAGE
 
@@ -1054,6 +1186,55 @@ def cmd_tail(args: argparse.Namespace, prog: str = "mmaplog tail") -> int:
         _report_mismatch(prog, args.key, log_reader, cache_reader)
         return EXIT_DAMAGED
     return EXIT_DAMAGED if tail.damaged or log_reader.damaged else EXIT_OK
+
+
+def _tail_bucket(args: argparse.Namespace, prog: str) -> int:
+    """``mmaplog tail s3://...``: the newest records of every host, merged by time;
+    with -f, the records of new objects as the shippers store them."""
+
+    def on_damage(src: str, d: fmt.Damage) -> None:
+        _err(prog, f"{src}: bytes {d.start}-{d.end} skipped: {d.reason}")
+
+    if _make_reader(prog, args.key, None) is None:
+        return EXIT_USAGE
+    keep = _Filter(args.level, args.since, args.until, args.grep, args.pid).keeps
+    stop = threading.Event()
+    previous: Any = None
+    if args.follow:
+        # Ctrl-C sets a flag checked between polls, so it never lands mid-line.
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        source = _bucket_source(args, _read_key(args.key), on_damage)
+        plain: Callable[[Record | Marker], str]
+        if getattr(args, "format", "text") == "json":
+            plain = _format_json
+        else:
+            plain = _text_renderer(sys.stdout, args.raw)
+        render = _host_renderer(plain, plain is _format_json)
+
+        def show(records: list[Record]) -> None:
+            for r in records:
+                sys.stdout.write(render(r))
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+
+        show(source.newest(args.lines, keep))
+        while args.follow and not stop.is_set():
+            stop.wait(_BUCKET_POLL_INTERVAL)
+            if not stop.is_set():
+                show(source.poll(keep))
+    except OSError as exc:
+        return _reading_failed(prog, exc, args.log_dir)
+    except MmapLogError as exc:
+        return _storage_failed(prog, exc)
+    finally:
+        if args.follow:
+            signal.signal(signal.SIGINT, previous)
+    _report_mismatch(prog, args.key, *source.readers)
+    return EXIT_DAMAGED if source.damaged else EXIT_OK
+
+
+_BUCKET_POLL_INTERVAL = 2.0
 
 
 # -- verify -----------------------------------------------------------------------------
@@ -1103,6 +1284,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if reader is None:
         return EXIT_USAGE
     have_key = args.key is not None
+    if any(_is_bucket(f) for f in args.files):
+        return _verify_bucket(args, reader, checks)
     status = EXIT_USAGE if _missing(prog, args.files) else EXIT_OK
     present = [p for p in args.files if p == "-" or os.path.exists(p)]
     found_caches: dict[str, str] = {}  # a dead process's cache found in a folder: the folder
@@ -1181,6 +1364,63 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if status == EXIT_OK and (reader.key_mismatch or any(c.damage for c in checks.values())):
         status = EXIT_DAMAGED
     return status
+
+
+def _verify_bucket(args: argparse.Namespace, reader: Reader, checks: dict[str, _FileCheck]) -> int:
+    """``mmaplog verify s3://...``: each object's SHA-256 against the one stored at
+    upload, every block in it, and each log file's objects meeting end to end."""
+    import hashlib
+
+    from ._ship import parse_object_key
+
+    prog = "mmaplog verify"
+    if len(args.files) != 1:
+        _err(prog, "give one s3:// URL, or local files and folders, not both")
+        return EXIT_USAGE
+    have_key = args.key is not None
+    progress = _Progress(0, enabled=False, label="verify")
+    try:
+        source = _bucket_source(args)
+        for _host, _name, keys in source.files():
+            at = 0
+            for k in keys:
+                data, meta = source.fetch(k)
+                url = f"s3://{source.url.bucket}/{k}"
+                check = checks[url] = _FileCheck(url, data_kind(data))
+                span = parse_object_key(k)
+                if span is not None and span[2] > at:
+                    check.damage.append(
+                        fmt.Damage(
+                            at, span[2], f"bytes {at}-{span[2]} of the file are not in the bucket"
+                        )
+                    )
+                at = max(at, span[3] if span is not None else at)
+                stored = meta.get("sha256")
+                if stored is not None and hashlib.sha256(data).hexdigest() != stored:
+                    check.damage.append(
+                        fmt.Damage(0, len(data), "SHA-256 differs from the one stored at upload")
+                    )
+                if check.kind == "log":
+                    _verify_log(reader, data, check, have_key, progress, 0)
+                else:
+                    blocks: set[tuple[str, int]] = set()
+                    for item in reader.iter_data(data, url):
+                        if isinstance(item, Record):
+                            check.records += 1
+                            blocks.add((item.session, item.seq))
+                    check.blocks = len(blocks)
+                check.mismatched = reader.mismatched.get(url, 0)
+    except OSError as exc:
+        return _reading_failed(prog, exc)
+    except MmapLogError as exc:
+        return _storage_failed(prog, exc)
+    try:
+        _print_verify(list(checks.values()), have_key)
+    except BrokenPipeError:
+        return _broken_pipe()
+    _report_mismatch(prog, args.key, reader)
+    damaged = reader.key_mismatch or any(c.damage for c in checks.values())
+    return EXIT_DAMAGED if damaged else EXIT_OK
 
 
 def _count_sealed_cache(data: fmt.Buffer, check: _FileCheck) -> None:
@@ -1269,8 +1509,11 @@ class _FileStats:
     """A cache of a dead process: its records are not in the log yet."""
 
 
-def _file_stats(path: str, in_logs: set[tuple[bytes, int]]) -> _FileStats:
-    data = read_file(path)
+def _file_stats(
+    path: str, in_logs: set[tuple[bytes, int]], image: bytes | None = None
+) -> _FileStats:
+    """What a log file holds, from its block headers (``image``: its bytes, if read already)."""
+    data = read_file(path) if image is None else image
     try:
         st = _FileStats(path, len(data))
         if data and data_kind(data) != "log":
@@ -1326,6 +1569,8 @@ def _span(seconds: float) -> str:
 def cmd_stats(args: argparse.Namespace) -> int:
     prog = "mmaplog stats"
     folder = args.log_dir
+    if _is_bucket(folder):
+        return _stats_bucket(args)
     if not _is_log_folder(prog, folder):
         return EXIT_USAGE
     in_logs: set[tuple[bytes, int]] = set()
@@ -1355,6 +1600,33 @@ def cmd_stats(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         return _broken_pipe()
     return EXIT_DAMAGED if any(s.damaged_bytes for s in stats) else EXIT_OK
+
+
+def _stats_bucket(args: argparse.Namespace) -> int:
+    """``mmaplog stats s3://...``: a table per host, from the block headers of the
+    objects (one log file's objects in memory at a time)."""
+    prog = "mmaplog stats"
+    try:
+        source = _bucket_source(args)
+        per_host: dict[str, list[_FileStats]] = {}
+        for host, name, keys in source.files():
+            if args.prefix is not None and not name.startswith(args.prefix + "_"):
+                continue
+            data = b"".join(source.fetch(k)[0] for k in keys)
+            per_host.setdefault(host, []).append(_file_stats(name, set(), data))
+        for host, stats in per_host.items():
+            sys.stdout.write(f"== {source.url}/{host}\n")
+            _print_stats(f"{source.url}/{host}", stats)
+        if not per_host:
+            sys.stdout.write(f"{source.url}: no shipped log files\n")
+    except BrokenPipeError:
+        return _broken_pipe()
+    except OSError as exc:
+        return _reading_failed(prog, exc)
+    except MmapLogError as exc:
+        return _storage_failed(prog, exc)
+    damaged = any(s.damaged_bytes for stats in per_host.values() for s in stats)
+    return EXIT_DAMAGED if damaged else EXIT_OK
 
 
 def _print_stats(folder: str, stats: list[_FileStats]) -> None:
@@ -1419,7 +1691,49 @@ def _print_stats(folder: str, stats: list[_FileStats]) -> None:
     out.flush()
 
 
-# -- recover, keygen --------------------------------------------------------------------
+# -- ship, recover, keygen --------------------------------------------------------------
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    from ._ship import Shipper, ShipReport
+    from .exceptions import StorageError
+
+    prog = "mmaplog ship"
+
+    def said(r: ShipReport) -> None:
+        if r.objects or not args.follow:
+            print(
+                f"shipped {r.objects} objects ({_human(r.bytes)}) from {r.files} log files "
+                f"to {r.url}/{r.host}",
+                flush=True,
+            )
+        for name in r.deleted:
+            print(f"deleted {name} (shipped and verified)", flush=True)
+        for why in r.kept:
+            _err(prog, f"kept {why}")
+
+    def outage(exc: StorageError) -> None:
+        _err(prog, f"{exc}; trying again")
+
+    try:
+        with Shipper(
+            args.log_dir,
+            args.url,
+            host=args.host,
+            endpoint_url=args.endpoint_url,
+            delete_shipped=args.delete_shipped,
+            object_size=args.object_size,
+            retry_for=args.retry_for,
+        ) as shipper:
+            if args.follow:
+                shipper.follow(interval=args.interval, on_pass=said, on_outage=outage)
+            else:
+                said(shipper.ship_once())
+    except OSError as exc:
+        return _reading_failed(prog, exc)
+    except MmapLogError as exc:
+        return _storage_failed(prog, exc)
+    return EXIT_OK
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -1572,6 +1886,11 @@ def _add_display(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_bucket(p: argparse.ArgumentParser, host_help: str = "s3:// only: this host") -> None:
+    p.add_argument("--host", action="append", metavar="HOST", help=host_help)
+    p.add_argument("--endpoint-url", metavar="URL", help="s3:// only: the storage endpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmaplog",
@@ -1588,7 +1907,8 @@ def build_parser() -> argparse.ArgumentParser:
         "files",
         nargs="+",
         metavar="FILE_OR_DIR",
-        help="log files, folders of them (in time order), cache files, or - for stdin",
+        help="log files, folders of them (in time order), cache files, - for stdin, or one "
+        "s3://BUCKET/PREFIX that mmaplog ship filled (every host, merged by time)",
     )
     p.add_argument("--key", help=key_help)
     _add_filters(p)
@@ -1620,6 +1940,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="write here instead of stdout (a new file, mode 0600: it may hold decrypted text)",
     )
     p.add_argument("--force", action="store_true", help="let -o replace an existing file")
+    _add_bucket(p, "s3:// only: this host's records (repeat for more); others are not downloaded")
+
+    p = _sub(
+        sub,
+        "ship",
+        "upload the blocks of a log folder's files to S3-compatible storage, exactly once",
+        SHIP_EPILOG,
+        cmd_ship,
+    )
+    p.add_argument("log_dir", metavar="LOG_DIR", help="the log folder")
+    p.add_argument("url", metavar="URL", help="s3://BUCKET[/PREFIX]")
+    p.add_argument("--host", help="the name objects are stored under (default: this machine's)")
+    p.add_argument("--follow", action="store_true", help="keep shipping as blocks are moved")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="with --follow: seconds between passes (default 2)",
+    )
+    p.add_argument(
+        "--endpoint-url", metavar="URL", help="the storage endpoint (else AWS_ENDPOINT_URL)"
+    )
+    p.add_argument(
+        "--delete-shipped",
+        action="store_true",
+        help="delete log files of past days once shipped and verified",
+    )
+    p.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to retry an unreachable or busy storage before giving up (default 60)",
+    )
+    p.add_argument(
+        "--object-size", type=parse_count, default=4 << 20, metavar="BYTES", help=argparse.SUPPRESS
+    )
 
     p = _sub(
         sub,
@@ -1628,7 +1986,11 @@ def build_parser() -> argparse.ArgumentParser:
         TAIL_EPILOG,
         cmd_tail,
     )
-    p.add_argument("log_dir", metavar="LOG_DIR", help="the log folder (where the caches are too)")
+    p.add_argument(
+        "log_dir",
+        metavar="LOG_DIR",
+        help="the log folder (where the caches are too), or s3://BUCKET/PREFIX",
+    )
     p.add_argument(
         "-n",
         "--lines",
@@ -1642,15 +2004,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help=key_help)
     _add_filters(p)
     _add_display(p)
+    _add_bucket(p)
 
     p = _sub(sub, "verify", "check every block of log files", VERIFY_EPILOG, cmd_verify)
     p.add_argument(
         "files",
         nargs="+",
         metavar="FILE_OR_DIR",
-        help="log files, folders of them, cache files, or - for stdin",
+        help="log files, folders of them, cache files, - for stdin, or one s3://BUCKET/PREFIX",
     )
     p.add_argument("--key", help=key_help + " (to check decryption too)")
+    _add_bucket(p)
 
     p = _sub(
         sub,
@@ -1659,9 +2023,10 @@ def build_parser() -> argparse.ArgumentParser:
         STATS_EPILOG,
         cmd_stats,
     )
-    p.add_argument("log_dir", metavar="LOG_DIR", help="the log folder")
+    p.add_argument("log_dir", metavar="LOG_DIR", help="the log folder, or s3://BUCKET/PREFIX")
     p.add_argument("--prefix", help="only the log files of this prefix")
     p.add_argument("--utc", action="store_true", help="show times in UTC")
+    _add_bucket(p)
 
     p = _sub(
         sub,

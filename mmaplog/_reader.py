@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
-from operator import truediv
+from operator import attrgetter, truediv
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _format as fmt
@@ -412,7 +412,16 @@ def read_records(
     object). Damaged ranges are skipped and passed to ``on_damage(path, damage)``.
     Raises :class:`~mmaplog.NeedKeyError` for encrypted input without a key and
     :class:`~mmaplog.MmapLogError` for a file that cannot be read.
+
+    An ``s3://bucket/prefix`` path reads what ``mmaplog ship`` stored there: every
+    host's records merged by time (needs ``mmaplog[s3]``; may raise
+    :class:`~mmaplog.StorageError` and :class:`~mmaplog.MissingDependencyError`).
     """
+    if any(p.startswith("s3://") for p in paths):
+        # A bucket path that `mmaplog ship` filled: every host, merged by record time.
+        for p in paths:
+            yield from BucketSource(p, key=key, on_damage=on_damage)
+        return
     reader = Reader(key, on_damage)
     for path in expand_paths(paths):
         try:
@@ -644,3 +653,203 @@ def verify_caches(folder: str) -> list[str]:
         if data is not None and any(c.count for c in _slots_of(data, RecoveryReport())[1]):
             found.append(path)
     return found
+
+
+# -- object storage ------------------------------------------------------------------
+
+
+class BucketSource:
+    """The records of a bucket path that ``mmaplog ship`` filled, merged by record time.
+
+    Objects are listed under ``<prefix>/<host>/<log file>/<start>-<end>``; ``hosts``
+    limits the listing (nothing of the other hosts is downloaded), and ``since`` /
+    ``until`` (seconds since the epoch) skip the log files of days well outside them.
+    Each host's files of one prefix are read in order, one object at a time, by a
+    :class:`Reader` of their own, so a block stored twice is read once (it is
+    recognised by its session and sequence number). The streams are merged by record
+    time with :func:`heapq.merge`: memory holds one object per stream.
+
+    ``each_mismatch`` is passed to each stream's :class:`Reader`: with False, blocks
+    the key does not open are counted in :attr:`Reader.mismatched` of :attr:`readers`
+    rather than each reported to ``on_damage``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: Any = None,
+        on_damage: DamageCallback | None = None,
+        hosts: Iterable[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        endpoint_url: str | None = None,
+        each_mismatch: bool = True,
+    ) -> None:
+        from ._s3 import Store, parse_url
+
+        self.url = parse_url(url)
+        self._key = key
+        self._on_damage = on_damage
+        self._hosts = list(hosts) if hosts is not None else None
+        self._since, self._until = since, until
+        self._store = Store(self.url, endpoint_url=endpoint_url)
+        self._each_mismatch = each_mismatch
+        self.readers: list[Reader] = []
+        """The readers of the streams read so far."""
+        self._tail_readers: dict[tuple[str, str], Reader] = {}
+        self._seen: set[str] = set()
+        self.objects = 0
+        """Objects downloaded so far."""
+        self.bytes = 0
+        """Bytes downloaded so far."""
+        Reader(key)  # an unusable key fails here, before anything is listed
+
+    @property
+    def damaged(self) -> bool:
+        return any(r.damaged for r in self.readers)
+
+    @property
+    def key_mismatch(self) -> bool:
+        return any(r.key_mismatch for r in self.readers)
+
+    def hosts(self) -> list[str]:
+        """The hosts that have shipped to the bucket path, in name order."""
+        base = self.url.key() + "/" if self.url.prefix else ""
+        self._store.check_bucket()
+        return sorted(
+            k[len(base) :].rstrip("/")
+            for k, size in self._store.list(base, delimiter="/")
+            if size < 0
+        )
+
+    def _listing(self) -> list[tuple[str, str, str, tuple[str, int, int, int], str]]:
+        """``(host, log prefix, file segment, order, key)`` of every object to read."""
+        from ._s3 import S3Url
+
+        hosts = self.hosts() if self._hosts is None else sorted(set(self._hosts))
+        if self._hosts is not None:
+            self._store.check_bucket()
+        lo = _day_bound(self._since, -2)
+        hi = _day_bound(self._until, 2)
+        found = []
+        for host in hosts:
+            base = S3Url(self.url.bucket, self.url.key(host)).key() + "/"
+            for k, _size in self._store.list(base):
+                parts = k[len(base) :].split("/")
+                if len(parts) != 2:
+                    continue
+                segment, span = parts
+                name, _, gen = segment.partition("@")
+                m = _LOG_NAME.match(name)
+                r = re.match(r"^(\d{16})-(\d{16})$", span)
+                if m is None or r is None:
+                    continue
+                day = m.group("day")
+                if (lo is not None and day < lo) or (hi is not None and day > hi):
+                    continue
+                order = (day, int(m.group("part") or 0), int(gen or 0), int(r.group(1)))
+                found.append((host, m.group("prefix"), segment, order, k))
+        return found
+
+    def _streams(self) -> list[list[tuple[str, str]]]:
+        """Per (host, log prefix): the keys in reading order, with their host."""
+        streams: dict[tuple[str, str], list[tuple[tuple[str, int, int, int], str]]] = {}
+        for host, prefix, _segment, order, k in self._listing():
+            streams.setdefault((host, prefix), []).append((order, k))
+        return [[(host, k) for _o, k in sorted(v)] for (host, _p), v in sorted(streams.items())]
+
+    def files(self) -> list[tuple[str, str, list[str]]]:
+        """``(host, log file, keys in byte order)`` for each shipped log file, in
+        host order, then in time order (a file shipped again after it was deleted
+        is named ``FILE@N``)."""
+        grouped: dict[tuple[str, tuple[str, int, int], str, str], list[tuple[int, str]]] = {}
+        for host, prefix, segment, order, k in self._listing():
+            grouped.setdefault((host, order[:3], prefix, segment), []).append((order[3], k))
+        return [
+            (host, segment, [k for _s, k in sorted(keys)])
+            for (host, _o, _p, segment), keys in sorted(grouped.items())
+        ]
+
+    def fetch(self, key: str) -> tuple[bytes, dict[str, str]]:
+        """The bytes and metadata of one object (counted in :attr:`objects`, :attr:`bytes`)."""
+        data, meta = self._store.fetch(key)
+        self.objects += 1
+        self.bytes += len(data)
+        return data, meta
+
+    def _reader(self) -> Reader:
+        reader = Reader(self._key, self._on_damage, each_mismatch=self._each_mismatch)
+        self.readers.append(reader)
+        return reader
+
+    def _stream(self, keys: list[tuple[str, str]]) -> Iterator[Record]:
+        reader = self._reader()
+        for _host, k in keys:
+            data, _meta = self.fetch(k)
+            for item in reader.iter_data(data, f"s3://{self.url.bucket}/{k}"):
+                if isinstance(item, Record):
+                    yield item
+
+    def _reader_for(self, stream: tuple[str, str]) -> Reader:
+        reader = self._tail_readers.get(stream)
+        if reader is None:
+            reader = self._tail_readers[stream] = self._reader()
+        return reader
+
+    def _records_of(
+        self, stream: tuple[str, str], key: str, keep: Callable[[Record], bool] | None
+    ) -> list[Record]:
+        data, _meta = self.fetch(key)
+        source = f"s3://{self.url.bucket}/{key}"
+        items = self._reader_for(stream).iter_data(data, source)
+        return [r for r in items if isinstance(r, Record) and (keep is None or keep(r))]
+
+    def newest(self, n: int, keep: Callable[[Record], bool] | None = None) -> list[Record]:
+        """The ``n`` newest records of the bucket path (of those ``keep`` accepts),
+        oldest first: each stream is read backwards from its last object until it has
+        ``n`` records, so only the end of the bucket is downloaded. Objects read are
+        remembered by :meth:`poll`."""
+        self._seen.clear()
+        streams: dict[tuple[str, str], list[tuple[tuple[str, int, int, int], str]]] = {}
+        for host, prefix, _segment, order, k in self._listing():
+            streams.setdefault((host, prefix), []).append((order, k))
+            self._seen.add(k)
+        tails = []
+        for stream, keys in streams.items():
+            got: list[Record] = []
+            for _order, k in sorted(keys, reverse=True):
+                if len(got) >= n:
+                    break
+                got = self._records_of(stream, k, keep) + got
+            tails.append(got[-n:] if n else [])
+        merged = list(heapq.merge(*tails, key=attrgetter("time")))
+        return merged[max(0, len(merged) - n) :] if n else []
+
+    def poll(self, keep: Callable[[Record], bool] | None = None) -> list[Record]:
+        """The records of objects stored since the last :meth:`newest` or :meth:`poll`
+        (of those ``keep`` accepts), in time order."""
+        seen = self._seen
+        new: list[Record] = []
+        for host, prefix, _segment, _order, k in sorted(self._listing(), key=lambda t: t[3]):
+            if k not in seen:
+                seen.add(k)
+                new += self._records_of((host, prefix), k, keep)
+        new.sort(key=lambda r: r.time)
+        return new
+
+    def __iter__(self) -> Iterator[Record]:
+        streams = [self._stream(keys) for keys in self._streams()]
+        return heapq.merge(*streams, key=attrgetter("time"))
+
+
+def _day_bound(when: float | None, days: int) -> str | None:
+    if when is None:
+        return None
+    return (_dt.datetime.fromtimestamp(when) + _dt.timedelta(days=days)).strftime("%Y%m%d")
+
+
+def host_of(source: str) -> str:
+    """The host of a record read from a bucket (its source is the object's URL)."""
+    parts = source.rsplit("/", 3)
+    return parts[-3] if source.startswith("s3://") and len(parts) == 4 else ""

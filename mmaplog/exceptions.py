@@ -13,8 +13,10 @@ __all__ = [
     "CorruptionError",
     "DecryptionError",
     "KeyMismatchError",
+    "MissingDependencyError",
     "MmapLogError",
     "NeedKeyError",
+    "StorageError",
     "UnsupportedVersionError",
 ]
 
@@ -56,3 +58,20 @@ class KeyMismatchError(DecryptionError):
 
 class CacheLockedError(MmapLogError):
     """A cache file is held by a live process, so it must not be touched."""
+
+
+class StorageError(MmapLogError):
+    """Object storage refused a request or could not be reached.
+
+    ``transient`` is True when the storage was unreachable or busy for longer than
+    the retries allowed (worth trying again later), False when it refused (bad
+    credentials, a missing bucket).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class MissingDependencyError(MmapLogError, ImportError):
+    """An optional package that this feature needs is not installed."""

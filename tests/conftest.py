@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import mmaplog
+from tests._weed import WeedServer
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +25,16 @@ def _restore_logging() -> Iterator[None]:
             root.removeHandler(h)
             h.close()
     root.setLevel(saved_level)
+
+
+@pytest.fixture(scope="session")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
+    """A SeaweedFS server with an S3 gateway on free localhost ports, for the session
+    (started by the first test that asks for it)."""
+    server = WeedServer(str(tmp_path_factory.mktemp("weed")))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

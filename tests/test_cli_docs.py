@@ -8,6 +8,9 @@ digits or more may differ). Blocks with no language list commands: each
 ``mmaplog`` or ``python -m mmaplog`` line in them is run once the rest has run
 and must exit 0, but for ``-f`` (it runs until Ctrl-C). Not run: ``text`` blocks
 (pictures) and the blocks that set up an environment (``python3 -m venv``, ``pip``).
+A document whose code reads or writes ``s3://fleet`` gets what its setup block
+makes: a SeaweedFS server (the session's), its settings in the environment, and
+the bucket ``fleet``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests._weed import WeedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = os.path.dirname(sys.executable)
@@ -47,10 +53,20 @@ def shape(text: str) -> str:
     return re.sub(r"[ \t]+#.*$", "", text, flags=re.MULTILINE).rstrip()
 
 
-def sh(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def sh(command: str, cwd: Path, env: dict[str, str] = ENV) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", "-c", command], cwd=cwd, capture_output=True, text=True, env=ENV, timeout=120
+        ["bash", "-c", command], cwd=cwd, capture_output=True, text=True, env=env, timeout=120
     )
+
+
+def storage_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment of the guide's storage setup: the test server and a bucket ``fleet``."""
+    weed: WeedServer = request.getfixturevalue("weed")
+    client: Any = weed.client()
+    buckets = [b["Name"] for b in client.list_buckets().get("Buckets", [])]
+    if "fleet" not in buckets:
+        client.create_bucket(Bucket="fleet")
+    return {**ENV, **{k: v for k, v in weed.env().items() if k.startswith("AWS_")}}
 
 
 def listed_commands(code: str) -> list[str]:
@@ -63,16 +79,20 @@ def listed_commands(code: str) -> list[str]:
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/guide.md"])
-def test_every_code_block_runs_as_written(doc, tmp_path):
+def test_every_code_block_runs_as_written(doc, tmp_path, request):
     """Each Python block runs, each console block prints what it shows, listed commands run."""
     if shutil.which("bash") is None:
         pytest.skip("no bash")
     later: list[str] = []
-    for n, (lang, code) in enumerate(blocks(doc)):
+    found = blocks(doc)
+    env = ENV
+    if any("s3://fleet" in code for lang, code in found if lang != "text"):
+        env = storage_env(request)
+    for n, (lang, code) in enumerate(found):
         where = f"{doc}, code block {n + 1}"
         if lang == "python":
             (tmp_path / "app.py").write_text(code)
-            res = sh(f"{sys.executable} app.py", tmp_path)
+            res = sh(f"{sys.executable} app.py", tmp_path, env)
             assert res.returncode == 0, f"{where}: {res.stderr}"
             assert "Traceback" not in res.stderr, f"{where}: {res.stderr}"
         elif lang == "ini":
@@ -81,7 +101,7 @@ def test_every_code_block_runs_as_written(doc, tmp_path):
             parts = re.split(r"^\$ ", code, flags=re.MULTILINE)[1:]
             for part in parts:
                 command, _, shown = part.partition("\n")
-                res = sh(command, tmp_path)
+                res = sh(command, tmp_path, env)
                 assert res.returncode == 0, f"{where}: {command}: {res.stderr}"
                 assert shape(res.stdout) == shape(shown), f"{where}: {command}"
         elif lang in ("", "sh", "shell"):
@@ -89,6 +109,6 @@ def test_every_code_block_runs_as_written(doc, tmp_path):
                 continue
             later.extend(listed_commands(code))
     for command in later:
-        res = sh(command, tmp_path)
+        res = sh(command, tmp_path, env)
         assert res.returncode == 0, f"{doc}: {command}: {res.stderr}"
         assert "Traceback" not in res.stderr, f"{doc}: {command}: {res.stderr}"

@@ -97,10 +97,11 @@ def test_fault_points_import_nothing_of_mmaplog():
 
 
 def test_importing_mmaplog_loads_no_harness_and_no_optional_package():
-    """``import mmaplog`` loads neither the crash harness nor structlog."""
+    """``import mmaplog`` loads neither the crash harness nor structlog nor boto3."""
     code = (
         "import sys, mmaplog\n"
-        "bad = [m for m in sys.modules if m.startswith(('torture', 'structlog', 'mmaplog._cli'))]\n"
+        "bad = [m for m in sys.modules\n"
+        "       if m.startswith(('torture', 'structlog', 'boto3', 'botocore', 'mmaplog._cli'))]\n"
         "print(bad)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
