@@ -1785,13 +1785,34 @@ def recover_main(argv: list[str] | None = None) -> int:
     return main(["recover", *(sys.argv[1:] if argv is None else argv)])
 
 
-def _create_private(prog: str, path: str, force: bool = False) -> IO[str] | None:
-    """A new file of mode 0600 for secrets; None (reported) when it exists or cannot be made."""
+def _is_log_data(path: str) -> bool:
+    """Whether ``path`` is an existing mmaplog log or cache file, or a Mars xlog file."""
+    from ._xlog import looks_like_xlog
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    return head[:4] in (fmt.BLOCK_MAGIC, fmt.CACHE_MAGIC) or (bool(head) and looks_like_xlog(head))
+
+
+def _create_private(
+    prog: str, path: str, force: bool = False, hint: str = "--force to replace it"
+) -> IO[str] | None:
+    """A new file of mode 0600 for secrets; None (reported) when it exists or cannot be made.
+
+    Even with ``force`` a log or cache file is never replaced: it may be an input, or
+    records not yet recovered.
+    """
+    if force and _is_log_data(path):
+        _err(prog, f"{path}: is a log or cache file; not replaced, even with --force")
+        return None
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if force else os.O_EXCL)
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        _err(prog, f"{path}: already exists (not overwritten; --force to replace it)")
+        _err(prog, f"{path}: already exists (not overwritten; {hint})")
         return None
     except OSError as exc:
         _err(prog, f"{path}: cannot create: {exc.strerror or exc}")
@@ -1805,7 +1826,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     from ._crypto import generate_keypair
 
     private, public = generate_keypair()
-    f = _create_private("mmaplog keygen", args.output)
+    f = _create_private(
+        "mmaplog keygen", args.output, hint="remove it or choose another name first"
+    )
     if f is None:
         return EXIT_USAGE
     with f:

@@ -9,6 +9,7 @@ import pty
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -574,3 +575,34 @@ def test_fifos_and_foreign_files_named_like_caches_are_left_alone(log_dir):
     assert run("decode", log_dir).stdout == "one\n"
     with open(os.path.join(log_dir, "foreign.mmap"), "rb") as f:
         assert f.read() == b"x" * 100_000
+
+
+def test_decode_output_never_replaces_a_log_or_cache_file_even_with_force(tmp_path):
+    """``decode -o FILE --force`` refuses a FILE that is a log or a cache (one of its inputs,
+    or records not yet recovered) and leaves it as it was; other files it replaces."""
+    log_dir = str(tmp_path / "logs")
+    write_log(log_dir, ["one", "two"])
+    (log_name,) = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
+    log_path = os.path.join(log_dir, log_name)
+    before = Path(log_path).read_bytes()
+    p = run("decode", log_dir, "-o", log_path, "--force")
+    assert p.returncode == 2 and "not replaced" in p.stderr
+    assert Path(log_path).read_bytes() == before
+    dead = str(tmp_path / "dead")
+    killed_writer(dead, ["waiting"])
+    cache = os.path.join(dead, "app.mmap")
+    cache_before = Path(cache).read_bytes()
+    p = run("decode", log_dir, "-o", cache, "--force")
+    assert p.returncode == 2 and Path(cache).read_bytes() == cache_before
+    other = tmp_path / "out.txt"
+    other.write_text("old\n")
+    p = run("decode", log_dir, "-o", str(other), "--force")
+    assert p.returncode == 0 and other.read_text().count("\n") == 2
+
+
+def test_keygen_on_an_existing_file_suggests_nothing_it_lacks(tmp_path):
+    """``keygen -o`` over an existing file says to remove it or choose another name."""
+    key = tmp_path / "ops.key"
+    assert run("keygen", "-o", str(key)).returncode == 0
+    p = run("keygen", "-o", str(key))
+    assert p.returncode == 2 and "--force" not in p.stderr and "another name" in p.stderr
