@@ -182,6 +182,7 @@ class Cache:
         self.closed = False  # set under the lock by shut(): no store into the slots after it
         self.mapped = False
         self._header = b""  # the header page's bytes, written again if the file shrinks
+        self._unlinked = False  # the cache file was deleted underneath (warned once)
         self.warning: str | None = None
         self._states = [EMPTY] * NSLOTS
         self._waiting = 0  # writers in _make_room waiting for a free slot (under the lock)
@@ -596,9 +597,20 @@ class Cache:
 
     def _shrunk(self) -> bool:
         try:
-            return os.fstat(self.fd).st_size < self.file_size
+            st = os.fstat(self.fd)
         except OSError:
             return False
+        if st.st_nlink == 0 and not self._unlinked:
+            # Deleted (its folder removed, say): the pages still work, but nothing can
+            # recover them after a crash. Said once; a new start makes a new cache.
+            self._unlinked = True
+            if self._warn is not None:
+                self._warn(
+                    f"mmaplog: the cache file {self.path} was deleted while in use; records "
+                    "are still moved into the log, but those not yet moved would be lost if "
+                    "the process were killed: restart the handler (or the process)"
+                )
+        return st.st_size < self.file_size
 
     def _check_size(self) -> None:
         """Under the lock: if the file is shorter than the mapping, extend it again.

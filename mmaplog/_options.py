@@ -17,6 +17,10 @@ from ._crypto import load_public_key
 from ._xlog import XLOG_BUFFER, XLOG_MAX_LINE, XlogBlockWriter
 from .exceptions import ConfigError
 
+_DAY = 86400.0
+_MAX_WAIT = 60.0  # seconds: the longest block_timeout, so a log call never waits for good
+_MIN_RECORD = 64  # bytes: a cut record keeps its " [truncated: N bytes]" marker whole
+
 COMPRESSIONS = {
     "zstd": fmt.COMP_ZSTD,
     "zlib": fmt.COMP_ZLIB,
@@ -96,8 +100,11 @@ class HandlerOptions:
                 raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
         if on_full not in ("block", "drop"):
             raise ConfigError(f"on_full must be 'block' or 'drop', got {on_full!r}")
-        if not isinstance(file_mode, int) or not 0 <= file_mode <= 0o7777:
-            raise ConfigError(f"file_mode must be a permission mode like 0o600, got {file_mode!r}")
+        if not isinstance(file_mode, int) or not 0 <= file_mode <= 0o777:
+            raise ConfigError(
+                f"file_mode must be permission bits from 0 to 0o777 (no setuid, setgid or "
+                f"sticky bit), like 0o600, got {file_mode!r}"
+            )
         xlog_key = _check_xlog(format, compression, compress_level, public_key, xlog_public_key)
         limit = max_record_size or fmt.MAX_RECORD_TEXT
         if format == "xlog":
@@ -164,12 +171,23 @@ def _check_basic(
             )
     if mode not in ("async", "sync"):
         raise ConfigError(f"mode must be 'async' or 'sync', got {mode!r}")
-    if not isinstance(flush_interval, (int, float)) or not flush_interval > 0:
-        raise ConfigError(f"flush_interval must be a number of seconds > 0, got {flush_interval!r}")
-    if not isinstance(max_record_size, int) or max_record_size < 0:
-        raise ConfigError(f"max_record_size must be an int >= 0, got {max_record_size!r}")
-    if not isinstance(block_timeout, (int, float)) or block_timeout < 0:
-        raise ConfigError(f"block_timeout must be a number of seconds >= 0, got {block_timeout!r}")
+    if not isinstance(flush_interval, (int, float)) or not 0 < flush_interval <= _DAY:
+        raise ConfigError(
+            f"flush_interval must be a number of seconds > 0 and <= {_DAY}, got {flush_interval!r}"
+        )
+    if not isinstance(max_record_size, int) or not (
+        max_record_size == 0 or max_record_size >= _MIN_RECORD
+    ):
+        raise ConfigError(
+            f"max_record_size must be 0 (no limit but 16 MiB) or an int >= {_MIN_RECORD} "
+            f"(room for the truncation marker), got {max_record_size!r}"
+        )
+    # A log call must never wait for good: the wait for a slot is bounded.
+    if not isinstance(block_timeout, (int, float)) or not 0 <= block_timeout <= _MAX_WAIT:
+        raise ConfigError(
+            f"block_timeout must be a number of seconds from 0 to {_MAX_WAIT}, "
+            f"got {block_timeout!r}"
+        )
 
 
 def _check_xlog(

@@ -129,8 +129,12 @@ T = TypeVar("T")
 class _Option(Generic[T]):
     """A handler attribute that reads its checked option: fixed once the handler is made."""
 
+    def __init__(self, source: str | None = None) -> None:
+        self.source = source  # the field of HandlerOptions, when not the same name
+
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
+        self.source = self.source or name
 
     @overload
     def __get__(self, instance: None, owner: type) -> _Option[T]: ...
@@ -139,7 +143,7 @@ class _Option(Generic[T]):
     def __get__(self, instance: MmapHandler | None, owner: type) -> T | _Option[T]:
         if instance is None:
             return self
-        value: T = getattr(instance.options, self.name)
+        value: T = getattr(instance.options, self.source or self.name)
         return value
 
     def __set__(self, instance: MmapHandler, value: object) -> None:
@@ -276,6 +280,10 @@ class MmapHandler(logging.Handler):
     max_age_days = _Option[int]()
     on_full = _Option[str]()
     log_format = _Option[str]()
+    compress_level = _Option["int | None"]()
+    xlog_public_key = _Option["str | None"]("xlog_key")
+    public_key = _Option["bytes | None"]("recipient")
+    """The raw X25519 public key records are encrypted to (None: not encrypted)."""
 
     def __init__(
         self,
@@ -663,6 +671,15 @@ class MmapHandler(logging.Handler):
 
     def format(self, record: logging.LogRecord) -> str:
         return (self.formatter or _DEFAULT_FORMATTER).format(record)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # ``format`` is logging's method, so not an _Option: refuse the option's name here.
+        if name == "format":
+            raise AttributeError(
+                "format is fixed when the handler is made (the log_format attribute); "
+                "to change how records are rendered, use setFormatter()"
+            )
+        super().__setattr__(name, value)
 
     # Re-entry. A log call can be re-entered on its own thread: a signal handler, a
     # finalizer run by the garbage collector, a formatter or filter that logs. The

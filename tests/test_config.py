@@ -6,6 +6,8 @@ import logging
 import logging.config
 import os
 
+import pytest
+
 import mmaplog
 
 
@@ -114,3 +116,44 @@ def test_bad_option_in_dict_config_is_a_clear_error(tmp_path):
         logging.config.dictConfig({"version": 1, "handlers": {"m": bad}})
     cause = info.value.__cause__
     assert isinstance(cause, mmaplog.ConfigError) and "compression" in str(cause)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("durable", True),
+        ("public_key", b"x" * 32),
+        ("format", "xlog"),
+        ("xlog_public_key", "00" * 64),
+        ("compress_level", 1),
+        ("buffer_size", 1 << 20),
+    ],
+)
+def test_options_cannot_be_changed_on_a_running_handler(tmp_path, name, value):
+    """Setting an option after construction raises instead of half-applying (or, for a key,
+    silently writing plain text)."""
+    h = mmaplog.MmapHandler(str(tmp_path))
+    try:
+        with pytest.raises(AttributeError, match="fixed when the handler is made"):
+            setattr(h, name, value)
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"flush_interval": float("inf")},
+        {"flush_interval": 1e12},
+        {"block_timeout": float("nan")},
+        {"block_timeout": float("inf")},
+        {"block_timeout": 1e9},
+        {"file_mode": 0o7777},
+        {"max_record_size": 10},
+    ],
+)
+def test_options_that_could_hang_or_misbehave_are_refused(tmp_path, bad):
+    """Unbounded waits, setuid file modes and record limits smaller than the cut marker
+    are configuration errors."""
+    with pytest.raises(mmaplog.ConfigError):
+        mmaplog.MmapHandler(str(tmp_path), **bad)

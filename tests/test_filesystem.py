@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -315,3 +316,32 @@ def test_a_read_only_log_folder_warns_once_and_is_written_when_writable_again(tm
         got = texts(log_dir)
         h.close()
     assert got == [f"held {i}" for i in range(30)]
+
+
+def test_a_deleted_cache_file_is_reported_once(tmp_path):
+    """Removing the log folder (cache included) under a running handler gives a warning that
+    records are not crash-safe until a restart, and records still reach the log."""
+    code = textwrap.dedent(
+        """
+        import logging, shutil, sys, time, mmaplog
+        d = sys.argv[1]
+        h = mmaplog.MmapHandler(d, buffer_size=16 * 1024, flush_interval=0.05)
+        log = logging.getLogger("gone"); log.propagate = False; log.addHandler(h)
+        log.warning("before")
+        h.flush()
+        shutil.rmtree(d)
+        for i in range(400):
+            log.warning("after %d %s", i, "x" * 100)
+        h.close()
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "logs")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("was deleted while in use") == 1
+    texts = [r.text for r in mmaplog.read_records(str(tmp_path / "logs"))]
+    assert sum("after" in t for t in texts) == 400
