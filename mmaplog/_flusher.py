@@ -62,6 +62,7 @@ class Flusher:
         self._move_lock = file_lock
         self._stopping = False
         self._thread_ident: int | None = None
+        self.moved = 0  # blocks moved: a closer that waits sees the work go on
         self._ended = threading.Event()
         self._failing = False
         self.last_error: str | None = None
@@ -179,6 +180,7 @@ class Flusher:
                 )
             block.data = data  # a retry writes these bytes: sealed once, never twice
         self.logs.append(data, block.template.first_time_us)
+        self.moved += 1
         point("after_append")
         self.cache.release(block)
         point("after_release")

@@ -955,7 +955,14 @@ class MmapHandler(logging.Handler):
         except RuntimeError:  # no new thread at interpreter shutdown (3.12+)
             closer()
             return
-        done.wait(_CLOSE_WAIT)
+        # Wait while the work goes on (blocks being moved); give up only when nothing
+        # moved for _CLOSE_WAIT seconds: the closer is then held up by a lock.
+        moved = -1
+        while not done.wait(_CLOSE_WAIT):
+            now = flusher.moved if flusher is not None else 0
+            if now == moved:
+                return
+            moved = now
 
     def _finish_shut(self, cache: Cache | None, flusher: Flusher | None) -> None:
         me = _get_ident()
