@@ -1726,7 +1726,10 @@ def cmd_ship(args: argparse.Namespace) -> int:
             retry_for=args.retry_for,
         ) as shipper:
             if args.follow:
-                shipper.follow(interval=args.interval, on_pass=said, on_outage=outage)
+                try:
+                    shipper.follow(interval=args.interval, on_pass=said, on_outage=outage)
+                except KeyboardInterrupt:  # the documented way to stop a sidecar: exit 0
+                    return EXIT_OK
             else:
                 said(shipper.ship_once())
     except OSError as exc:

@@ -411,6 +411,7 @@ def test_follow_waits_out_an_outage(tmp_path: Any, s3env: WeedServer, bucket: st
         _out, err = shipper.communicate(timeout=30)
     assert got == [f"f1 {i}" for i in range(1000)] + [f"f2 {i}" for i in range(1000)]
     assert "trying again" in err and "Traceback" not in err
+    assert shipper.returncode == 0  # Ctrl-C is how a sidecar is stopped: exit 0, as documented
 
 
 @pytest.mark.slow
