@@ -421,6 +421,8 @@ class Cache:
                 if self.dropped:
                     self._write_drop_note(time_us)
                 continue
+            if timeout < 0:  # the caller (the flusher) writes it another way: not a drop
+                return DROPPED
             if self._starved:  # a wait already timed out and no move has succeeded since
                 self._count_drop(time_us)
                 if time.monotonic() >= self._starved_wake:  # a retry now, not after back-off

@@ -108,15 +108,16 @@ class Flusher:
         try:
             self._loop(me)
         finally:
-            inside.discard(me)
-            self._after_round(me)
+            try:
+                self._after_round(me)
+            finally:
+                inside.discard(me)
 
     def _loop(self, me: int) -> None:
         backoff = _BACKOFF_MIN
         next_tick = time.monotonic() + self.interval
         next_day = time.monotonic() + _DAY
         next_sweep = time.monotonic() + _SWEEP
-        inside = self._inside
         while True:
             timeout = max(0.0, next_tick - time.monotonic())
             if self._failing:
@@ -143,11 +144,7 @@ class Flusher:
             if self._sweep is not None and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + _SWEEP
                 self._sweep()
-            inside.discard(me)  # records deferred on this thread (finalizers) go in now
-            try:
-                self._after_round(me)
-            finally:
-                inside.add(me)
+            self._after_round(me)  # records deferred on this thread (finalizers) go in now
 
     def drain(self, timeout: float = -1) -> bool:
         """Move every sealed block, oldest first; False if a write failed, or if another

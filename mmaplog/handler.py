@@ -354,6 +354,7 @@ class MmapHandler(logging.Handler):
         self._forking = False
         self._pid = os.getpid()
         self._early: list[tuple[bytes, bytes, int]] = []  # see _store
+        self._direct_writes = 0  # blocks written past the cache (see _shut)
         self._new_locks()
         self._cache: Cache | None = None
         self._fast: Cache | None = None  # the cache while records may take the fast path
@@ -775,8 +776,9 @@ class MmapHandler(logging.Handler):
     def _run_deferred(self, ident: int, *, direct: bool = False) -> None:
         """Write what this thread logged while it was inside a call of this handler.
 
-        ``direct``: on the flusher thread, as blocks of their own (the flusher must not
-        wait for a cache slot that only it can free).
+        ``direct``: on the flusher (or closer) thread, which stays inside meanwhile: into
+        the cache if a slot has room now, else as a block of its own (the flusher must
+        not wait for a slot only it can free).
         """
         while True:
             items = self._deferred.pop(ident, None)
@@ -785,7 +787,14 @@ class MmapHandler(logging.Handler):
             for item in items:
                 what = item[0]
                 if what == "close":
-                    self.close()
+                    inside = direct and ident in self._inside
+                    if inside:
+                        self._inside.discard(ident)
+                    try:
+                        self.close()
+                    finally:
+                        if inside:
+                            self._inside.add(ident)
                     continue
                 if not direct:
                     if what == "emit":
@@ -795,9 +804,12 @@ class MmapHandler(logging.Handler):
                     continue
                 try:
                     if what == "emit":
-                        self._direct(*self._render(item[1]))
+                        head, text, time_us = self._render(item[1])
                     else:
-                        self._direct(*self._frame(*item[1:]))
+                        head, text, time_us = self._frame(*item[1:])
+                    cache = self._fast
+                    if cache is None or cache.append(head, text, time_us, -1.0) != APPENDED:
+                        self._direct(head, text, time_us)
                 except Exception:
                     if what == "emit":
                         self.handleError(item[1])
@@ -852,6 +864,7 @@ class MmapHandler(logging.Handler):
         block = self._blocks.direct_block(head, text, time_us)
         with self._file_lock:  # in order with the flusher's moves
             self._logs.append(block, time_us)
+        self._direct_writes += 1  # progress a waiting close() can see
 
     def flush(self) -> None:
         """Move every record emitted so far into the log file before returning.
@@ -959,7 +972,7 @@ class MmapHandler(logging.Handler):
         # moved for _CLOSE_WAIT seconds: the closer is then held up by a lock.
         moved = -1
         while not done.wait(_CLOSE_WAIT):
-            now = flusher.moved if flusher is not None else 0
+            now = (flusher.moved if flusher is not None else 0) + self._direct_writes
             if now == moved:
                 return
             moved = now
@@ -972,9 +985,11 @@ class MmapHandler(logging.Handler):
         except Exception as exc:
             self._warn(f"mmaplog: closing {self.prefix}: {exc}")
         finally:
-            self._inside.discard(me)
-            if self._deferred:
-                self._run_deferred(me, direct=True)
+            try:
+                if self._deferred:
+                    self._run_deferred(me, direct=True)
+            finally:
+                self._inside.discard(me)
 
     def _finish_shut_inside(self, cache: Cache | None, flusher: Flusher | None) -> None:
         if flusher is not None:
