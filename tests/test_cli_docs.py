@@ -78,7 +78,10 @@ def listed_commands(code: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/guide.md"])
+@pytest.mark.parametrize(
+    "doc",
+    ["README.md", pytest.param("docs/guide.md", marks=pytest.mark.slow)],  # starts a storage server
+)
 def test_every_code_block_runs_as_written(doc, tmp_path, request):
     """Each Python block runs, each console block prints what it shows, listed commands run."""
     if shutil.which("bash") is None:

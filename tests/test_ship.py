@@ -45,6 +45,8 @@ h.close()
 print(n)
 """
 
+pytestmark = pytest.mark.slow  # a real storage server: left out of the quick run
+
 
 @pytest.fixture
 def s3env(weed: WeedServer, monkeypatch: pytest.MonkeyPatch) -> WeedServer:
