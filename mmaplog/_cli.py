@@ -1908,7 +1908,8 @@ def _add_display(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--utc",
         action="store_true",
-        help="show times in UTC, and read times without a zone given to --since and --until as UTC",
+        help="read times without a zone given to --since/--until as UTC, and show the times "
+        "mmaplog prints itself (json) in UTC; record text is printed as logged",
     )
 
 
