@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
+from ._emitpath import EMIT_PATH
 from ._reader import Record, read_records
 from ._recovery import recover
 from ._ship import ShipReport, ship
@@ -31,6 +32,7 @@ except _metadata.PackageNotFoundError:  # imported from a checkout that is not i
     __version__ = "0+unknown"
 
 __all__ = [
+    "EMIT_PATH",
     "CacheLockedError",
     "ConfigError",
     "CorruptionError",

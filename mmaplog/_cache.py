@@ -23,13 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _emitpath
 from . import _format as fmt
 from ._blocks import BlockSession
-from ._codec import StreamCompressor, stream_context
+from ._codec import DEFAULT_LEVELS, StreamCompressor, stream_context
 from ._crypto import TAG_SIZE
 from ._faults import point
 from ._logfile import day_bounds, open_no_follow
-from ._xlog import note_line
+from ._xlog import XlogBlockWriter, note_line
 
 PAGE = mmap.PAGESIZE
 NSLOTS = 2
@@ -39,6 +40,8 @@ MAX_BUFFER = 64 * 1024 * 1024
 EMPTY, OPEN, SEALED, MOVING = range(4)
 
 APPENDED, DROPPED, OVERSIZE, CLOSED = range(4)
+NOT_HANDLED = -1
+"""From the C path's emit: the record takes the pure path (nothing was stored)."""
 
 # While records are dropped at once (both slots wait for the disk), the flusher is
 # woken this often to try again, so a disk with room again is seen within this time.
@@ -50,8 +53,127 @@ _pack_commit = fmt.COMMIT.pack_into
 _crc32 = zlib.crc32
 
 
-def _no_block(raw: bytes) -> bytes:
-    raise AssertionError("no block is open")
+class PyWriter:
+    """The block being written into a cache slot, and its record path, in Python.
+
+    The reference for ``mmaplog._native.Writer`` (``mmaplog/_native.c``), which has
+    the same fields and writes the same bytes. The cache sets the fields when it opens
+    a block and reads them when it seals one; :meth:`write` runs under the cache's
+    lock, after the cache made room. An xlog cache keeps the chunk bodies in ``raw``
+    (its blocks are moved from them); mmaplog's keep the records as columns (``heads``
+    back to back, ``texts``).
+    """
+
+    __slots__ = (
+        "_compress",
+        "_flush",
+        "_mode",
+        "_xlog",
+        "_zctx",
+        "aad",
+        "acquire",
+        "buf",
+        "codec",
+        "commit_at",
+        "count",
+        "day_end",
+        "day_start",
+        "heads",
+        "last_us",
+        "limit",
+        "make_room",
+        "payload_start",
+        "pos",
+        "raw",
+        "release",
+        "seal",
+        "seal_at",
+        "seed",
+        "seq",
+        "states",
+        "texts",
+    )
+
+    buf: mmap.mmap | bytearray
+    states: list[int]
+    acquire: Callable[[], Any]
+    release: Callable[[], Any]
+    make_room: Callable[[int, int, float], int]
+    seal: Callable[[int, int, bytes, bytes], bytes] | None
+    aad: bytes
+    heads: bytearray
+    texts: list[bytes]
+    raw: list[bytes]
+    pos: int
+    limit: int
+    payload_start: int
+    commit_at: int
+    seal_at: int
+    day_start: int
+    day_end: int
+    last_us: int
+    seq: int
+    seed: int
+    count: int
+
+    def __init__(self, codec: int, xlog: XlogBlockWriter | None) -> None:
+        self.codec = codec
+        self._xlog = xlog
+        self._zctx = stream_context(codec, None)
+        self._compress: Callable[[bytes], bytes] = bytes
+        self._flush: Callable[[Any], bytes] = _no_flush
+        self._mode: Any = None
+        self.raw = []
+
+    def reset_stream(self) -> None:
+        """Begin the compressor stream of a new block."""
+        if self._xlog is not None:
+            self._compress, self._flush, self._mode = (
+                self._xlog.line_stream().chunk,
+                _no_flush,
+                None,
+            )
+        else:
+            stream = StreamCompressor(self.codec, None, context=self._zctx)
+            self._compress, self._flush, self._mode = stream.steps()
+        self.raw = []
+
+    def write(self, head: bytes, text: bytes, time_us: int) -> None:
+        """Write one record as a chunk, then its commit store."""
+        body = self._compress(head + text) + self._flush(self._mode)
+        seal = self.seal
+        if seal is not None:
+            # The nonce (seq, index): seq from the session's one counter, index the
+            # chunk's place in the block, so it never repeats (see _blocks).
+            body = seal(self.seq, self.count, body, self.aad)
+            # The tags do not count toward sealing: an encrypted block holds as many
+            # records as a plain one, so it compresses as well when it is moved.
+            self.seal_at += TAG_SIZE
+        pos = self.pos
+        end = pos + 8 + len(body)
+        buf = self.buf
+        buf[pos:end] = _pack_chunk_header(len(body), _crc32(body, self.seed)) + body
+        self.count += 1
+        if time_us > self.last_us:
+            self.last_us = time_us
+        # The commit store: one small write after the chunk is complete.
+        _pack_commit(buf, self.commit_at, end - self.payload_start, self.count, self.last_us)
+        self.pos = end
+        if self._xlog is not None:
+            self.raw.append(body)
+        else:
+            self.heads += head
+            self.texts.append(text)
+
+
+def new_writer(codec: int, xlog: XlogBlockWriter | None) -> PyWriter:
+    """The record path for a cache: the C one where it is active and covers ``codec``
+    (mmaplog's own format, zstd or no compression), else :class:`PyWriter`."""
+    native = _emitpath.writer_type()
+    if native is not None and xlog is None and codec in _emitpath.NATIVE_CODECS:
+        w: PyWriter = native(codec, DEFAULT_LEVELS[codec])
+        return w
+    return PyWriter(codec, xlog)
 
 
 def _no_flush(_mode: Any = None) -> bytes:
@@ -168,8 +290,6 @@ class Cache:
         self.fd = fd
         self.codec = blocks.codec
         sealer = blocks.sealer
-        self._seal = sealer.seal if sealer is not None else None
-        self._keep_bodies = xlog is not None  # xlog blocks are moved from the chunk bodies
         self._wake = wake
         self._warn = warn
         self.slot_size, self.file_size = geometry(buffer_size)
@@ -200,8 +320,23 @@ class Cache:
         self._starved_wake = 0.0
         self._drop_first_us = 0
         self._drop_last_us = 0
-        self._zctx = stream_context(self.codec, None)
         self._buf: mmap.mmap | bytearray = self._map(fd, log_dir, prefix)
+        # The state of the block being written, and the record path: in C where it is
+        # built (the same bytes), else in Python. It writes under this cache's lock, and
+        # calls _make_room for what is not its fast path.
+        w = self._w = new_writer(self.codec, xlog)
+        w.buf = self._buf
+        w.states = self._states
+        w.acquire = self._acquire
+        w.release = self._release
+        w.make_room = self._make_room
+        w.seal = sealer.seal if sealer is not None else None
+        # emit(record, limit, timeout) -> status, or NOT_HANDLED: the handler's C path
+        # for records its default formatter renders; None on the pure path.
+        self.native_emit: Callable[[Any, int, float], int] | None = None
+        if not isinstance(w, PyWriter):
+            self.append = w.append  # type: ignore[method-assign,unused-ignore]
+            self.native_emit = w.emit
         self._reset_block_state()
 
     # -- mapping -----------------------------------------------------------------
@@ -261,27 +396,18 @@ class Cache:
 
     def _reset_block_state(self) -> None:
         self._active = -1
-        self._pos = 0
-        self._limit = 0
-        self._payload_start = 0
-        self._commit_at = 0
-        self._count = 0
-        self._last_us = 0
-        self._day_start = 0
-        self._day_end = 0
-        self._raw: list[bytes] = []
+        self._template: fmt.BlockHeader | None = None
+        w = self._w
+        w.pos = w.limit = w.payload_start = w.commit_at = w.seal_at = 0
+        w.day_start = w.day_end = w.last_us = 0
+        w.count = w.seq = w.seed = 0
+        w.aad = b""
         # The records of the open block, kept as the columns the flusher writes: no
         # per-record objects for it to make (and free) while the application logs.
-        self._heads = bytearray()
-        self._texts: list[bytes] = []
-        self._template: fmt.BlockHeader | None = None
-        self._compress: Callable[[bytes], bytes] = _no_block
-        self._flush: Callable[[Any], bytes] = _no_flush
-        self._flush_mode: Any = None
-        self._seed = 0
-        self._seq = 0
-        self._seal_at = 0
-        self._aad = b""
+        w.heads = bytearray()
+        w.texts = []
+        if isinstance(w, PyWriter):
+            w.raw = []
 
     def _free_slot(self) -> int:
         for i, state in enumerate(self._states):
@@ -294,7 +420,6 @@ class Cache:
             self._check_size()  # one fstat per block: never a syscall per record
         template = self.blocks.open_block(time_us)
         seq = template.seq
-        xlog = self.xlog
         base = fmt.CACHE_HEADER_SIZE + slot * self.slot_size
         hdr = fmt.pack_header(template)
         buf = self._buf
@@ -302,40 +427,32 @@ class Cache:
         buf[base + fmt.SLOT_BLOCK_OFFSET : base + fmt.SLOT_BLOCK_OFFSET + len(hdr)] = hdr
         self._states[slot] = OPEN
         self._active = slot
-        self._commit_at = base
-        self._payload_start = base + fmt.SLOT_BLOCK_OFFSET + len(hdr)
-        self._pos = self._payload_start
-        self._limit = base + self.slot_size
-        self._count = 0
-        self._last_us = time_us
+        self._template = template
         day = self._day
         if not day[0] <= time_us < day[1]:
             day = self._day = day_bounds(time_us)  # once a day, not once a block
-        self._day_start, self._day_end = day
-        self._raw = []
-        self._heads = bytearray()
-        self._texts = []
-        self._template = template
-        if xlog is not None:
-            self._compress, self._flush, self._flush_mode = (
-                xlog.line_stream().chunk,
-                _no_flush,
-                None,
-            )
-        else:
-            stream = StreamCompressor(self.codec, None, context=self._zctx)
-            self._compress, self._flush, self._flush_mode = stream.steps()
-        self._seed = fmt.chunk_seed(template.session, seq)
-        self._seq = seq
-        self._seal_at = self._payload_start + self.threshold
-        self._aad = fmt.block_aad(template.session, seq, template.flags)
+        w = self._w
+        w.commit_at = base
+        w.payload_start = w.pos = base + fmt.SLOT_BLOCK_OFFSET + len(hdr)
+        w.limit = base + self.slot_size
+        w.count = 0
+        w.last_us = time_us
+        w.day_start, w.day_end = day
+        w.heads = bytearray()
+        w.texts = []
+        w.seed = fmt.chunk_seed(template.session, seq)
+        w.seq = seq
+        w.seal_at = w.payload_start + self.threshold
+        w.aad = fmt.block_aad(template.session, seq, template.flags)
+        w.reset_stream()
 
     def _seal_active(self) -> bool:
         """Seal the open block; True if it held records (the flusher has work)."""
         slot = self._active
         if slot < 0:
             return False
-        sealed = self._count > 0
+        w = self._w
+        sealed = w.count > 0
         if not sealed:
             self._zero_slot(slot)
             self._states[slot] = EMPTY
@@ -346,11 +463,11 @@ class Cache:
                 SealedBlock(
                     slot,
                     self._template,
-                    self._count,
-                    self._last_us,
-                    self._raw,
-                    self._heads,  # not copied: the next block gets a new bytearray
-                    self._texts,
+                    w.count,
+                    w.last_us,
+                    w.raw if isinstance(w, PyWriter) else [],
+                    w.heads,  # not copied: the next block gets a new bytearray
+                    w.texts,
                 )
             )
         self._reset_block_state()
@@ -372,20 +489,21 @@ class Cache:
         # Room for the worst case: compression overhead, chunk header, AEAD tag.
         size = len(head) + len(text)
         need = size + (size >> 7) + _CHUNK_OVERHEAD
+        w = self._w
         # acquire/release rather than `with`: this is the hot path, and it is cheaper.
         self._acquire()
         try:
             # Past the threshold, the slow path seals the block, unless no slot is free
             # to go on in: then records keep filling it, on the fast path.
             if not (
-                self._pos + need <= self._limit
-                and self._day_start <= time_us < self._day_end
-                and (self._pos < self._seal_at or EMPTY not in self._states)
+                w.pos + need <= w.limit
+                and w.day_start <= time_us < w.day_end
+                and (w.pos < w.seal_at or EMPTY not in self._states)
             ):
                 status = self._make_room(need, time_us, timeout)
                 if status != APPENDED:
                     return status
-            self._write(head, text, time_us)
+            w.write(head, text, time_us)
         finally:
             self._release()
         return APPENDED
@@ -404,13 +522,12 @@ class Cache:
         if need > self.capacity:
             return OVERSIZE
         sealed = False
-        if self._active >= 0 and self._pos >= self._seal_at and self._free_slot() >= 0:
+        w = self._w
+        if self._active >= 0 and w.pos >= w.seal_at and self._free_slot() >= 0:
             sealed = self._seal_active()
         deadline = 0.0
         while not (
-            self._active >= 0
-            and self._pos + need <= self._limit
-            and self._day_start <= time_us < self._day_end
+            self._active >= 0 and w.pos + need <= w.limit and w.day_start <= time_us < w.day_end
         ):
             if self.closed:  # shut() while this writer waited for a slot
                 return CLOSED
@@ -452,33 +569,6 @@ class Cache:
             self._wake()
         return APPENDED
 
-    def _write(self, head: bytes, text: bytes, time_us: int) -> None:
-        """Write one record as a chunk, then its commit store."""
-        body = self._compress(head + text) + self._flush(self._flush_mode)
-        seal = self._seal
-        if seal is not None:
-            # The nonce (seq, index): seq from the session's one counter, index the
-            # chunk's place in the block, so it never repeats (see _blocks).
-            body = seal(self._seq, self._count, body, self._aad)
-            # The tags do not count toward sealing: an encrypted block holds as many
-            # records as a plain one, so it compresses as well when it is moved.
-            self._seal_at += TAG_SIZE
-        pos = self._pos
-        end = pos + 8 + len(body)
-        buf = self._buf
-        buf[pos:end] = _pack_chunk_header(len(body), _crc32(body, self._seed)) + body
-        self._count += 1
-        if time_us > self._last_us:
-            self._last_us = time_us
-        # The commit store: one small write after the chunk is complete.
-        _pack_commit(buf, self._commit_at, end - self._payload_start, self._count, self._last_us)
-        self._pos = end
-        if self._keep_bodies:
-            self._raw.append(body)
-        else:
-            self._heads += head
-            self._texts.append(text)
-
     def _count_drop(self, time_us: int) -> None:
         if not self.dropped:
             self._drop_first_us = time_us
@@ -488,7 +578,7 @@ class Cache:
 
     def _write_drop_note(self, time_us: int) -> None:
         head, text = self.drop_note(time_us)
-        self._write(head, text, time_us)
+        self._w.write(head, text, time_us)
 
     def drop_note(self, time_us: int) -> tuple[bytes, bytes]:
         """The note record (header and text, or an xlog line) saying how many records
@@ -532,11 +622,11 @@ class Cache:
     def pending_records(self) -> int:
         """How many records are in blocks not yet moved into the log."""
         with self.lock:
-            return self._count + sum(b.count for b in self._sealed)
+            return self._w.count + sum(b.count for b in self._sealed)
 
     def has_pending(self) -> bool:
         with self.lock:
-            return self._count > 0 or bool(self._sealed)
+            return self._w.count > 0 or bool(self._sealed)
 
     # -- the flusher's side ----------------------------------------------------------
 
@@ -638,6 +728,7 @@ class Cache:
             # The old mapping is not closed here: the flusher may be zeroing a slot in it.
             self._buf = bytearray(self.file_size)
             self._buf[: len(self._header)] = self._header
+            self._w.buf = self._buf
             self.mapped = False
             message = (
                 f"mmaplog: the cache file {self.path} was shrunk to {size} bytes by another "

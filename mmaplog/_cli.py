@@ -2086,8 +2086,10 @@ def _tolerant_stdout() -> None:
 
 def _version() -> str:
     from . import __version__
+    from ._emitpath import EMIT_PATH, REASON
 
-    return __version__
+    path = "native emit path" if EMIT_PATH == "native" else f"pure-Python emit path: {REASON}"
+    return f"{__version__} ({path})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,8 @@ from ._blocks import BlockSession
 from ._cache import (
     APPENDED,
     CLOSED,
+    DROPPED,
+    NOT_HANDLED,
     OVERSIZE,
     Cache,
     cache_names,
@@ -697,6 +699,17 @@ class MmapHandler(logging.Handler):
             return
         inside.add(ident)
         try:
+            cache = self._fast
+            if cache is not None and cache.native_emit is not None:
+                formatter = self.formatter
+                if formatter is None or type(formatter) is XlogFormatter:
+                    # The C path renders the default line and stores it in one call.
+                    status = cache.native_emit(record, self._limit, self._wait)
+                    if status in (APPENDED, DROPPED):
+                        return
+                    if status != NOT_HANDLED:  # no slot could take it, or closed meanwhile
+                        self._not_appended(status, *self._render(record))
+                        return
             # The hot path: _render and _frame inlined for mmaplog's own format.
             text = (
                 (self.formatter or _DEFAULT_FORMATTER)

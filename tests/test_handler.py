@@ -344,7 +344,7 @@ def test_a_block_past_its_threshold_is_sealed_by_the_next_record_which_opens_the
     cache._wake = lambda: wakes.append(None)
     text = b"r" * 100
     n = 0
-    while cache._pos < cache._seal_at or n == 0:
+    while cache._w.pos < cache._w.seal_at or n == 0:
         assert cache.append(fmt.record_head(n, 20, 0, text), text, n, 0.0) == _cache.APPENDED
         n += 1
     assert cache.take_sealed() is None and not wakes  # the crossing record seals nothing
@@ -352,7 +352,7 @@ def test_a_block_past_its_threshold_is_sealed_by_the_next_record_which_opens_the
     block = cache.take_sealed()
     assert block is not None and block.count == n
     assert wakes == [None]
-    assert cache._count == 1 and cache._template.first_time_us == n
+    assert cache._w.count == 1 and cache._template.first_time_us == n
     cache.release(block)
 
 
@@ -367,10 +367,10 @@ def test_a_block_past_its_threshold_keeps_filling_while_no_slot_is_free(bare_cac
     moving = cache.take_sealed()  # the flusher holds the other slot
     assert moving is not None
     n = 1
-    while n == 1 or cache._pos + 200 <= cache._limit:
+    while n == 1 or cache._w.pos + 200 <= cache._w.limit:
         assert cache.append(fmt.record_head(n, 20, 0, text), text, n, 0.0) == _cache.APPENDED
         n += 1
-    assert cache._pos > cache._seal_at and cache.take_sealed() is None
+    assert cache._w.pos > cache._w.seal_at and cache.take_sealed() is None
     cache.release(moving)
     assert cache.append(fmt.record_head(n, 20, 0, text), text, n, 0.0) == _cache.APPENDED
     block = cache.take_sealed()

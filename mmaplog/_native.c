@@ -1,0 +1,750 @@
+/* mmaplog._native: the record path of the cache, in C.
+ *
+ * A Writer holds the state of the block being written into a cache slot (the same
+ * fields as mmaplog._cache.PyWriter, the pure-Python path, which stays the reference)
+ * and does, per record and without releasing the GIL for the small inputs a log
+ * record is: render the default xlog line (optionally), frame the record, compress it
+ * with one zstd flush, checksum the chunk, copy it into the mapping and store the
+ * commit. It produces the same bytes as the pure path; tests/test_native.py compares
+ * them. Sealing (encryption) calls back into the Sealer that the block session owns;
+ * opening and sealing blocks, waiting for a slot and the cache's lock stay in Python
+ * (mmaplog/_cache.py): this calls them.
+ *
+ * zstd is not linked at build time: mmaplog._native_load picks the library that the
+ * zstandard package itself uses (same version, so the same bytes), and hands its path
+ * to load_zstd().
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+/* -- zstd, loaded at run time ------------------------------------------------------ */
+
+typedef struct ZSTD_CCtx_s ZSTD_CCtx;
+typedef struct { const void *src; size_t size; size_t pos; } ZSTD_inBuffer;
+typedef struct { void *dst; size_t size; size_t pos; } ZSTD_outBuffer;
+enum { Z_CONTINUE = 0, Z_FLUSH = 1 };
+enum { Z_LEVEL = 100, Z_CONTENT_SIZE = 200, Z_CHECKSUM = 201, Z_DICT_ID = 202 };
+enum { Z_RESET_SESSION = 1 };
+static ZSTD_CCtx *(*z_create)(void);
+static size_t (*z_free)(ZSTD_CCtx *);
+static size_t (*z_set)(ZSTD_CCtx *, int, int);
+static size_t (*z_reset)(ZSTD_CCtx *, int);
+static size_t (*z_stream)(ZSTD_CCtx *, ZSTD_outBuffer *, ZSTD_inBuffer *, int);
+static unsigned (*z_is_error)(size_t);
+static unsigned (*z_version)(void);
+
+/* -- constants shared with mmaplog/_format.py and mmaplog/_cache.py ------------------ */
+
+enum { APPENDED = 0, DROPPED = 1, OVERSIZE = 2, CLOSED = 3, NOT_HANDLED = -1 };
+enum { COMP_NONE = 0, COMP_ZSTD = 2 };
+#define RECORD_HEAD 14   /* <I q B B>: text_len, time_us, level, kind */
+#define CHUNK_HEAD 8     /* <I I>: body_len, crc32(body, seed) */
+#define TAG_SIZE 16
+#define CHUNK_OVERHEAD (64 + CHUNK_HEAD + TAG_SIZE)
+#define EMPTY 0
+
+static uint32_t crc_table[8][256];
+
+static uint32_t crc32_of(uint32_t crc, const unsigned char *p, size_t n) {
+    /* zlib.crc32(data, crc): the standard CRC-32, slicing by 8. */
+    uint32_t c = crc ^ 0xFFFFFFFFu;
+    while (n && ((uintptr_t)p & 7)) {
+        c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
+        n--;
+    }
+    while (n >= 8) {
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, p + 4, 4);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        lo = __builtin_bswap32(lo);
+        hi = __builtin_bswap32(hi);
+#endif
+        lo ^= c;
+        c = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^
+            crc_table[5][(lo >> 16) & 0xFF] ^ crc_table[4][lo >> 24] ^
+            crc_table[3][hi & 0xFF] ^ crc_table[2][(hi >> 8) & 0xFF] ^
+            crc_table[1][(hi >> 16) & 0xFF] ^ crc_table[0][hi >> 24];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static void put_u32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+static void put_i64(unsigned char *p, int64_t s) {
+    uint64_t v = (uint64_t)s;
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* -- the Writer ------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *buf;       /* the mapping (mmap.mmap, or a bytearray without a cache file) */
+    PyObject *states;    /* the cache's slot states (a list of ints; EMPTY is 0) */
+    PyObject *acquire;   /* the cache lock's acquire and release */
+    PyObject *release;
+    PyObject *make_room; /* Cache._make_room(need, time_us, timeout) -> status, under the lock */
+    PyObject *seal;      /* Sealer.seal(seq, index, body, aad) -> bytes, or None */
+    PyObject *aad;       /* the block's associated data (bytes) */
+    PyObject *heads;     /* bytearray: the open block's record headers, back to back */
+    PyObject *texts;     /* list of bytes: the open block's record texts */
+    long long pos, limit, payload_start, commit_at, seal_at, day_start, day_end, last_us;
+    unsigned long long seq;
+    unsigned int seed, count;
+    int codec;
+    ZSTD_CCtx *zctx;
+} Writer;
+
+static int writer_init(Writer *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"codec", "level", NULL};
+    int codec, level;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii", kwlist, &codec, &level)) return -1;
+    if (codec != COMP_NONE && codec != COMP_ZSTD) {
+        PyErr_Format(PyExc_ValueError, "codec: expected 0 (none) or 2 (zstd), got %d", codec);
+        return -1;
+    }
+    self->codec = codec;
+    if (codec == COMP_ZSTD) {
+        if (!z_create) {
+            PyErr_SetString(PyExc_RuntimeError, "zstd is not loaded (load_zstd)");
+            return -1;
+        }
+        if (!self->zctx && !(self->zctx = z_create())) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        /* What zstandard.ZstdCompressor(level=level).compressobj() sets. */
+        if (z_is_error(z_set(self->zctx, Z_LEVEL, level)) ||
+            z_is_error(z_set(self->zctx, Z_CONTENT_SIZE, 1)) ||
+            z_is_error(z_set(self->zctx, Z_CHECKSUM, 0)) ||
+            z_is_error(z_set(self->zctx, Z_DICT_ID, 1))) {
+            PyErr_Format(PyExc_ValueError, "zstd refused level %d", level);
+            return -1;
+        }
+    }
+    self->limit = 0;
+    return 0;
+}
+
+static int writer_traverse(Writer *self, visitproc visit, void *arg) {
+    Py_VISIT(self->buf);
+    Py_VISIT(self->states);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    Py_VISIT(self->make_room);
+    Py_VISIT(self->seal);
+    Py_VISIT(self->aad);
+    Py_VISIT(self->heads);
+    Py_VISIT(self->texts);
+    return 0;
+}
+
+static int writer_clear(Writer *self) {
+    Py_CLEAR(self->buf);
+    Py_CLEAR(self->states);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    Py_CLEAR(self->make_room);
+    Py_CLEAR(self->seal);
+    Py_CLEAR(self->aad);
+    Py_CLEAR(self->heads);
+    Py_CLEAR(self->texts);
+    return 0;
+}
+
+static void writer_dealloc(Writer *self) {
+    PyObject_GC_UnTrack(self);
+    writer_clear(self);
+    if (self->zctx) z_free(self->zctx);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *writer_reset_stream(Writer *self, PyObject *unused) {
+    (void)unused;
+    /* A new stream for a new block: what compressobj() does to a reused context. */
+    if (self->zctx && z_is_error(z_reset(self->zctx, Z_RESET_SESSION))) {
+        PyErr_SetString(PyExc_RuntimeError, "zstd: cannot reset the stream");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* The record fits the open block on the fast path (Cache.append's condition). */
+static int fits(Writer *self, long long need, long long time_us) {
+    if (!(self->pos + need <= self->limit && self->day_start <= time_us &&
+          time_us < self->day_end))
+        return 0;
+    if (self->pos < self->seal_at) return 1;
+    /* Past the threshold: go on here only while no slot is free to seal into. */
+    PyObject *states = self->states;
+    if (!states || !PyList_Check(states)) return 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(states); i++) {
+        PyObject *s = PyList_GET_ITEM(states, i);
+        if (PyLong_Check(s) && PyLong_AsLong(s) == EMPTY) return 0;
+    }
+    return 1;
+}
+
+/* Write one record as a chunk, then its commit store (Cache's lock held, room checked).
+ * head is RECORD_HEAD bytes; text a bytes object. Returns 0, or -1 with an exception. */
+static int write_chunk(Writer *self, const unsigned char *head, PyObject *text,
+                       long long time_us) {
+    const char *tp = PyBytes_AS_STRING(text);
+    size_t tn = (size_t)PyBytes_GET_SIZE(text), hn = RECORD_HEAD, raw = hn + tn;
+    Py_buffer view;
+    if (!self->buf || PyObject_GetBuffer(self->buf, &view, PyBUF_WRITABLE) < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "no mapping");
+        return -1;
+    }
+    int rc = -1;
+    unsigned char *map = (unsigned char *)view.buf;
+    long long pos = self->pos;
+    if (pos < 0 || self->limit > (long long)view.len || pos + CHUNK_HEAD > self->limit) {
+        PyErr_SetString(PyExc_ValueError, "the block is outside the mapping");
+        goto done;
+    }
+    unsigned char *chunk = map + pos, *body;
+    size_t room = (size_t)(self->limit - pos - CHUNK_HEAD), body_len;
+    unsigned char small[2048];
+    unsigned char *scratch = NULL;
+    PyObject *sealed = NULL;
+    int sealing = self->seal && self->seal != Py_None;
+    /* Compressed straight into the mapping, unless it is to be sealed first. */
+    unsigned char *out = chunk + CHUNK_HEAD;
+    size_t out_size = room;
+    if (sealing) {
+        out_size = raw + (raw >> 7) + 64;
+        out = out_size <= sizeof small ? small : (scratch = PyMem_Malloc(out_size));
+        if (!out) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    if (self->codec == COMP_ZSTD) {
+        ZSTD_outBuffer ob = {out, out_size, 0};
+        ZSTD_inBuffer ih = {head, hn, 0};
+        ZSTD_inBuffer it = {tp, tn, 0};
+        size_t r1 = z_stream(self->zctx, &ob, &ih, Z_CONTINUE);
+        size_t r2 = z_is_error(r1) ? r1 : z_stream(self->zctx, &ob, &it, Z_FLUSH);
+        if (z_is_error(r2) || r2 != 0 || ih.pos != hn || it.pos != tn) {
+            PyErr_SetString(PyExc_RuntimeError, "zstd: the record did not compress");
+            goto free;
+        }
+        body_len = ob.pos;
+    } else {
+        if (raw > out_size) {
+            PyErr_SetString(PyExc_ValueError, "the record does not fit the block");
+            goto free;
+        }
+        memcpy(out, head, hn);
+        memcpy(out + hn, tp, tn);
+        body_len = raw;
+    }
+    body = out;
+    if (sealing) {
+        /* The nonce (seq, index): seq from the session's one counter, index the chunk's
+         * place in the block (see mmaplog/_blocks.py). */
+        PyObject *args[4];
+        args[0] = PyLong_FromUnsignedLongLong(self->seq);
+        args[1] = PyLong_FromUnsignedLong(self->count);
+        args[2] = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)body_len);
+        args[3] = self->aad ? self->aad : Py_None;
+        if (args[0] && args[1] && args[2])
+            sealed = PyObject_Vectorcall(self->seal, args, 4, NULL);
+        Py_XDECREF(args[0]);
+        Py_XDECREF(args[1]);
+        Py_XDECREF(args[2]);
+        if (!sealed) goto free;
+        if (!PyBytes_Check(sealed) || (size_t)PyBytes_GET_SIZE(sealed) > room) {
+            PyErr_SetString(PyExc_ValueError, "the sealed chunk does not fit the block");
+            goto free;
+        }
+        body = (unsigned char *)PyBytes_AS_STRING(sealed);
+        body_len = (size_t)PyBytes_GET_SIZE(sealed);
+        memcpy(chunk + CHUNK_HEAD, body, body_len);
+        /* The tags do not count toward sealing the block (as in the pure path). */
+        self->seal_at += TAG_SIZE;
+    } else if (body_len > room) {
+        PyErr_SetString(PyExc_ValueError, "the record does not fit the block");
+        goto free;
+    }
+    /* Keep the columns the flusher writes before anything is committed: a failure
+     * here leaves the block as it was. */
+    Py_ssize_t hlen = PyByteArray_GET_SIZE(self->heads);
+    if (PyByteArray_Resize(self->heads, hlen + (Py_ssize_t)hn) < 0) goto free;
+    if (PyList_Append(self->texts, text) < 0) {
+        PyByteArray_Resize(self->heads, hlen);
+        goto free;
+    }
+    memcpy(PyByteArray_AS_STRING(self->heads) + hlen, head, hn);
+    put_u32(chunk, (uint32_t)body_len);
+    put_u32(chunk + 4, crc32_of(self->seed, chunk + CHUNK_HEAD, body_len));
+    long long end = pos + CHUNK_HEAD + (long long)body_len;
+    self->count += 1;
+    if (time_us > self->last_us) self->last_us = time_us;
+    /* The commit store, after the chunk: a kill between the two stores leaves the chunk
+     * uncommitted, never a commit without its chunk. */
+    atomic_signal_fence(memory_order_seq_cst);
+    unsigned char *commit = map + self->commit_at;
+    put_u32(commit, (uint32_t)(end - self->payload_start));
+    put_u32(commit + 4, self->count);
+    put_i64(commit + 8, self->last_us);
+    self->pos = end;
+    rc = 0;
+free:
+    if (scratch) PyMem_Free(scratch);
+    Py_XDECREF(sealed);
+done:
+    PyBuffer_Release(&view);
+    return rc;
+}
+
+/* Cache.append for a framed record: the lock, the fast path, else Cache._make_room. */
+static long append_framed(Writer *self, const unsigned char *head, PyObject *text,
+                          long long time_us, PyObject *timeout) {
+    size_t size = RECORD_HEAD + (size_t)PyBytes_GET_SIZE(text);
+    long long need = (long long)(size + (size >> 7) + CHUNK_OVERHEAD);
+    if (!self->acquire || !self->release || !self->make_room || !self->heads || !self->texts) {
+        PyErr_SetString(PyExc_ValueError, "the writer is not attached to a cache");
+        return -2;
+    }
+    PyObject *r = PyObject_CallNoArgs(self->acquire);
+    if (!r) return -2;
+    Py_DECREF(r);
+    long status = APPENDED;
+    if (!fits(self, need, time_us)) {
+        PyObject *args[3];
+        args[0] = PyLong_FromLongLong(need);
+        args[1] = PyLong_FromLongLong(time_us);
+        args[2] = timeout;
+        r = args[0] && args[1] ? PyObject_Vectorcall(self->make_room, args, 3, NULL) : NULL;
+        Py_XDECREF(args[0]);
+        Py_XDECREF(args[1]);
+        if (!r) {
+            status = -2;
+        } else {
+            status = PyLong_AsLong(r);
+            Py_DECREF(r);
+            if (status == -1 && PyErr_Occurred()) status = -2;
+        }
+    }
+    if (status == APPENDED && write_chunk(self, head, text, time_us) < 0) status = -2;
+    /* Release whatever happened, keeping a pending exception. */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    r = PyObject_CallNoArgs(self->release);
+    if (!r) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(tb);
+        return -2;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(et, ev, tb);
+    return status;
+}
+
+static void pack_head(unsigned char *head, size_t text_len, long long time_us, long level,
+                      int kind) {
+    put_u32(head, (uint32_t)text_len);
+    put_i64(head + 4, time_us);
+    head[12] = (unsigned char)(level < 0 ? 0 : level > 255 ? 255 : level);
+    head[13] = (unsigned char)kind;
+}
+
+static PyObject *status_or_null(long status) {
+    return status == -2 ? NULL : PyLong_FromLong(status);
+}
+
+static PyObject *writer_write(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* write(head, text, time_us): the chunk of one framed record; the caller holds the
+     * lock and has made room (Cache._write). */
+    if (nargs != 3 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != RECORD_HEAD ||
+        !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "write(head: 14 bytes, text: bytes, time_us: int)");
+        return NULL;
+    }
+    long long t = PyLong_AsLongLong(args[2]);
+    if (t == -1 && PyErr_Occurred()) return NULL;
+    if (!self->heads || !self->texts) {
+        PyErr_SetString(PyExc_ValueError, "no block is open");
+        return NULL;
+    }
+    if (write_chunk(self, (const unsigned char *)PyBytes_AS_STRING(args[0]), args[1], t) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *writer_append(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* append(head, text, time_us, timeout) -> status: Cache.append. */
+    if (nargs != 4 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != RECORD_HEAD ||
+        !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "append(head: 14 bytes, text: bytes, time_us: int, timeout: float)");
+        return NULL;
+    }
+    long long t = PyLong_AsLongLong(args[2]);
+    if (t == -1 && PyErr_Occurred()) return NULL;
+    return status_or_null(
+        append_framed(self, (const unsigned char *)PyBytes_AS_STRING(args[0]), args[1], t, args[3]));
+}
+
+/* -- rendering the default xlog line (mmaplog.XlogFormatter) ----------------------------- */
+
+static PyObject *s_created, *s_msecs, *s_levelno, *s_process, *s_thread, *s_name, *s_filename,
+    *s_lineno, *s_funcName, *s_getMessage, *s_exc_info, *s_exc_text, *s_stack_info, *s_empty;
+
+static long stamp_second = LONG_MIN;
+static char stamp[64];
+static size_t stamp_len;
+
+static char letter_of(long levelno) {
+    switch (levelno) {
+        case 10: return 'D';
+        case 20: return 'I';
+        case 30: return 'W';
+        case 40: return 'E';
+        case 50: return 'F';
+    }
+    if (levelno < 10) return 'V';
+    return levelno > 50 ? 'F' : levelno > 40 ? 'E' : levelno > 30 ? 'W' : levelno > 20 ? 'I' : 'D';
+}
+
+/* str(o) as f"{o}" renders it: the object itself for an exact str. New reference. */
+static PyObject *as_text(PyObject *o) {
+    if (PyUnicode_CheckExact(o)) {
+        Py_INCREF(o);
+        return o;
+    }
+    return PyObject_Format(o, s_empty);
+}
+
+static PyTypeObject *record_type; /* logging.LogRecord: its attributes are in __dict__ */
+
+/* rec.name: from the instance dict for an exact LogRecord (no property can stand in
+ * the way), else by getattr. New reference, or NULL with an exception. */
+static PyObject *get(PyObject *rec, PyObject *dict, PyObject *name) {
+    if (dict) {
+        PyObject *v = PyDict_GetItemWithError(dict, name);
+        if (v) {
+            Py_INCREF(v);
+            return v;
+        }
+        if (PyErr_Occurred()) return NULL;
+    }
+    return PyObject_GetAttr(rec, name);
+}
+
+static int is_falsy_attr(PyObject *rec, PyObject *dict, PyObject *name, int *falsy) {
+    PyObject *o = get(rec, dict, name);
+    if (!o) return -1;
+    int t = PyObject_IsTrue(o);
+    Py_DECREF(o);
+    if (t < 0) return -1;
+    *falsy = !t;
+    return 0;
+}
+
+enum { P_PROCESS, P_THREAD, P_NAME, P_FILENAME, P_LINENO, P_FUNC, P_MSG, P_COUNT };
+
+static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* emit(record, limit, timeout) -> status, or -1: not handled here (a traceback or
+     * stack to render, a text over the limit, text that is not valid UTF-8, ...): the
+     * caller takes the pure path, nothing having been stored or called on the record. */
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "emit(record, limit, timeout)");
+        return NULL;
+    }
+    PyObject *rec = args[0];
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    int falsy;
+    PyObject *dict = NULL, *result = NULL, *text = NULL;
+    PyObject *part[P_COUNT] = {NULL};
+    if (record_type && Py_IS_TYPE(rec, record_type) && !(dict = PyObject_GenericGetDict(rec, NULL)))
+        return NULL;
+    if (is_falsy_attr(rec, dict, s_exc_info, &falsy) < 0) goto out;
+    if (falsy && is_falsy_attr(rec, dict, s_exc_text, &falsy) < 0) goto out;
+    if (falsy && is_falsy_attr(rec, dict, s_stack_info, &falsy) < 0) goto out;
+    if (!falsy) {
+        result = PyLong_FromLong(NOT_HANDLED);
+        goto out;
+    }
+
+    PyObject *o = get(rec, dict, s_created);
+    if (!o) goto out;
+    double created = PyFloat_Check(o) ? PyFloat_AS_DOUBLE(o) : -1.0;
+    int exact_float = PyFloat_CheckExact(o);
+    Py_DECREF(o);
+    if (!exact_float || !isfinite(created) || fabs(created) > 9.0e12) {
+        result = PyLong_FromLong(NOT_HANDLED);
+        goto out;
+    }
+    o = get(rec, dict, s_msecs);
+    if (!o) goto out;
+    double msecs = PyFloat_CheckExact(o) ? PyFloat_AS_DOUBLE(o) : NAN;
+    Py_DECREF(o);
+    o = get(rec, dict, s_levelno);
+    if (!o) goto out;
+    int overflow = 0;
+    long levelno = PyLong_CheckExact(o) ? PyLong_AsLongAndOverflow(o, &overflow) : 0;
+    int exact_int = PyLong_CheckExact(o) && !overflow;
+    Py_DECREF(o);
+    if (!isfinite(msecs) || fabs(msecs) > 1e6 || !exact_int) {
+        result = PyLong_FromLong(NOT_HANDLED);
+        goto out;
+    }
+
+    /* Every call into Python first (attributes, getMessage, str()): after them, nothing
+     * below can run Python code or let another thread in until the lock is taken. */
+    PyObject *names[P_MSG] = {s_process, s_thread, s_name, s_filename, s_lineno, s_funcName};
+    const char *ptr[P_COUNT];
+    Py_ssize_t len[P_COUNT];
+    char digits[P_COUNT][24];
+    for (int i = 0; i < P_MSG; i++) {
+        PyObject *v = get(rec, dict, names[i]);
+        if (!v) goto out;
+        if (PyLong_CheckExact(v)) { /* pid, thread id, line number: no str object made */
+            long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+            if (!overflow) {
+                ptr[i] = digits[i];
+                len[i] = snprintf(digits[i], sizeof digits[i], "%lld", n);
+                Py_DECREF(v);
+                continue;
+            }
+            unsigned long long u = PyLong_AsUnsignedLongLong(v);
+            if (!PyErr_Occurred()) {
+                ptr[i] = digits[i];
+                len[i] = snprintf(digits[i], sizeof digits[i], "%llu", u);
+                Py_DECREF(v);
+                continue;
+            }
+            PyErr_Clear();
+        }
+        part[i] = as_text(v);
+        Py_DECREF(v);
+        if (!part[i]) goto out;
+    }
+    PyObject *msg = PyObject_CallMethodNoArgs(rec, s_getMessage);
+    if (!msg) goto out;
+    part[P_MSG] = as_text(msg);
+    Py_DECREF(msg);
+    if (!part[P_MSG]) goto out;
+    for (int i = 0; i < P_COUNT; i++) {
+        if (!part[i]) continue; /* digits */
+        if (!PyUnicode_Check(part[i])) {
+            result = PyLong_FromLong(NOT_HANDLED);
+            goto out;
+        }
+        ptr[i] = PyUnicode_AsUTF8AndSize(part[i], &len[i]);
+        if (!ptr[i]) { /* lone surrogates: the pure path escapes them */
+            PyErr_Clear();
+            result = PyLong_FromLong(NOT_HANDLED);
+            goto out;
+        }
+    }
+    /* The date part, once per second (time.strftime("%Y-%m-%d %z %H:%M:%S", localtime)). */
+    long second = (long)created; /* int(record.created) */
+    if (second != stamp_second) {
+        time_t tt = (time_t)second;
+        struct tm local;
+        if (!localtime_r(&tt, &local)) {
+            result = PyLong_FromLong(NOT_HANDLED);
+            goto out;
+        }
+        stamp_len = strftime(stamp, sizeof stamp, "%Y-%m-%d %z %H:%M:%S", &local);
+        if (!stamp_len) {
+            result = PyLong_FromLong(NOT_HANDLED);
+            goto out;
+        }
+        stamp_second = second;
+    }
+    char head4[4] = {'[', letter_of(levelno), ']', '['};
+    char millis[24];
+    int mn = snprintf(millis, sizeof millis, ".%03ld", (long)msecs);
+    static const char *seps[P_COUNT] = {"][", ", ", "][", "][", ":", ", ", "]["};
+    static const size_t sepn[P_COUNT] = {2, 2, 2, 2, 1, 2, 2};
+    size_t n = 4 + stamp_len + (size_t)mn;
+    for (int i = 0; i < P_COUNT; i++) n += sepn[i] + (size_t)len[i];
+    if (n > (size_t)limit) {
+        result = PyLong_FromLong(NOT_HANDLED);
+        goto out;
+    }
+    text = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+    if (!text) goto out;
+    char *at = PyBytes_AS_STRING(text);
+    memcpy(at, head4, 4);
+    at += 4;
+    memcpy(at, stamp, stamp_len);
+    at += stamp_len;
+    memcpy(at, millis, (size_t)mn);
+    at += mn;
+    for (int i = 0; i < P_COUNT; i++) {
+        memcpy(at, seps[i], sepn[i]);
+        at += sepn[i];
+        memcpy(at, ptr[i], (size_t)len[i]);
+        at += len[i];
+    }
+    long long time_us = (long long)(created * 1e6);
+    unsigned char head[RECORD_HEAD];
+    pack_head(head, n, time_us, levelno, 0);
+    result = status_or_null(append_framed(self, head, text, time_us, args[2]));
+out:
+    for (int i = 0; i < P_COUNT; i++) Py_XDECREF(part[i]);
+    Py_XDECREF(text);
+    Py_XDECREF(dict);
+    return result;
+}
+
+static PyMethodDef writer_methods[] = {
+    {"reset_stream", (PyCFunction)writer_reset_stream, METH_NOARGS,
+     "Begin a new compressor stream (a new block)."},
+    {"write", (PyCFunction)(void (*)(void))writer_write, METH_FASTCALL,
+     "write(head, text, time_us): one record's chunk and commit (lock held, room made)."},
+    {"append", (PyCFunction)(void (*)(void))writer_append, METH_FASTCALL,
+     "append(head, text, time_us, timeout) -> status (Cache.append)."},
+    {"emit", (PyCFunction)(void (*)(void))writer_emit, METH_FASTCALL,
+     "emit(record, limit, timeout) -> status, or -1 if the pure path must take it."},
+    {NULL, NULL, 0, NULL},
+};
+
+#define OBJ(name) {#name, T_OBJECT, offsetof(Writer, name), 0, NULL}
+#define NUM(name, type) {#name, type, offsetof(Writer, name), 0, NULL}
+static PyMemberDef writer_members[] = {
+    OBJ(buf), OBJ(states), OBJ(acquire), OBJ(release), OBJ(make_room), OBJ(seal), OBJ(aad),
+    OBJ(heads), OBJ(texts),
+    NUM(pos, T_LONGLONG), NUM(limit, T_LONGLONG), NUM(payload_start, T_LONGLONG),
+    NUM(commit_at, T_LONGLONG), NUM(seal_at, T_LONGLONG), NUM(day_start, T_LONGLONG),
+    NUM(day_end, T_LONGLONG), NUM(last_us, T_LONGLONG), NUM(seq, T_ULONGLONG),
+    NUM(seed, T_UINT), NUM(count, T_UINT),
+    {"codec", T_INT, offsetof(Writer, codec), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mmaplog._native.Writer",
+    .tp_doc = "The state and record path of the block being written into a cache slot.",
+    .tp_basicsize = sizeof(Writer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)writer_init,
+    .tp_dealloc = (destructor)writer_dealloc,
+    .tp_traverse = (traverseproc)writer_traverse,
+    .tp_clear = (inquiry)writer_clear,
+    .tp_methods = writer_methods,
+    .tp_members = writer_members,
+};
+
+/* -- module ----------------------------------------------------------------------------- */
+
+static PyObject *load_zstd(PyObject *self, PyObject *arg) {
+    /* load_zstd(path) -> version number of the zstd library at path (dlopen'ed). */
+    (void)self;
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (!path) return NULL;
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return PyErr_Format(PyExc_OSError, "cannot load %s: %s", path, dlerror());
+    z_create = (ZSTD_CCtx * (*)(void)) dlsym(lib, "ZSTD_createCCtx");
+    z_free = (size_t(*)(ZSTD_CCtx *))dlsym(lib, "ZSTD_freeCCtx");
+    z_set = (size_t(*)(ZSTD_CCtx *, int, int))dlsym(lib, "ZSTD_CCtx_setParameter");
+    z_reset = (size_t(*)(ZSTD_CCtx *, int))dlsym(lib, "ZSTD_CCtx_reset");
+    z_stream = (size_t(*)(ZSTD_CCtx *, ZSTD_outBuffer *, ZSTD_inBuffer *, int))dlsym(
+        lib, "ZSTD_compressStream2");
+    z_is_error = (unsigned (*)(size_t))dlsym(lib, "ZSTD_isError");
+    z_version = (unsigned (*)(void))dlsym(lib, "ZSTD_versionNumber");
+    if (!z_create || !z_free || !z_set || !z_reset || !z_stream || !z_is_error || !z_version) {
+        z_create = NULL;
+        return PyErr_Format(PyExc_OSError, "%s lacks zstd's streaming API", path);
+    }
+    return PyLong_FromUnsignedLong(z_version());
+}
+
+static PyObject *py_crc32(PyObject *self, PyObject *args) {
+    /* crc32(data, value=0): as zlib.crc32 (for tests). */
+    (void)self;
+    Py_buffer b;
+    unsigned int v = 0;
+    if (!PyArg_ParseTuple(args, "y*|I", &b, &v)) return NULL;
+    uint32_t c = crc32_of(v, b.buf, (size_t)b.len);
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(c);
+}
+
+static PyMethodDef module_methods[] = {
+    {"load_zstd", load_zstd, METH_O, "load_zstd(path) -> the zstd version number."},
+    {"crc32", py_crc32, METH_VARARGS, "crc32(data, value=0): as zlib.crc32."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "mmaplog._native",
+    "The cache's record path in C (see mmaplog/_native.c).", -1, module_methods,
+    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = crc_table[0][crc_table[t - 1][i] & 0xFF] ^ (crc_table[t - 1][i] >> 8);
+#define INTERN(var, s) \
+    if (!(var = PyUnicode_InternFromString(s))) return NULL
+    INTERN(s_created, "created");
+    INTERN(s_msecs, "msecs");
+    INTERN(s_levelno, "levelno");
+    INTERN(s_process, "process");
+    INTERN(s_thread, "thread");
+    INTERN(s_name, "name");
+    INTERN(s_filename, "filename");
+    INTERN(s_lineno, "lineno");
+    INTERN(s_funcName, "funcName");
+    INTERN(s_getMessage, "getMessage");
+    INTERN(s_exc_info, "exc_info");
+    INTERN(s_exc_text, "exc_text");
+    INTERN(s_stack_info, "stack_info");
+    INTERN(s_empty, "");
+    PyObject *logging = PyImport_ImportModule("logging");
+    if (!logging) return NULL;
+    record_type = (PyTypeObject *)PyObject_GetAttrString(logging, "LogRecord");
+    Py_DECREF(logging);
+    if (!record_type) return NULL;
+    if (!PyType_Check(record_type)) {
+        Py_CLEAR(record_type);
+        PyErr_SetString(PyExc_TypeError, "logging.LogRecord is not a class");
+        return NULL;
+    }
+    if (PyType_Ready(&WriterType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&WriterType);
+    if (PyModule_AddObject(m, "Writer", (PyObject *)&WriterType) < 0) {
+        Py_DECREF(&WriterType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "NOT_HANDLED", NOT_HANDLED) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

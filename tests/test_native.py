@@ -1,0 +1,190 @@
+"""The C record path against the pure-Python one: same bytes, same records.
+
+Skipped where the extension is not active (``MMAPLOG_PURE=1``, or not built); CI
+runs the whole suite once on each path.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mmaplog
+from mmaplog import _cache, _emitpath
+from mmaplog._reader import read_records
+
+native_only = pytest.mark.skipif(
+    mmaplog.EMIT_PATH != "native", reason=f"the C path is not active: {_emitpath.REASON}"
+)
+
+
+class _Fixed(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname}:{record.name}:{record.getMessage()}"
+
+
+class _Msg:
+    def __str__(self) -> str:
+        return "an object's text ✓"
+
+
+def _records() -> Iterator[logging.LogRecord]:
+    """Records of every shape the C path takes or hands back: ASCII, CJK, emoji, lone
+    surrogates, odd levels, arguments, non-str messages and names, tracebacks, stacks,
+    long lines, records larger than a slot."""
+    base = 1_764_480_000.0  # fixed times: both runs store the same bytes
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc = sys.exc_info()
+    shapes: list[tuple[int, Any, tuple[Any, ...], dict[str, Any]]] = [
+        (logging.INFO, "plain ascii line %d", (1,), {}),
+        (logging.WARNING, "中文日志 %s", ("参数",), {}),
+        (logging.ERROR, "emoji 🚀 and tab\t", (), {}),
+        (logging.DEBUG, "lone surrogate \udcff here", (), {}),
+        (5, "verbose", (), {}),
+        (25, "between info and warning", (), {}),
+        (300, "above critical", (), {}),
+        (-3, "below zero", (), {}),
+        (logging.INFO, _Msg(), (), {}),
+        (logging.ERROR, "with a traceback", (), {"exc_info": exc}),
+        (logging.INFO, "with a stack", (), {"sinfo": "Stack (most recent call last):\n  here"}),
+        (logging.INFO, "x" * 5000, (), {}),
+        (logging.INFO, "y" * 300_000, (), {}),
+    ]
+    n = 0
+    for rnd in range(60):
+        for level, msg, args, kw in shapes:
+            r = logging.LogRecord(
+                f"svc.{rnd % 3}",
+                level,
+                "/srv/app/orders.py",
+                100 + n % 7,
+                msg,
+                args,
+                kw.get("exc_info"),
+                func="handle",
+                sinfo=kw.get("sinfo"),
+            )
+            r.created = base + n * 0.0137
+            r.msecs = (r.created - int(r.created)) * 1000
+            r.process = 4242
+            r.thread = 140_000_000 + rnd % 2
+            n += 1
+            yield r
+
+
+def _write(folder: Path, *, pure: bool, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> bytes:
+    """Write _records() through a handler on one path; return the cache's slots as
+    they are before close (the log files stay in folder)."""
+    formatter = kw.pop("formatter", None)
+    with monkeypatch.context() as m:
+        if pure:
+            m.setattr(_emitpath, "_WRITER", None)
+        m.setattr(os, "urandom", lambda k: bytes(range(1, k + 1)))
+        handler = mmaplog.MmapHandler(
+            folder, "same", flush_interval=3600, buffer_size=64 * 1024, **kw
+        )
+    assert handler._cache is not None
+    assert (handler._cache.native_emit is None) == pure
+    if formatter is not None:
+        handler.setFormatter(formatter)
+    for r in _records():
+        handler.handle(r)
+    cache_file = glob.glob(str(folder / "*.mmcache*"))
+    snapshot = Path(cache_file[0]).read_bytes()[4096:] if cache_file else b""
+    handler.close()
+    return snapshot
+
+
+def _logs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.mmlog"))}
+
+
+@native_only
+@pytest.mark.parametrize("compression", ["zstd", None])
+@pytest.mark.parametrize("formatter", [None, mmaplog.XlogFormatter(), _Fixed()])
+def test_both_paths_write_byte_identical_caches_and_log_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str | None, formatter: Any
+) -> None:
+    """The same records through the C path and the pure path give the same cache bytes
+    and the same log files, for every record shape and formatter."""
+    kw: dict[str, Any] = {"compression": compression}
+    if formatter is not None:
+        kw["formatter"] = formatter
+    native = _write(tmp_path / "native", pure=False, monkeypatch=monkeypatch, **dict(kw))
+    pure = _write(tmp_path / "pure", pure=True, monkeypatch=monkeypatch, **dict(kw))
+    assert native == pure
+    native_logs, pure_logs = _logs(tmp_path / "native"), _logs(tmp_path / "pure")
+    assert native_logs and native_logs == pure_logs
+    records = list(read_records(str(tmp_path / "native")))
+    assert len(records) == len(list(_records()))
+
+
+@native_only
+def test_the_c_path_is_used_for_the_default_formatter(tmp_path: Path) -> None:
+    """With the default formatter and zstd, the cache's C emit is what stores records."""
+    handler = mmaplog.MmapHandler(tmp_path, "app")
+    try:
+        assert handler._cache is not None and handler._cache.native_emit is not None
+        assert not isinstance(handler._cache._w, _cache.PyWriter)
+    finally:
+        handler.close()
+
+
+@native_only
+def test_encrypted_records_round_trip_on_the_c_path(tmp_path: Path) -> None:
+    """Encrypted records written by the C path decode to what was logged."""
+    private, public = mmaplog.generate_keypair()
+    handler = mmaplog.MmapHandler(tmp_path / "logs", "enc", public_key=public)
+    log = logging.Logger("enc")
+    log.addHandler(handler)
+    for i in range(3000):
+        log.warning("secret %d", i)
+    handler.close()
+    texts = [r.text for r in mmaplog.read_records(str(tmp_path / "logs"), key=private)]
+    assert [t.rsplit("][", 1)[1] for t in texts] == [f"secret {i}" for i in range(3000)]
+
+
+def test_the_emit_path_is_reported(tmp_path: Path) -> None:
+    """mmaplog.EMIT_PATH and `mmaplog --version` say which record path is active."""
+    assert mmaplog.EMIT_PATH in ("native", "pure")
+    out = subprocess.run(
+        [sys.executable, "-m", "mmaplog", "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert mmaplog.EMIT_PATH in out
+
+
+def test_mmaplog_pure_forces_the_pure_path() -> None:
+    """MMAPLOG_PURE=1 makes a fresh process take the pure path, and it says why."""
+    code = "import mmaplog, mmaplog._emitpath as e; print(mmaplog.EMIT_PATH, '|', e.REASON)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MMAPLOG_PURE": "1"},
+    ).stdout
+    assert out.startswith("pure |") and "MMAPLOG_PURE" in out
+
+
+@native_only
+def test_the_c_crc_is_zlibs() -> None:
+    """The C path's CRC-32 equals zlib.crc32 for every length and seed."""
+    import zlib
+
+    from mmaplog import _native  # type: ignore[attr-defined]
+
+    data = bytes(range(256)) * 5
+    for n in (0, 1, 7, 8, 9, 63, 64, 65, 1000, len(data)):
+        for seed in (0, 1, 0xFFFFFFFF, 0x12345678):
+            assert _native.crc32(data[:n], seed) == zlib.crc32(data[:n], seed)
+            assert _native.crc32(data[3 : 3 + n], seed) == zlib.crc32(data[3 : 3 + n], seed)
