@@ -16,7 +16,7 @@ import os
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 MSG = "%(message)s"
@@ -151,6 +151,22 @@ CONTENDERS: list[Contender] = [
         mmaplog=True,
     ),
 ]
+PURE_SUFFIX = "_py"
+"""A contender's twin on mmaplog's pure-Python record path (the C path is the default)."""
+
+
+def _pure_twins() -> list[Contender]:
+    twins = []
+    for c in CONTENDERS:
+        if c.mmaplog and c.key != "mmap_sync":  # sync mode writes no cache: one path
+            label = c.label.replace("MmapHandler", "MmapHandler (pure Python)", 1)
+            if label == c.label:
+                label += " (pure Python)"
+            twins.append(replace(c, key=c.key + PURE_SUFFIX, label=label))
+    return twins
+
+
+CONTENDERS += _pure_twins()
 BY_KEY = {c.key: c for c in CONTENDERS}
 
 
@@ -230,7 +246,20 @@ def _structlog(target: Any) -> Any:
 
 
 def open_run(key: str, folder: str, *, public_key: str | None = None) -> Run:
-    """Set up contender ``key`` writing into ``folder`` (which must exist)."""
+    """Set up contender ``key`` writing into ``folder`` (which must exist).
+
+    A key ending in ``_py`` is the same contender on mmaplog's pure-Python record path:
+    its handler's cache is made while the C writer is hidden.
+    """
+    if key.endswith(PURE_SUFFIX):
+        from mmaplog import _emitpath
+
+        saved = _emitpath._WRITER
+        _emitpath._WRITER = None
+        try:
+            return open_run(key[: -len(PURE_SUFFIX)], folder, public_key=public_key)
+        finally:
+            _emitpath._WRITER = saved
     path = os.path.join(folder, "bench.log")
     if key in ("null", "file", "file_xlog", "rotating"):
         if key == "null":

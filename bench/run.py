@@ -153,6 +153,8 @@ class Bench:
         from mmaplog import _format as F
 
         samples: dict[str, list[int]] = {c.key: [] for c in self.active}
+        # p99 / p50 of each round on its own: the target holds in every round, or not.
+        per_round: dict[str, list[float]] = {c.key: [] for c in self.active}
         blocks: dict[str, int] = {}
         for r in range(rounds):
             order = self.active[r % len(self.active) :] + self.active[: r % len(self.active)]
@@ -160,7 +162,11 @@ class Bench:
                 folder = self.folder(c.key)
                 run = C.open_run(c.key, folder, public_key=self.public_key)
                 gc.collect()
-                _feed_timed(run.info, self.recs_for(c), samples[c.key])
+                these: list[int] = []
+                _feed_timed(run.info, self.recs_for(c), these)
+                samples[c.key] += these
+                these.sort()
+                per_round[c.key].append(these[int(0.99 * len(these))] / these[len(these) // 2])
                 run.drain()
                 run.close()
                 if run.mmaplog:  # blocks moved: each costs the writer a few slow records
@@ -186,6 +192,7 @@ class Bench:
                 "p999": pct(0.999),
                 "max": s[-1] / 1000.0,
                 "over_3x_p50": sum(x > 3 * s[k // 2] for x in s),
+                "round_ratios": per_round[key],
             }
             if key in blocks:
                 out[key]["blocks"] = blocks[key]

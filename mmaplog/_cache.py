@@ -145,7 +145,13 @@ class PyWriter:
         if seal is not None:
             # The nonce (seq, index): seq from the session's one counter, index the
             # chunk's place in the block, so it never repeats (see _blocks).
-            body = seal(self.seq, self.count, body, self.aad)
+            try:
+                body = seal(self.seq, self.count, body, self.aad)
+            except BaseException:
+                # The stream has taken this record, the block has not: the stream must
+                # not go on. The next record seals this block and opens a new one.
+                self.limit = self.pos
+                raise
             # The tags do not count toward sealing: an encrypted block holds as many
             # records as a plain one, so it compresses as well when it is moved.
             self.seal_at += TAG_SIZE

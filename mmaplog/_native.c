@@ -308,6 +308,12 @@ static int write_chunk(Writer *self, const unsigned char *head, PyObject *text,
     self->pos = end;
     rc = 0;
 free:
+    if (rc < 0 && self->codec == COMP_ZSTD) {
+        /* The compressor may have taken this record into its stream while the chunk
+         * was not stored: the stream must not go on. The next record seals this block
+         * (its chunks so far are whole) and opens one with a new stream. */
+        self->limit = self->pos;
+    }
     if (scratch) PyMem_Free(scratch);
     Py_XDECREF(sealed);
 done:
@@ -426,6 +432,21 @@ static char letter_of(long levelno) {
     return levelno > 50 ? 'F' : levelno > 40 ? 'E' : levelno > 30 ? 'W' : levelno > 20 ? 'I' : 'D';
 }
 
+/* The decimal digits of v (with its sign), as str(int) writes them; returns the length.
+ * buf holds at least 21 bytes. */
+static Py_ssize_t put_decimal(char *buf, unsigned long long v, int negative) {
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    Py_ssize_t len = 0;
+    if (negative) buf[len++] = '-';
+    while (n) buf[len++] = tmp[--n];
+    return len;
+}
+
 /* str(o) as f"{o}" renders it: the object itself for an exact str. New reference. */
 static PyObject *as_text(PyObject *o) {
     if (PyUnicode_CheckExact(o)) {
@@ -524,14 +545,15 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
             long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
             if (!overflow) {
                 ptr[i] = digits[i];
-                len[i] = snprintf(digits[i], sizeof digits[i], "%lld", n);
+                len[i] = n < 0 ? put_decimal(digits[i], 0ULL - (unsigned long long)n, 1)
+                               : put_decimal(digits[i], (unsigned long long)n, 0);
                 Py_DECREF(v);
                 continue;
             }
             unsigned long long u = PyLong_AsUnsignedLongLong(v);
             if (!PyErr_Occurred()) {
                 ptr[i] = digits[i];
-                len[i] = snprintf(digits[i], sizeof digits[i], "%llu", u);
+                len[i] = put_decimal(digits[i], u, 0);
                 Py_DECREF(v);
                 continue;
             }
@@ -577,7 +599,18 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
     }
     char head4[4] = {'[', letter_of(levelno), ']', '['};
     char millis[24];
-    int mn = snprintf(millis, sizeof millis, ".%03ld", (long)msecs);
+    /* f"{int(record.msecs):03d}" */
+    long ms = (long)msecs;
+    int mn;
+    if (ms >= 0 && ms < 1000) {
+        millis[0] = '.';
+        millis[1] = (char)('0' + ms / 100);
+        millis[2] = (char)('0' + ms / 10 % 10);
+        millis[3] = (char)('0' + ms % 10);
+        mn = 4;
+    } else {
+        mn = snprintf(millis, sizeof millis, ".%03ld", ms);
+    }
     static const char *seps[P_COUNT] = {"][", ", ", "][", "][", ":", ", ", "]["};
     static const size_t sepn[P_COUNT] = {2, 2, 2, 2, 1, 2, 2};
     size_t n = 4 + stamp_len + (size_t)mn;

@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,11 @@ class _Msg:
         return "an object's text ✓"
 
 
-def _records() -> Iterator[logging.LogRecord]:
+def _records(base: float = 1_764_480_000.0) -> Iterator[logging.LogRecord]:
     """Records of every shape the C path takes or hands back: ASCII, CJK, emoji, lone
     surrogates, odd levels, arguments, non-str messages and names, tracebacks, stacks,
     long lines, records larger than a slot."""
-    base = 1_764_480_000.0  # fixed times: both runs store the same bytes
+    # Fixed times: both runs store the same bytes.
     try:
         raise ValueError("boom")
     except ValueError:
@@ -82,7 +83,14 @@ def _records() -> Iterator[logging.LogRecord]:
             yield r
 
 
-def _write(folder: Path, *, pure: bool, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> bytes:
+def _write(
+    folder: Path,
+    *,
+    pure: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    base: float = 1_764_480_000.0,
+    **kw: Any,
+) -> bytes:
     """Write _records() through a handler on one path; return the cache's slots as
     they are before close (the log files stay in folder)."""
     formatter = kw.pop("formatter", None)
@@ -97,7 +105,7 @@ def _write(folder: Path, *, pure: bool, monkeypatch: pytest.MonkeyPatch, **kw: A
     assert (handler._cache.native_emit is None) == pure
     if formatter is not None:
         handler.setFormatter(formatter)
-    for r in _records():
+    for r in _records(base):
         handler.handle(r)
     cache_file = glob.glob(str(folder / "*.mmcache*"))
     snapshot = Path(cache_file[0]).read_bytes()[4096:] if cache_file else b""
@@ -127,6 +135,67 @@ def test_both_paths_write_byte_identical_caches_and_log_files(
     assert native_logs and native_logs == pure_logs
     records = list(read_records(str(tmp_path / "native")))
     assert len(records) == len(list(_records()))
+
+
+@native_only
+@pytest.mark.skipif(not hasattr(time, "tzset"), reason="time.tzset is Unix-only")
+@pytest.mark.parametrize(
+    "zone", ["Asia/Shanghai", "Asia/Kolkata", "America/St_Johns", "Europe/London"]
+)
+def test_both_paths_render_the_same_date_in_every_time_zone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: str
+) -> None:
+    """The C path's date part (local time and UTC offset, half-hour zones included)
+    equals XlogFormatter's, so caches and log files stay byte-identical."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        # A base of its own per zone: each path caches the date part per second.
+        base = 1_751_000_000.0 + 86_400 * len(zone)
+        native = _write(tmp_path / "n", pure=False, monkeypatch=monkeypatch, base=base)
+        pure = _write(tmp_path / "p", pure=True, monkeypatch=monkeypatch, base=base)
+        assert native == pure
+        assert _logs(tmp_path / "n") == _logs(tmp_path / "p")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_a_record_whose_seal_fails_does_not_spoil_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
+    """When sealing a chunk raises, the record is reported to handleError and the
+    records after it still decode (the compressor stream that took it is not continued)."""
+    if not pure and mmaplog.EMIT_PATH != "native":
+        pytest.skip("the C path is not active")
+    private, public = mmaplog.generate_keypair()
+    with monkeypatch.context() as m:
+        if pure:
+            m.setattr(_emitpath, "_WRITER", None)
+        handler = mmaplog.MmapHandler(tmp_path, "seal", public_key=public)
+    assert handler._cache is not None
+    w = handler._cache._w
+    real = w.seal
+    calls = {"n": 0}
+
+    def flaky(seq: int, index: int, body: bytes, aad: bytes) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 50:
+            raise OSError("the sealer failed")
+        return real(seq, index, body, aad)
+
+    w.seal = flaky
+    errors: list[str] = []
+    monkeypatch.setattr(handler, "handleError", lambda r: errors.append(r.getMessage()))
+    log = logging.Logger("seal")
+    log.addHandler(handler)
+    for i in range(200):
+        log.warning("record %d", i)
+    handler.close()
+    assert errors == ["record 49"]
+    texts = [r.text.rsplit("][", 1)[1] for r in mmaplog.read_records(str(tmp_path), key=private)]
+    assert texts == [f"record {i}" for i in range(200) if i != 49]
 
 
 @native_only
