@@ -1221,7 +1221,13 @@ def _chart(
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(2, 2, figsize=(15, 10))
+    # The two bar charts take the whole width: their labels are long.
+    fig = plt.figure(figsize=(15, 19), layout="constrained")
+    grid = fig.add_gridspec(3, 2, height_ratios=[1.2, 1.2, 1])
+    axes = [
+        [fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, :])],
+        [fig.add_subplot(grid[2, 0]), fig.add_subplot(grid[2, 1])],
+    ]
     keys = list(tm)
     labels = [_label(k) for k in keys]
     colors = [
@@ -1240,7 +1246,7 @@ def _chart(
     ax.barh(labels, emit, xerr=errs, color=colors)
     if "null" in tm:
         ax.axvline(tm["null"]["emit_us"], color="grey", ls="--", lw=1, label="NullHandler floor")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper right")
     ax.invert_yaxis()
     ax.set_xlabel("µs per logger.info call (median, min–max over rounds)")
     ax.set_title("Time per record (orange: mmaplog's C path; light: its pure-Python path)")
@@ -1290,14 +1296,13 @@ def _chart(
     ax.set_xlabel("logging threads")
     ax.set_ylabel("thousand records/s, until in the file")
     ax.set_title("Throughput with threads")
-    # Beside the plot, not over it: the lines of eleven handlers fill the axes.
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    # Below the plot, not over it: the lines of many handlers fill the axes.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
 
     fig.suptitle(
         f"mmaplog benchmarks ({res['machine']['cpu']}, {res['machine']['cores']} cores, "
         f"Python {res['machine']['python'].split()[0]})"
     )
-    fig.tight_layout()
-    fig.savefig(png, dpi=90)
+    fig.savefig(png, dpi=80)
     plt.close(fig)
     return True
