@@ -413,7 +413,7 @@ static PyObject *writer_append(Writer *self, PyObject *const *args, Py_ssize_t n
 
 /* -- rendering the default xlog line (mmaplog.XlogFormatter) ----------------------------- */
 
-static PyObject *s_created, *s_msecs, *s_levelno, *s_process, *s_thread, *s_name, *s_filename,
+static PyObject *s_msg, *s_args, *s_created, *s_msecs, *s_levelno, *s_process, *s_thread, *s_name, *s_filename,
     *s_lineno, *s_funcName, *s_getMessage, *s_exc_info, *s_exc_text, *s_stack_info, *s_empty;
 
 static long stamp_second = LONG_MIN;
@@ -470,6 +470,39 @@ static PyObject *get(PyObject *rec, PyObject *dict, PyObject *name) {
         if (PyErr_Occurred()) return NULL;
     }
     return PyObject_GetAttr(rec, name);
+}
+
+static PyObject *record_get_message; /* logging.LogRecord.getMessage, as the class has it */
+
+/* record.getMessage(). For a LogRecord whose getMessage is logging's own, what it does
+ * (str(msg), then msg % args if args), without the call into Python. */
+static PyObject *get_message(PyObject *rec, PyObject *dict) {
+    if (dict && record_get_message && !PyDict_GetItemWithError(dict, s_getMessage) &&
+        !PyErr_Occurred()) {
+        PyObject *current = PyObject_GetAttr((PyObject *)record_type, s_getMessage);
+        if (!current) return NULL;
+        int own = current == record_get_message;
+        Py_DECREF(current);
+        if (own) {
+            PyObject *m = get(rec, dict, s_msg);
+            if (!m) return NULL;
+            PyObject *msg = PyObject_Str(m);
+            Py_DECREF(m);
+            if (!msg) return NULL;
+            PyObject *args = get(rec, dict, s_args);
+            if (!args) {
+                Py_DECREF(msg);
+                return NULL;
+            }
+            int some = PyObject_IsTrue(args);
+            PyObject *out = some < 0 ? NULL : some ? PyNumber_Remainder(msg, args) : msg;
+            if (out != msg) Py_DECREF(msg);
+            Py_DECREF(args);
+            return out;
+        }
+    }
+    if (PyErr_Occurred()) return NULL;
+    return PyObject_CallMethodNoArgs(rec, s_getMessage);
 }
 
 static int is_falsy_attr(PyObject *rec, PyObject *dict, PyObject *name, int *falsy) {
@@ -563,7 +596,7 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
         Py_DECREF(v);
         if (!part[i]) goto out;
     }
-    PyObject *msg = PyObject_CallMethodNoArgs(rec, s_getMessage);
+    PyObject *msg = get_message(rec, dict);
     if (!msg) goto out;
     part[P_MSG] = as_text(msg);
     Py_DECREF(msg);
@@ -742,6 +775,8 @@ PyMODINIT_FUNC PyInit__native(void) {
             crc_table[t][i] = crc_table[0][crc_table[t - 1][i] & 0xFF] ^ (crc_table[t - 1][i] >> 8);
 #define INTERN(var, s) \
     if (!(var = PyUnicode_InternFromString(s))) return NULL
+    INTERN(s_msg, "msg");
+    INTERN(s_args, "args");
     INTERN(s_created, "created");
     INTERN(s_msecs, "msecs");
     INTERN(s_levelno, "levelno");
@@ -761,6 +796,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     record_type = (PyTypeObject *)PyObject_GetAttrString(logging, "LogRecord");
     Py_DECREF(logging);
     if (!record_type) return NULL;
+    record_get_message = PyObject_GetAttrString((PyObject *)record_type, "getMessage");
+    if (!record_get_message) return NULL;
     if (!PyType_Check(record_type)) {
         Py_CLEAR(record_type);
         PyErr_SetString(PyExc_TypeError, "logging.LogRecord is not a class");

@@ -32,6 +32,11 @@ class _Fixed(logging.Formatter):
         return f"{record.levelname}:{record.name}:{record.getMessage()}"
 
 
+class _Upper(logging.LogRecord):
+    def getMessage(self) -> str:
+        return super().getMessage().upper()
+
+
 class _Msg:
     def __str__(self) -> str:
         return "an object's text ✓"
@@ -56,6 +61,9 @@ def _records(base: float = 1_764_480_000.0) -> Iterator[logging.LogRecord]:
         (300, "above critical", (), {}),
         (-3, "below zero", (), {}),
         (logging.INFO, _Msg(), (), {}),
+        (logging.INFO, "user %(name)s id %(id)d", ({"name": "ann", "id": 7},), {}),
+        (logging.INFO, 12345, (), {}),
+        (logging.INFO, "percent %% kept, no args", (), {}),
         (logging.ERROR, "with a traceback", (), {"exc_info": exc}),
         (logging.INFO, "with a stack", (), {"sinfo": "Stack (most recent call last):\n  here"}),
         (logging.INFO, "x" * 5000, (), {}),
@@ -64,7 +72,8 @@ def _records(base: float = 1_764_480_000.0) -> Iterator[logging.LogRecord]:
     n = 0
     for rnd in range(60):
         for level, msg, args, kw in shapes:
-            r = logging.LogRecord(
+            kind = _Upper if n % 11 == 0 else logging.LogRecord
+            r = kind(
                 f"svc.{rnd % 3}",
                 level,
                 "/srv/app/orders.py",
@@ -257,3 +266,33 @@ def test_the_c_crc_is_zlibs() -> None:
         for seed in (0, 1, 0xFFFFFFFF, 0x12345678):
             assert _native.crc32(data[:n], seed) == zlib.crc32(data[:n], seed)
             assert _native.crc32(data[3 : 3 + n], seed) == zlib.crc32(data[3 : 3 + n], seed)
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_messages_render_as_logging_renders_them_on_both_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
+    """A getMessage replaced on the class or on one record is honoured, and a message
+    whose arguments do not fit its format goes to handleError, on either path."""
+    if not pure and mmaplog.EMIT_PATH != "native":
+        pytest.skip("the C path is not active")
+    with monkeypatch.context() as m:
+        if pure:
+            m.setattr(_emitpath, "_WRITER", None)
+        handler = mmaplog.MmapHandler(tmp_path, "msg")
+    errors: list[logging.LogRecord] = []
+    monkeypatch.setattr(handler, "handleError", errors.append)
+    log = logging.Logger("msg")
+    log.addHandler(handler)
+    log.info("count %d", "not a number")  # TypeError in the application's own format
+    r = log.makeRecord("msg", logging.INFO, "f.py", 1, "plain", (), None)
+    r.getMessage = lambda: "replaced on the record"  # type: ignore[method-assign]
+    handler.handle(r)
+    with monkeypatch.context() as m:
+        m.setattr(logging.LogRecord, "getMessage", lambda self: "replaced on the class")
+        log.info("anything")
+    log.info("after %s", "all")
+    handler.close()
+    assert len(errors) == 1 and errors[0].msg == "count %d"
+    texts = [rec.text.rsplit("][", 1)[1] for rec in mmaplog.read_records(str(tmp_path))]
+    assert texts == ["replaced on the record", "replaced on the class", "after all"]
