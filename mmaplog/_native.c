@@ -18,6 +18,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <dlfcn.h>
+#include <signal.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -89,6 +90,16 @@ static void put_u32(unsigned char *p, uint32_t v) {
 static void put_i64(unsigned char *p, int64_t s) {
     uint64_t v = (uint64_t)s;
     for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* -- fault points (tests only): a real SIGKILL between two stores of a record ------- */
+
+enum { KILL_NONE = 0, KILL_BEFORE_HEADER = 1, KILL_BEFORE_COMMIT = 2 };
+static int kill_point = KILL_NONE;
+static long kill_countdown = 0;
+
+static void fault(int where) {
+    if (kill_point == where && kill_countdown-- == 0) raise(SIGKILL);
 }
 
 /* -- the Writer ------------------------------------------------------------------------ */
@@ -293,6 +304,7 @@ static int write_chunk(Writer *self, const unsigned char *head, PyObject *text,
         goto free;
     }
     memcpy(PyByteArray_AS_STRING(self->heads) + hlen, head, hn);
+    if (kill_point) fault(KILL_BEFORE_HEADER);
     put_u32(chunk, (uint32_t)body_len);
     put_u32(chunk + 4, crc32_of(self->seed, chunk + CHUNK_HEAD, body_len));
     long long end = pos + CHUNK_HEAD + (long long)body_len;
@@ -301,6 +313,7 @@ static int write_chunk(Writer *self, const unsigned char *head, PyObject *text,
     /* The commit store, after the chunk: a kill between the two stores leaves the chunk
      * uncommitted, never a commit without its chunk. */
     atomic_signal_fence(memory_order_seq_cst);
+    if (kill_point) fault(KILL_BEFORE_COMMIT);
     unsigned char *commit = map + self->commit_at;
     put_u32(commit, (uint32_t)(end - self->payload_start));
     put_u32(commit + 4, self->count);
@@ -753,7 +766,25 @@ static PyObject *py_crc32(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong(c);
 }
 
+static PyObject *py_kill_at(PyObject *self, PyObject *args) {
+    /* kill_at(point, after): SIGKILL this process at fault point 1 (a chunk's body is
+     * stored, its header not) or 2 (the chunk is stored, its commit not) of the record
+     * after `after` more records; 0 turns it off. For crash tests. */
+    (void)self;
+    int point;
+    long after;
+    if (!PyArg_ParseTuple(args, "il", &point, &after)) return NULL;
+    if (point < KILL_NONE || point > KILL_BEFORE_COMMIT || after < 0) {
+        PyErr_SetString(PyExc_ValueError, "kill_at(point in 0..2, after >= 0)");
+        return NULL;
+    }
+    kill_point = point;
+    kill_countdown = after;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"kill_at", py_kill_at, METH_VARARGS, "kill_at(point, after): a fault point, for crash tests."},
     {"load_zstd", load_zstd, METH_O, "load_zstd(path) -> the zstd version number."},
     {"crc32", py_crc32, METH_VARARGS, "crc32(data, value=0): as zlib.crc32."},
     {NULL, NULL, 0, NULL},

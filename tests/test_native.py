@@ -296,3 +296,45 @@ def test_messages_render_as_logging_renders_them_on_both_paths(
     assert len(errors) == 1 and errors[0].msg == "count %d"
     texts = [rec.text.rsplit("][", 1)[1] for rec in mmaplog.read_records(str(tmp_path))]
     assert texts == ["replaced on the record", "replaced on the class", "after all"]
+
+
+_KILLED_WRITER = """
+import logging, sys
+import mmaplog
+from mmaplog import _native
+point = int(sys.argv[2])
+handler = mmaplog.MmapHandler(sys.argv[1], "kill", buffer_size=16 * 1024)
+log = logging.Logger("kill")
+log.addHandler(handler)
+for i in range(300):
+    log.warning("acknowledged %d", i)
+_native.kill_at(point, 0)
+log.warning("in flight")
+raise SystemExit("not killed")
+"""
+
+
+@native_only
+@pytest.mark.parametrize("point", [1, 2])
+def test_a_kill_between_the_c_paths_stores_loses_no_acknowledged_record(
+    tmp_path: Path, point: int
+) -> None:
+    """SIGKILL after a chunk's body (point 1) or after the whole chunk but before its
+    commit (point 2): every acknowledged record is recovered exactly once, nothing
+    garbled, and the record in flight at most once."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path), str(point)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -9, proc.stderr
+    acked = [f"acknowledged {i}" for i in range(300)]
+    mmaplog.recover(str(tmp_path))
+    damage: list[Any] = []
+    after = [
+        r.text.rsplit("][", 1)[1]
+        for r in mmaplog.read_records(str(tmp_path), on_damage=lambda *a: damage.append(a))
+    ]
+    assert not damage
+    assert after[:300] == acked and after[300:] in ([], ["in flight"])

@@ -36,7 +36,7 @@ from typing import Any
 from unittest import mock
 
 import mmaplog
-from mmaplog import _cache
+from mmaplog import _cache, _emitpath
 from mmaplog import _format as fmt
 from mmaplog._blocks import BlockSession
 from mmaplog._crypto import load_public_key
@@ -204,18 +204,22 @@ class Harness:
         fd = _cache.open_locked(self.cache_path, 0o600, create=True)
         assert fd is not None
         self.trace: list[Store] = []
-        self.cache = _cache.Cache(
-            self.cache_path,
-            fd,
-            buffer_size=buffer_size,
-            log_dir=self.log_dir,
-            prefix="app",
-            blocks=BlockSession(codec=codec, recipient=recipient),
-            wake=lambda: None,
-        )
+        # The pure-Python writer: its stores go through the buffer's __setitem__, which
+        # is what this harness records. The C writer copies into the mapping directly;
+        # its store order is checked by real kills (tests/test_native.py).
+        with mock.patch.object(_emitpath, "_WRITER", None):
+            self.cache = _cache.Cache(
+                self.cache_path,
+                fd,
+                buffer_size=buffer_size,
+                log_dir=self.log_dir,
+                prefix="app",
+                blocks=BlockSession(codec=codec, recipient=recipient),
+                wake=lambda: None,
+            )
         mapped = self.cache._buf
         self.buf = RecordingBuffer(bytes(mapped), self.trace)
-        self.cache._buf = self.buf
+        self.cache._buf = self.cache._w.buf = self.buf
         if hasattr(mapped, "close"):
             mapped.close()
         self.logs: dict[str, bytes] = {}  # the log files as they are, by name
@@ -467,7 +471,7 @@ class Harness:
             img = apply(img, [(off, data)])
 
     def close(self) -> None:
-        self.cache._buf = bytearray(len(self.buf))
+        self.cache._buf = self.cache._w.buf = bytearray(len(self.buf))
         os.close(self.cache.fd)
         self.cache.fd = -1
 
