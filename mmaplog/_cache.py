@@ -29,7 +29,7 @@ from ._codec import StreamCompressor, stream_context
 from ._crypto import TAG_SIZE
 from ._faults import point
 from ._logfile import day_bounds, open_no_follow
-from ._xlog import note_line
+from ._xlog import XLOG_BUFFER, note_line
 
 PAGE = mmap.PAGESIZE
 NSLOTS = 2
@@ -174,6 +174,20 @@ class Cache:
         self._warn = warn
         self.slot_size, self.file_size = geometry(buffer_size)
         self.threshold = max(1, buffer_size // 3)
+        # What one block's records may add up to uncompressed (``raw``, headers and texts,
+        # as its reader decompresses them), and past what it is sealed. An mmaplog block
+        # stops at what its reader takes (MAX_BLOCK_RAW): compressed records can hold far
+        # more text than their slot. An xlog block stays within xlog's own buffer, measured
+        # on the lines themselves: moved at a third of it, as xlog moves its buffer, and
+        # never more than one slot's half of it, compressed or not, whatever buffer_size
+        # says (Tencent's decoders take no more than 100,000 bytes of payload).
+        self._raw_cap = self._raw_seal = fmt.MAX_BLOCK_RAW
+        self._budget = self.slot_size
+        if xlog is not None:
+            size = min(buffer_size, XLOG_BUFFER)
+            self.threshold = max(1, size // 3)
+            self._raw_cap = self._budget = size // NSLOTS
+            self._raw_seal = self.threshold
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self._acquire = self.lock.acquire
@@ -263,6 +277,7 @@ class Cache:
         self._active = -1
         self._pos = 0
         self._limit = 0
+        self._raw_len = 0
         self._payload_start = 0
         self._commit_at = 0
         self._count = 0
@@ -305,7 +320,8 @@ class Cache:
         self._commit_at = base
         self._payload_start = base + fmt.SLOT_BLOCK_OFFSET + len(hdr)
         self._pos = self._payload_start
-        self._limit = base + self.slot_size
+        self._limit = min(base + self.slot_size, self._payload_start + self._budget)
+        self._raw_len = 0
         self._count = 0
         self._last_us = time_us
         day = self._day
@@ -358,9 +374,10 @@ class Cache:
 
     @property
     def capacity(self) -> int:
-        """The largest chunk a slot can take."""
+        """The largest chunk a block can take."""
         ext = len(self.blocks.extension)
-        return self.slot_size - fmt.SLOT_BLOCK_OFFSET - fmt.BLOCK_HEADER_SIZE - ext
+        room = self.slot_size - fmt.SLOT_BLOCK_OFFSET - fmt.BLOCK_HEADER_SIZE - ext
+        return min(room, self._budget)
 
     def append(self, head: bytes, text: bytes, time_us: int, timeout: float) -> int:
         """Write one record into the cache; return APPENDED, DROPPED, OVERSIZE or CLOSED.
@@ -379,10 +396,14 @@ class Cache:
             # to go on in: then records keep filling it, on the fast path.
             if not (
                 self._pos + need <= self._limit
+                and self._raw_len + size <= self._raw_cap
                 and self._day_start <= time_us < self._day_end
-                and (self._pos < self._seal_at or EMPTY not in self._states)
+                and (
+                    (self._pos < self._seal_at and self._raw_len < self._raw_seal)
+                    or EMPTY not in self._states
+                )
             ):
-                status = self._make_room(need, time_us, timeout)
+                status = self._make_room(need, size, time_us, timeout)
                 if status != APPENDED:
                     return status
             self._write(head, text, time_us)
@@ -390,9 +411,9 @@ class Cache:
             self._release()
         return APPENDED
 
-    def _make_room(self, need: int, time_us: int, timeout: float) -> int:
+    def _make_room(self, need: int, size: int, time_us: int, timeout: float) -> int:
         """The slow path of append: seal a block past its threshold, open one that can
-        take ``need`` more bytes, or wait for a free slot.
+        take ``need`` more bytes (``size`` uncompressed), or wait for a free slot.
 
         A block past its threshold is sealed by the next record, in the same call that
         opens the block this record goes into: one slow record per block, not two
@@ -401,15 +422,20 @@ class Cache:
         """
         if self.closed:
             return CLOSED
-        if need > self.capacity:
+        if need > self.capacity or size > self._raw_cap:
             return OVERSIZE
         sealed = False
-        if self._active >= 0 and self._pos >= self._seal_at and self._free_slot() >= 0:
+        if (
+            self._active >= 0
+            and (self._pos >= self._seal_at or self._raw_len >= self._raw_seal)
+            and self._free_slot() >= 0
+        ):
             sealed = self._seal_active()
         deadline = 0.0
         while not (
             self._active >= 0
             and self._pos + need <= self._limit
+            and self._raw_len + size <= self._raw_cap
             and self._day_start <= time_us < self._day_end
         ):
             if self.closed:  # shut() while this writer waited for a slot
@@ -468,6 +494,7 @@ class Cache:
         buf = self._buf
         buf[pos:end] = _pack_chunk_header(len(body), _crc32(body, self._seed)) + body
         self._count += 1
+        self._raw_len += len(head) + len(text)
         if time_us > self._last_us:
             self._last_us = time_us
         # The commit store: one small write after the chunk is complete.
