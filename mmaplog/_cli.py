@@ -123,9 +123,10 @@ exit status:
 VERIFY_EPILOG = (
     """\
 A folder stands for its log files and for the caches in it that no running
-process holds and that hold records (a process died before moving them).
-Every block is checked: header and payload checksums, decompression, record
-framing, and decryption when --key is given. Without --key, encrypted blocks
+process holds and that hold records (a process died before moving them) or are
+damaged. Every block is checked: header and payload checksums, decompression,
+record framing, and decryption when --key is given; a cache shorter than its
+header says is damage (the missing range is listed). Without --key, encrypted blocks
 are checked by their checksums only (the summary says how many). A progress bar
 is drawn on stderr when it is a terminal.
 
@@ -155,17 +156,24 @@ exit status:
 
 RECOVER_EPILOG = """\
 Only files that start like a cache are read, moved or changed: a file named on
-the command line that is not a cache is left untouched (status 2), and in
-a folder the *.mmap files that are not caches are skipped (said on stderr).
-A cache whose contents are damaged is moved aside to *.corrupt-<time>, never
-deleted, after its intact records are recovered.
+the command line that is not a cache (an empty file is not one) is left
+untouched (status 2), and in a folder the *.mmap files that are not caches are
+skipped (said on stderr). Symbolic links are never followed, as recover renames
+and rewrites caches: a cache named through one is refused (status 2; give its
+own path), and links in a folder are skipped. The folder itself may be a link.
+
+A cache whose contents are damaged, or that is shorter than its header says
+(cut short by another program), is moved aside to *.corrupt-<time>, never
+deleted, after its intact records are recovered; stderr says what was lost.
+Recovery never makes a cache file longer.
 
 exit status:
   0  recovered (or nothing to do)
-  1  a cache is held by a live process, is of an unknown newer format, or could
-     not be recovered
-  2  bad usage, a path (or --log-dir) that does not exist, or a file that is not
-     a cache
+  1  a cache was damaged (its intact records recovered, the file moved aside),
+     is held by a live process, or is of an unknown newer format (these two are
+     not touched)
+  2  bad usage, a path (or --log-dir) that does not exist, a file that is not a
+     cache, or a cache named through a symbolic link
 """
 
 KEYGEN_EPILOG = """\
@@ -1740,7 +1748,7 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from ._recovery import recover_path
+    from ._recovery import link_refusal, recover_path
 
     prog = "mmaplog recover"
     if not os.path.lexists(args.path):
@@ -1758,17 +1766,26 @@ def cmd_recover(args: argparse.Namespace) -> int:
             _err(prog, str(exc))
         return EXIT_DAMAGED
     status = EXIT_OK
-    for path in report.not_caches:
-        if os.path.isdir(args.path):
-            _err(prog, f"{path}: skipped: not a cache")
-        else:
-            _err(prog, f"{path}: not a cache (no cache magic); not touched")
+    by_name = not os.path.isdir(args.path)
+    for path in report.links:
+        if by_name:
+            _err(prog, link_refusal(path))
             status = EXIT_USAGE
+        else:
+            _err(prog, f"{path}: skipped: a symbolic link (not followed)")
+    for path, why in report.not_caches.items():
+        if by_name:
+            _err(prog, f"{path}: not a cache ({why}); not touched")
+            status = EXIT_USAGE
+        else:
+            _err(prog, f"{path}: skipped: not a cache ({why})")
     for path, r in report.caches.items():
         for problem in r.problems:
             _err(prog, f"{path}: {problem}")
         for dest in r.quarantined:
             _err(prog, f"{path}: damaged cache moved to {dest}")
+        if r.problems:
+            status = max(status, EXIT_DAMAGED)
     for path, reason in report.newer.items():
         _err(prog, f"{path}: {reason}; not touched")
         status = max(status, EXIT_DAMAGED)

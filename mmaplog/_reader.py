@@ -158,7 +158,11 @@ class Reader:
         report = RecoveryReport()
         _info, contents = _slots_of(image, report)
         for problem in report.problems:
-            self._damage(source, 0, 0, problem)
+            cut = report.cut
+            if cut is not None and problem == cut.reason:
+                self._damage(source, cut.start, cut.end, problem)
+            else:
+                self._damage(source, 0, 0, problem)
         for c in sorted(contents, key=lambda c: (c.template.session, c.template.seq)):
             yield from self.iter_block(c.template, c.payload, -1, source)
 
@@ -641,7 +645,8 @@ def count_caches(
 
 
 def verify_caches(folder: str) -> list[str]:
-    """The caches of ``folder`` that no live process holds and that hold records."""
+    """The caches of ``folder`` that no live process holds and that hold records, or are
+    damaged (cut short, say)."""
     from ._recovery import RecoveryReport, _slots_of
 
     found = []
@@ -650,7 +655,10 @@ def verify_caches(folder: str) -> list[str]:
             data = None if cache_is_held(path) else read_cache_file(path)
         except OSError:
             continue
-        if data is not None and any(c.count for c in _slots_of(data, RecoveryReport())[1]):
+        if data is None:
+            continue
+        report = RecoveryReport()
+        if any(c.count for c in _slots_of(data, report)[1]) or report.problems:
             found.append(path)
     return found
 
