@@ -87,9 +87,12 @@ ISO 8601 date or date and time (local time unless it has a zone: 2026-11-25,
 1w. --since and --until are inclusive. LEVEL is a name (DEBUG, INFO, WARNING,
 ERROR, CRITICAL, any case), xlog's letter (V D I W E F) or a number; records at
 or above it are printed. --pid keeps the records of one process (repeat it for
-more); --format json prints one JSON object per line (JSON Lines): for a text
-record its time, level, logger, pid, session and message; a record logged as
-a JSON object (structlog's JSONRenderer) is printed as that object.
+more; in xlog files, the pid of the line's [pid, tid] field); --format json
+prints one JSON object per line (JSON Lines): for a text record its time, level,
+logger, pid (null when the record has none), session and message; a record
+logged as a JSON object (structlog's JSONRenderer) is printed as that object.
+
+Files named on the command line may be symbolic links (decode only reads).
 
 A progress bar is drawn on stderr when it is a terminal and stdout is not.
 On a terminal, control characters in a record's text (escape sequences,
@@ -369,7 +372,7 @@ def _format_json(item: Record | Marker) -> str:
             "time": stamp,
             "level": item.levelname,
             "logger": m.group(1) if m else None,
-            "pid": item.pid,
+            "pid": item.pid or None,  # 0: the record does not say (an xlog line without it)
             "session": item.session,
             "message": item.text,
         },

@@ -150,7 +150,7 @@ class Reader:
 
         for line in _xlog.iter_lines(_view(data), self._xlog_key, damaged):
             when, level = _xlog_time_level(line)
-            yield Record(time=when, level=level, text=line, source=source)
+            yield Record(time=when, level=level, text=line, pid=_xlog_pid(line), source=source)
 
     def _iter_cache(self, image: bytes, source: str) -> Iterator[Record | Marker]:
         from ._recovery import RecoveryReport, _slots_of
@@ -334,6 +334,17 @@ _XLOG_STAMP = re.compile(
     r"^\[([VDIWEF])\]\[(\d{4})-(\d\d)-(\d\d) ([+-]?\d+(?:\.\d+)?) "
     r"(\d\d):(\d\d):(\d\d)\.(\d{3})\]"
 )
+
+
+# "[L][time][pid, tid]" (a "*" after the tid marks xlog's main thread); the time may
+# be empty (xlog leaves it out for a record without one).
+_XLOG_PID = re.compile(r"^\[[VDIWEF]\]\[[^\]]*\]\[(\d{1,10}), -?\d+\*?\]")
+
+
+def _xlog_pid(line: str) -> int:
+    """The pid of an xlog line's ``[pid, tid]`` field; 0 when the line has none."""
+    m = _XLOG_PID.match(line)
+    return int(m.group(1)) if m is not None else 0
 
 
 def _xlog_offset(text: str) -> _dt.timedelta:

@@ -340,6 +340,40 @@ def test_xlog_lines_written_outside_utc_read_back_at_their_time(tmp_path):
         assert [line.rsplit("[", 1)[1] for line in res.stdout.splitlines()] == [f"at {now + 60.5}"]
 
 
+_XLOG_PID_WRITER = textwrap.dedent(
+    """
+    import logging, sys
+    import mmaplog
+    h = mmaplog.MmapHandler(sys.argv[1], prefix=sys.argv[2], format="xlog")
+    for text in (f"from {sys.argv[2]}", "two lines\\nsecond line"):
+        h.handle(logging.LogRecord("svc", logging.INFO, "w.py", 7, text, None, None))
+    h.close()
+    """
+)
+
+
+def test_pid_of_xlog_lines_filters_and_shows_in_json(tmp_path):
+    """--pid keeps the xlog lines of one process, read from their [pid, tid] field; JSON
+    shows it, and null for a line without xlog's header (a message's second line)."""
+    folder = str(tmp_path)
+    pids = {}
+    for name in ("a", "b"):
+        proc = subprocess.Popen([sys.executable, "-c", _XLOG_PID_WRITER, folder, name], env=ENV)
+        assert proc.wait(timeout=60) == 0
+        pids[name] = proc.pid
+    res = run("decode", "--pid", str(pids["a"]), folder)
+    assert res.returncode == 0, res.stderr
+    assert [line.rsplit("][", 1)[1] for line in res.stdout.splitlines()] == ["from a", "two lines"]
+    res = run("decode", "--format", "json", folder)
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(events) == 6
+    assert [e["pid"] for e in events if e["message"] == "second line"] == [None, None]
+    by_pid = sorted((e["pid"], e["message"].rsplit("][", 1)[1]) for e in events if e["pid"])
+    assert by_pid == sorted(
+        (pid, text) for name, pid in pids.items() for text in (f"from {name}", "two lines")
+    )
+
+
 # -- keys -------------------------------------------------------------------------------
 
 
