@@ -57,11 +57,13 @@ _STATUS_USAGE += "     log without --key\n"
 
 MAIN_EPILOG = """\
 exit status (every command):
-  0  success
-  1  damage was found, the key does not match, or recovery was refused (a live
-     process holds the cache)
-  2  bad usage, a missing or unreadable file, input that is not an mmaplog log,
-     or an encrypted log without --key
+  0  success (also a folder or s3:// path with no log files, which is said)
+  1  damage was found, the key does not match, or recover left a cache alone (a
+     live process holds it, or it is of a newer format) or found it damaged;
+     ship: another shipper holds the folder
+  2  bad usage (an unknown option is named), a missing or unreadable file, input
+     that is not an mmaplog log, an encrypted log without --key; recover: a file
+     that is not a cache, or a cache named through a symbolic link
   3  s3:// only: the object storage refused (bad credentials, a missing bucket)
      or stayed unreachable through the retries
   4  s3:// only: the S3 client is not installed (pip install "mmaplog[s3]")
@@ -929,12 +931,22 @@ def _decode_bucket(
             for r in kept if args.lines is None else collections.deque(kept, args.lines):
                 out.write(render(r))
                 out.write("\n")
+        if not source.objects and not source.has_logs():
+            _err(prog, _no_bucket_logs(args))
     except OSError as exc:
         return _reading_failed(prog, exc)
     except MmapLogError as exc:
         return _storage_failed(prog, exc)
     _report_mismatch(prog, args.key, *source.readers)
     return EXIT_DAMAGED if source.damaged else EXIT_OK
+
+
+def _no_bucket_logs(args: argparse.Namespace) -> str:
+    """What an empty bucket path is told, as an empty folder is ("no log files in ...")."""
+    url = args.files[0] if "files" in args else args.log_dir
+    hosts = sorted(set(args.host or ()))
+    where = f" from host{'s' if len(hosts) > 1 else ''} {', '.join(hosts)}" if hosts else ""
+    return f"no log files in {url}{where}"
 
 
 def _reading_failed(prog: str, exc: OSError | MmapLogError, name: str = "") -> int:
@@ -1184,6 +1196,9 @@ def cmd_tail(args: argparse.Namespace, prog: str = "mmaplog tail") -> int:
         else:
             render = _text_renderer(sys.stdout, args.raw)
         _print_lines(tail.snapshot(args.lines), render)
+        if not tail.log_files() and not tail.cache_files():
+            of = f" of prefix {args.prefix}" if args.prefix else ""
+            _err(prog, f"no log files{of} in {folder}")
         while args.follow and not stop.is_set():
             stop.wait(_POLL_INTERVAL)
             if not stop.is_set():
@@ -1230,6 +1245,8 @@ def _tail_bucket(args: argparse.Namespace, prog: str) -> int:
             sys.stdout.flush()
 
         show(source.newest(args.lines, keep))
+        if not source.objects and not source.has_logs():
+            _err(prog, _no_bucket_logs(args))
         while args.follow and not stop.is_set():
             stop.wait(_BUCKET_POLL_INTERVAL)
             if not stop.is_set():
@@ -1392,7 +1409,10 @@ def _verify_bucket(args: argparse.Namespace, reader: Reader, checks: dict[str, _
     progress = _Progress(0, enabled=False, label="verify")
     try:
         source = _bucket_source(args)
-        for _host, _name, keys in source.files():
+        files = source.files()
+        if not files:
+            _err(prog, _no_bucket_logs(args))
+        for _host, _name, keys in files:
             at = 0
             for k in keys:
                 data, meta = source.fetch(k)
@@ -1629,7 +1649,7 @@ def _stats_bucket(args: argparse.Namespace) -> int:
             sys.stdout.write(f"== {source.url}/{host}\n")
             _print_stats(f"{source.url}/{host}", stats)
         if not per_host:
-            sys.stdout.write(f"{source.url}: no shipped log files\n")
+            sys.stdout.write(_no_bucket_logs(args) + "\n")
     except BrokenPipeError:
         return _broken_pipe()
     except OSError as exc:
@@ -2110,10 +2130,33 @@ def _version() -> str:
     return __version__
 
 
+def _unknown_top_option(argv: list[str]) -> str | None:
+    """The option before the command that ``mmaplog`` itself does not take, if any.
+
+    argparse reports such an option as a missing command (it checks for the
+    command first), which names the wrong mistake.
+    """
+    for arg in argv:
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            return None  # the command (or the end of options) comes first
+        name = arg.split("=", 1)[0]
+        if name in ("-h", "--version") or (
+            name.startswith("--")
+            and len(name) > 2
+            and ("--help".startswith(name) or "--version".startswith(name))
+        ):
+            return None  # argparse acts on it (also its unambiguous abbreviations)
+        return arg
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     global _UTC
     _tolerant_stdout()
     parser = build_parser()
+    unknown = _unknown_top_option(sys.argv[1:] if argv is None else argv)
+    if unknown is not None:
+        parser.error(f"unrecognized arguments: {unknown}")
     args, extra = parser.parse_known_args(argv)
     sub: argparse.ArgumentParser = args.parser
     if extra:

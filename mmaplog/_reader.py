@@ -742,15 +742,18 @@ class BucketSource:
             if size < 0
         )
 
-    def _listing(self) -> list[tuple[str, str, str, tuple[str, int, int, int], str]]:
-        """``(host, log prefix, file segment, order, key)`` of every object to read."""
+    def _listing(
+        self, *, every_day: bool = False
+    ) -> list[tuple[str, str, str, tuple[str, int, int, int], str]]:
+        """``(host, log prefix, file segment, order, key)`` of every object to read
+        (``every_day``: also of the days ``since`` and ``until`` leave out)."""
         from ._s3 import S3Url
 
         hosts = self.hosts() if self._hosts is None else sorted(set(self._hosts))
         if self._hosts is not None:
             self._store.check_bucket()
-        lo = _day_bound(self._since, -2)
-        hi = _day_bound(self._until, 2)
+        lo = None if every_day else _day_bound(self._since, -2)
+        hi = None if every_day else _day_bound(self._until, 2)
         found = []
         for host in hosts:
             base = S3Url(self.url.bucket, self.url.key(host)).key() + "/"
@@ -777,6 +780,11 @@ class BucketSource:
         for host, prefix, _segment, order, k in self._listing():
             streams.setdefault((host, prefix), []).append((order, k))
         return [[(host, k) for _o, k in sorted(v)] for (host, _p), v in sorted(streams.items())]
+
+    def has_logs(self) -> bool:
+        """Whether the bucket path holds any log file ``mmaplog ship`` stored there (of
+        the hosts asked for, of any day)."""
+        return bool(self._listing(every_day=True))
 
     def files(self) -> list[tuple[str, str, list[str]]]:
         """``(host, log file, keys in byte order)`` for each shipped log file, in

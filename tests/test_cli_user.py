@@ -470,9 +470,9 @@ def test_decode_stats_and_verify_of_a_folder_show_what_a_dead_process_left(log_d
 
 
 def test_an_empty_folder_says_it_has_no_log_files(tmp_path):
-    """decode, verify and stats of a folder with no logs say "no log files in" it."""
+    """decode, verify, stats and tail of a folder with no logs say "no log files in" it."""
     folder = str(tmp_path)
-    for command in ("decode", "verify", "stats"):
+    for command in ("decode", "verify", "stats", "tail"):
         res = run(command, folder)
         assert res.returncode == 0, res.stderr
         assert f"no log files in {folder}" in res.stderr + res.stdout
@@ -519,13 +519,19 @@ def test_a_folder_of_several_processes_decodes_in_time_order(log_dir):
 
 
 def test_version_and_unknown_options():
-    """--version prints the version; an unknown option prints the subcommand's usage, exit 2."""
+    """--version prints the version; an unknown option prints the usage naming it, exit 2."""
     res = run("--version")
     assert res.returncode == 0 and res.stdout.strip() == f"mmaplog {mmaplog.__version__}"
     res = run("decode", "--bogus", "logs")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.startswith("usage: mmaplog decode")
     assert res.stderr.strip().endswith("unrecognized arguments: --bogus")
+    for args in (["--bogus"], ["--bogus", "decode", "logs"], ["-x"]):
+        res = run(*args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, args
+        assert res.stderr.startswith("usage: mmaplog [")
+        assert res.stderr.strip().endswith(f"mmaplog: error: unrecognized arguments: {args[0]}")
+    assert run("--vers").stdout.strip() == f"mmaplog {mmaplog.__version__}"  # an abbreviation
 
 
 def test_output_file_is_new_and_private_unless_forced(log_dir, tmp_path):
