@@ -175,8 +175,8 @@ Recovery never makes a cache file longer.
 exit status:
   0  recovered (or nothing to do)
   1  a cache was damaged (its intact records recovered, the file moved aside),
-     is held by a live process, or is of an unknown newer format (these two are
-     not touched)
+     could not be read or its records written (an I/O error), is held by a live
+     process, or is of an unknown newer format (these two are not touched)
   2  bad usage, a path (or --log-dir) that does not exist, a file that is not a
      cache, or a cache named through a symbolic link
 """
