@@ -30,7 +30,7 @@ from ._codec import DEFAULT_LEVELS, StreamCompressor, stream_context
 from ._crypto import TAG_SIZE
 from ._faults import point
 from ._logfile import day_bounds, open_no_follow
-from ._xlog import XlogBlockWriter, note_line
+from ._xlog import XLOG_BUFFER, XlogBlockWriter, note_line
 
 PAGE = mmap.PAGESIZE
 NSLOTS = 2
@@ -85,6 +85,9 @@ class PyWriter:
         "payload_start",
         "pos",
         "raw",
+        "raw_cap",
+        "raw_len",
+        "raw_seal",
         "release",
         "seal",
         "seal_at",
@@ -98,7 +101,7 @@ class PyWriter:
     states: list[int]
     acquire: Callable[[], Any]
     release: Callable[[], Any]
-    make_room: Callable[[int, int, float], int]
+    make_room: Callable[[int, int, int, float], int]
     seal: Callable[[int, int, bytes, bytes], bytes] | None
     aad: bytes
     heads: bytearray
@@ -115,6 +118,12 @@ class PyWriter:
     seq: int
     seed: int
     count: int
+    raw_len: int
+    """The uncompressed bytes (headers and texts) of the block's records so far."""
+    raw_cap: int
+    """The most uncompressed bytes a block may hold (what its reader takes)."""
+    raw_seal: int
+    """Past this many uncompressed bytes, the block is sealed (as past ``seal_at``)."""
 
     def __init__(self, codec: int, xlog: XlogBlockWriter | None) -> None:
         self.codec = codec
@@ -160,6 +169,7 @@ class PyWriter:
         buf = self.buf
         buf[pos:end] = _pack_chunk_header(len(body), _crc32(body, self.seed)) + body
         self.count += 1
+        self.raw_len += len(head) + len(text)
         if time_us > self.last_us:
             self.last_us = time_us
         # The commit store: one small write after the chunk is complete.
@@ -300,6 +310,20 @@ class Cache:
         self._warn = warn
         self.slot_size, self.file_size = geometry(buffer_size)
         self.threshold = max(1, buffer_size // 3)
+        # What one block's records may add up to uncompressed (``raw``, headers and texts,
+        # as its reader decompresses them), and past what it is sealed. An mmaplog block
+        # stops at what its reader takes (MAX_BLOCK_RAW): compressed records can hold far
+        # more text than their slot. An xlog block stays within xlog's own buffer, measured
+        # on the lines themselves: moved at a third of it, as xlog moves its buffer, and
+        # never more than one slot's half of it, compressed or not, whatever buffer_size
+        # says (Tencent's decoders take no more than 100,000 bytes of payload).
+        raw_cap = raw_seal = fmt.MAX_BLOCK_RAW
+        self._budget = self.slot_size
+        if xlog is not None:
+            size = min(buffer_size, XLOG_BUFFER)
+            self.threshold = max(1, size // 3)
+            raw_cap = self._budget = size // NSLOTS
+            raw_seal = self.threshold
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self._acquire = self.lock.acquire
@@ -332,6 +356,7 @@ class Cache:
         # calls _make_room for what is not its fast path.
         w = self._w = new_writer(self.codec, xlog)
         w.buf = self._buf
+        w.raw_cap, w.raw_seal = raw_cap, raw_seal
         w.states = self._states
         w.acquire = self._acquire
         w.release = self._release
@@ -406,7 +431,7 @@ class Cache:
         w = self._w
         w.pos = w.limit = w.payload_start = w.commit_at = w.seal_at = 0
         w.day_start = w.day_end = w.last_us = 0
-        w.count = w.seq = w.seed = 0
+        w.count = w.seq = w.seed = w.raw_len = 0
         w.aad = b""
         # The records of the open block, kept as the columns the flusher writes: no
         # per-record objects for it to make (and free) while the application logs.
@@ -440,7 +465,8 @@ class Cache:
         w = self._w
         w.commit_at = base
         w.payload_start = w.pos = base + fmt.SLOT_BLOCK_OFFSET + len(hdr)
-        w.limit = base + self.slot_size
+        w.limit = min(base + self.slot_size, w.payload_start + self._budget)
+        w.raw_len = 0
         w.count = 0
         w.last_us = time_us
         w.day_start, w.day_end = day
@@ -481,9 +507,10 @@ class Cache:
 
     @property
     def capacity(self) -> int:
-        """The largest chunk a slot can take."""
+        """The largest chunk a block can take."""
         ext = len(self.blocks.extension)
-        return self.slot_size - fmt.SLOT_BLOCK_OFFSET - fmt.BLOCK_HEADER_SIZE - ext
+        room = self.slot_size - fmt.SLOT_BLOCK_OFFSET - fmt.BLOCK_HEADER_SIZE - ext
+        return min(room, self._budget)
 
     def append(self, head: bytes, text: bytes, time_us: int, timeout: float) -> int:
         """Write one record into the cache; return APPENDED, DROPPED, OVERSIZE or CLOSED.
@@ -503,10 +530,11 @@ class Cache:
             # to go on in: then records keep filling it, on the fast path.
             if not (
                 w.pos + need <= w.limit
+                and w.raw_len + size <= w.raw_cap
                 and w.day_start <= time_us < w.day_end
-                and (w.pos < w.seal_at or EMPTY not in self._states)
+                and ((w.pos < w.seal_at and w.raw_len < w.raw_seal) or EMPTY not in self._states)
             ):
-                status = self._make_room(need, time_us, timeout)
+                status = self._make_room(need, size, time_us, timeout)
                 if status != APPENDED:
                     return status
             w.write(head, text, time_us)
@@ -514,9 +542,9 @@ class Cache:
             self._release()
         return APPENDED
 
-    def _make_room(self, need: int, time_us: int, timeout: float) -> int:
+    def _make_room(self, need: int, size: int, time_us: int, timeout: float) -> int:
         """The slow path of append: seal a block past its threshold, open one that can
-        take ``need`` more bytes, or wait for a free slot.
+        take ``need`` more bytes (``size`` uncompressed), or wait for a free slot.
 
         A block past its threshold is sealed by the next record, in the same call that
         opens the block this record goes into: one slow record per block, not two
@@ -525,15 +553,22 @@ class Cache:
         """
         if self.closed:
             return CLOSED
-        if need > self.capacity:
+        w = self._w
+        if need > self.capacity or size > w.raw_cap:
             return OVERSIZE
         sealed = False
-        w = self._w
-        if self._active >= 0 and w.pos >= w.seal_at and self._free_slot() >= 0:
+        if (
+            self._active >= 0
+            and (w.pos >= w.seal_at or w.raw_len >= w.raw_seal)
+            and self._free_slot() >= 0
+        ):
             sealed = self._seal_active()
         deadline = 0.0
         while not (
-            self._active >= 0 and w.pos + need <= w.limit and w.day_start <= time_us < w.day_end
+            self._active >= 0
+            and w.pos + need <= w.limit
+            and w.raw_len + size <= w.raw_cap
+            and w.day_start <= time_us < w.day_end
         ):
             if self.closed:  # shut() while this writer waited for a slot
                 return CLOSED

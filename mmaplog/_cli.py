@@ -57,11 +57,13 @@ _STATUS_USAGE += "     log without --key\n"
 
 MAIN_EPILOG = """\
 exit status (every command):
-  0  success
-  1  damage was found, the key does not match, or recovery was refused (a live
-     process holds the cache)
-  2  bad usage, a missing or unreadable file, input that is not an mmaplog log,
-     or an encrypted log without --key
+  0  success (also a folder or s3:// path with no log files, which is said)
+  1  damage was found, the key does not match, or recover left a cache alone (a
+     live process holds it, or it is of a newer format) or found it damaged;
+     ship: another shipper holds the folder
+  2  bad usage (an unknown option is named), a missing or unreadable file, input
+     that is not an mmaplog log, an encrypted log without --key; recover: a file
+     that is not a cache, or a cache named through a symbolic link
   3  s3:// only: the object storage refused (bad credentials, a missing bucket)
      or stayed unreachable through the retries
   4  s3:// only: the S3 client is not installed (pip install "mmaplog[s3]")
@@ -87,9 +89,12 @@ ISO 8601 date or date and time (local time unless it has a zone: 2026-11-25,
 1w. --since and --until are inclusive. LEVEL is a name (DEBUG, INFO, WARNING,
 ERROR, CRITICAL, any case), xlog's letter (V D I W E F) or a number; records at
 or above it are printed. --pid keeps the records of one process (repeat it for
-more); --format json prints one JSON object per line (JSON Lines): for a text
-record its time, level, logger, pid, session and message; a record logged as
-a JSON object (structlog's JSONRenderer) is printed as that object.
+more; in xlog files, the pid of the line's [pid, tid] field); --format json
+prints one JSON object per line (JSON Lines): for a text record its time, level,
+logger, pid (null when the record has none), session and message; a record
+logged as a JSON object (structlog's JSONRenderer) is printed as that object.
+
+Files named on the command line may be symbolic links (decode only reads).
 
 A progress bar is drawn on stderr when it is a terminal and stdout is not.
 On a terminal, control characters in a record's text (escape sequences,
@@ -123,9 +128,10 @@ exit status:
 VERIFY_EPILOG = (
     """\
 A folder stands for its log files and for the caches in it that no running
-process holds and that hold records (a process died before moving them).
-Every block is checked: header and payload checksums, decompression, record
-framing, and decryption when --key is given. Without --key, encrypted blocks
+process holds and that hold records (a process died before moving them) or are
+damaged. Every block is checked: header and payload checksums, decompression,
+record framing, and decryption when --key is given; a cache shorter than its
+header says is damage (the missing range is listed). Without --key, encrypted blocks
 are checked by their checksums only (the summary says how many). A progress bar
 is drawn on stderr when it is a terminal.
 
@@ -155,17 +161,24 @@ exit status:
 
 RECOVER_EPILOG = """\
 Only files that start like a cache are read, moved or changed: a file named on
-the command line that is not a cache is left untouched (status 2), and in
-a folder the *.mmap files that are not caches are skipped (said on stderr).
-A cache whose contents are damaged is moved aside to *.corrupt-<time>, never
-deleted, after its intact records are recovered.
+the command line that is not a cache (an empty file is not one) is left
+untouched (status 2), and in a folder the *.mmap files that are not caches are
+skipped (said on stderr). Symbolic links are never followed, as recover renames
+and rewrites caches: a cache named through one is refused (status 2; give its
+own path), and links in a folder are skipped. The folder itself may be a link.
+
+A cache whose contents are damaged, or that is shorter than its header says
+(cut short by another program), is moved aside to *.corrupt-<time>, never
+deleted, after its intact records are recovered; stderr says what was lost.
+Recovery never makes a cache file longer.
 
 exit status:
   0  recovered (or nothing to do)
-  1  a cache is held by a live process, is of an unknown newer format, or could
-     not be recovered
-  2  bad usage, a path (or --log-dir) that does not exist, or a file that is not
-     a cache
+  1  a cache was damaged (its intact records recovered, the file moved aside),
+     could not be read or its records written (an I/O error), is held by a live
+     process, or is of an unknown newer format (these two are not touched)
+  2  bad usage, a path (or --log-dir) that does not exist, a file that is not a
+     cache, or a cache named through a symbolic link
 """
 
 KEYGEN_EPILOG = """\
@@ -361,7 +374,7 @@ def _format_json(item: Record | Marker) -> str:
             "time": stamp,
             "level": item.levelname,
             "logger": m.group(1) if m else None,
-            "pid": item.pid,
+            "pid": item.pid or None,  # 0: the record does not say (an xlog line without it)
             "session": item.session,
             "message": item.text,
         },
@@ -918,12 +931,22 @@ def _decode_bucket(
             for r in kept if args.lines is None else collections.deque(kept, args.lines):
                 out.write(render(r))
                 out.write("\n")
+        if not source.objects and not source.has_logs():
+            _err(prog, _no_bucket_logs(args))
     except OSError as exc:
         return _reading_failed(prog, exc)
     except MmapLogError as exc:
         return _storage_failed(prog, exc)
     _report_mismatch(prog, args.key, *source.readers)
     return EXIT_DAMAGED if source.damaged else EXIT_OK
+
+
+def _no_bucket_logs(args: argparse.Namespace) -> str:
+    """What an empty bucket path is told, as an empty folder is ("no log files in ...")."""
+    url = args.files[0] if "files" in args else args.log_dir
+    hosts = sorted(set(args.host or ()))
+    where = f" from host{'s' if len(hosts) > 1 else ''} {', '.join(hosts)}" if hosts else ""
+    return f"no log files in {url}{where}"
 
 
 def _reading_failed(prog: str, exc: OSError | MmapLogError, name: str = "") -> int:
@@ -1173,6 +1196,9 @@ def cmd_tail(args: argparse.Namespace, prog: str = "mmaplog tail") -> int:
         else:
             render = _text_renderer(sys.stdout, args.raw)
         _print_lines(tail.snapshot(args.lines), render)
+        if not tail.log_files() and not tail.cache_files():
+            of = f" of prefix {args.prefix}" if args.prefix else ""
+            _err(prog, f"no log files{of} in {folder}")
         while args.follow and not stop.is_set():
             stop.wait(_POLL_INTERVAL)
             if not stop.is_set():
@@ -1219,6 +1245,8 @@ def _tail_bucket(args: argparse.Namespace, prog: str) -> int:
             sys.stdout.flush()
 
         show(source.newest(args.lines, keep))
+        if not source.objects and not source.has_logs():
+            _err(prog, _no_bucket_logs(args))
         while args.follow and not stop.is_set():
             stop.wait(_BUCKET_POLL_INTERVAL)
             if not stop.is_set():
@@ -1381,7 +1409,10 @@ def _verify_bucket(args: argparse.Namespace, reader: Reader, checks: dict[str, _
     progress = _Progress(0, enabled=False, label="verify")
     try:
         source = _bucket_source(args)
-        for _host, _name, keys in source.files():
+        files = source.files()
+        if not files:
+            _err(prog, _no_bucket_logs(args))
+        for _host, _name, keys in files:
             at = 0
             for k in keys:
                 data, meta = source.fetch(k)
@@ -1618,7 +1649,7 @@ def _stats_bucket(args: argparse.Namespace) -> int:
             sys.stdout.write(f"== {source.url}/{host}\n")
             _print_stats(f"{source.url}/{host}", stats)
         if not per_host:
-            sys.stdout.write(f"{source.url}: no shipped log files\n")
+            sys.stdout.write(_no_bucket_logs(args) + "\n")
     except BrokenPipeError:
         return _broken_pipe()
     except OSError as exc:
@@ -1740,7 +1771,7 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from ._recovery import recover_path
+    from ._recovery import link_refusal, recover_path
 
     prog = "mmaplog recover"
     if not os.path.lexists(args.path):
@@ -1758,17 +1789,26 @@ def cmd_recover(args: argparse.Namespace) -> int:
             _err(prog, str(exc))
         return EXIT_DAMAGED
     status = EXIT_OK
-    for path in report.not_caches:
-        if os.path.isdir(args.path):
-            _err(prog, f"{path}: skipped: not a cache")
-        else:
-            _err(prog, f"{path}: not a cache (no cache magic); not touched")
+    by_name = not os.path.isdir(args.path)
+    for path in report.links:
+        if by_name:
+            _err(prog, link_refusal(path))
             status = EXIT_USAGE
+        else:
+            _err(prog, f"{path}: skipped: a symbolic link (not followed)")
+    for path, why in report.not_caches.items():
+        if by_name:
+            _err(prog, f"{path}: not a cache ({why}); not touched")
+            status = EXIT_USAGE
+        else:
+            _err(prog, f"{path}: skipped: not a cache ({why})")
     for path, r in report.caches.items():
         for problem in r.problems:
             _err(prog, f"{path}: {problem}")
         for dest in r.quarantined:
             _err(prog, f"{path}: damaged cache moved to {dest}")
+        if r.problems:
+            status = max(status, EXIT_DAMAGED)
     for path, reason in report.newer.items():
         _err(prog, f"{path}: {reason}; not touched")
         status = max(status, EXIT_DAMAGED)
@@ -2092,10 +2132,33 @@ def _version() -> str:
     return f"{__version__} ({path})"
 
 
+def _unknown_top_option(argv: list[str]) -> str | None:
+    """The option before the command that ``mmaplog`` itself does not take, if any.
+
+    argparse reports such an option as a missing command (it checks for the
+    command first), which names the wrong mistake.
+    """
+    for arg in argv:
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            return None  # the command (or the end of options) comes first
+        name = arg.split("=", 1)[0]
+        if name in ("-h", "--version") or (
+            name.startswith("--")
+            and len(name) > 2
+            and ("--help".startswith(name) or "--version".startswith(name))
+        ):
+            return None  # argparse acts on it (also its unambiguous abbreviations)
+        return arg
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     global _UTC
     _tolerant_stdout()
     parser = build_parser()
+    unknown = _unknown_top_option(sys.argv[1:] if argv is None else argv)
+    if unknown is not None:
+        parser.error(f"unrecognized arguments: {unknown}")
     args, extra = parser.parse_known_args(argv)
     sub: argparse.ArgumentParser = args.parser
     if extra:

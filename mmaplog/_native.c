@@ -110,12 +110,13 @@ typedef struct {
     PyObject *states;    /* the cache's slot states (a list of ints; EMPTY is 0) */
     PyObject *acquire;   /* the cache lock's acquire and release */
     PyObject *release;
-    PyObject *make_room; /* Cache._make_room(need, time_us, timeout) -> status, under the lock */
+    PyObject *make_room; /* Cache._make_room(need, size, time_us, timeout) -> status, under the lock */
     PyObject *seal;      /* Sealer.seal(seq, index, body, aad) -> bytes, or None */
     PyObject *aad;       /* the block's associated data (bytes) */
     PyObject *heads;     /* bytearray: the open block's record headers, back to back */
     PyObject *texts;     /* list of bytes: the open block's record texts */
     long long pos, limit, payload_start, commit_at, seal_at, day_start, day_end, last_us;
+    long long raw_len, raw_cap, raw_seal; /* uncompressed bytes: so far, at most, sealed past */
     unsigned long long seq;
     unsigned int seed, count;
     int codec;
@@ -197,11 +198,11 @@ static PyObject *writer_reset_stream(Writer *self, PyObject *unused) {
 }
 
 /* The record fits the open block on the fast path (Cache.append's condition). */
-static int fits(Writer *self, long long need, long long time_us) {
-    if (!(self->pos + need <= self->limit && self->day_start <= time_us &&
-          time_us < self->day_end))
+static int fits(Writer *self, long long need, long long size, long long time_us) {
+    if (!(self->pos + need <= self->limit && self->raw_len + size <= self->raw_cap &&
+          self->day_start <= time_us && time_us < self->day_end))
         return 0;
-    if (self->pos < self->seal_at) return 1;
+    if (self->pos < self->seal_at && self->raw_len < self->raw_seal) return 1;
     /* Past the threshold: go on here only while no slot is free to seal into. */
     PyObject *states = self->states;
     if (!states || !PyList_Check(states)) return 0;
@@ -309,6 +310,7 @@ static int write_chunk(Writer *self, const unsigned char *head, PyObject *text,
     put_u32(chunk + 4, crc32_of(self->seed, chunk + CHUNK_HEAD, body_len));
     long long end = pos + CHUNK_HEAD + (long long)body_len;
     self->count += 1;
+    self->raw_len += (long long)raw;
     if (time_us > self->last_us) self->last_us = time_us;
     /* The commit store, after the chunk: a kill between the two stores leaves the chunk
      * uncommitted, never a commit without its chunk. */
@@ -347,14 +349,17 @@ static long append_framed(Writer *self, const unsigned char *head, PyObject *tex
     if (!r) return -2;
     Py_DECREF(r);
     long status = APPENDED;
-    if (!fits(self, need, time_us)) {
-        PyObject *args[3];
+    if (!fits(self, need, (long long)size, time_us)) {
+        PyObject *args[4];
         args[0] = PyLong_FromLongLong(need);
-        args[1] = PyLong_FromLongLong(time_us);
-        args[2] = timeout;
-        r = args[0] && args[1] ? PyObject_Vectorcall(self->make_room, args, 3, NULL) : NULL;
+        args[1] = PyLong_FromSize_t(size);
+        args[2] = PyLong_FromLongLong(time_us);
+        args[3] = timeout;
+        r = args[0] && args[1] && args[2] ? PyObject_Vectorcall(self->make_room, args, 4, NULL)
+                                          : NULL;
         Py_XDECREF(args[0]);
         Py_XDECREF(args[1]);
+        Py_XDECREF(args[2]);
         if (!r) {
             status = -2;
         } else {
@@ -711,7 +716,8 @@ static PyMemberDef writer_members[] = {
     NUM(pos, T_LONGLONG), NUM(limit, T_LONGLONG), NUM(payload_start, T_LONGLONG),
     NUM(commit_at, T_LONGLONG), NUM(seal_at, T_LONGLONG), NUM(day_start, T_LONGLONG),
     NUM(day_end, T_LONGLONG), NUM(last_us, T_LONGLONG), NUM(seq, T_ULONGLONG),
-    NUM(seed, T_UINT), NUM(count, T_UINT),
+    NUM(seed, T_UINT), NUM(count, T_UINT), NUM(raw_len, T_LONGLONG), NUM(raw_cap, T_LONGLONG),
+    NUM(raw_seal, T_LONGLONG),
     {"codec", T_INT, offsetof(Writer, codec), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };

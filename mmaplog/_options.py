@@ -108,9 +108,10 @@ class HandlerOptions:
         xlog_key = _check_xlog(format, compression, compress_level, public_key, xlog_public_key)
         limit = max_record_size or fmt.MAX_RECORD_TEXT
         if format == "xlog":
-            # Within what xlog itself writes, or Tencent's decoders fail: lines cut at
-            # 16 KiB and xlog's 150 KiB buffer, so a block moves at about 50 KB.
-            limit = min(limit, XLOG_MAX_LINE - 1)  # and its "\n"
+            # Within what xlog itself writes, or Tencent's decoders fail: lines cut where
+            # xlog's formatter cuts them, and xlog's 150 KiB buffer (the cache bounds each
+            # block's text by it too, see Cache).
+            limit = min(limit, XLOG_MAX_LINE)
             buffer_size = min(buffer_size, XLOG_BUFFER)
         log_path = os.path.abspath(os.fspath(log_dir))
         return cls(

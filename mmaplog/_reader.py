@@ -150,7 +150,7 @@ class Reader:
 
         for line in _xlog.iter_lines(_view(data), self._xlog_key, damaged):
             when, level = _xlog_time_level(line)
-            yield Record(time=when, level=level, text=line, source=source)
+            yield Record(time=when, level=level, text=line, pid=_xlog_pid(line), source=source)
 
     def _iter_cache(self, image: bytes, source: str) -> Iterator[Record | Marker]:
         from ._recovery import RecoveryReport, _slots_of
@@ -158,7 +158,11 @@ class Reader:
         report = RecoveryReport()
         _info, contents = _slots_of(image, report)
         for problem in report.problems:
-            self._damage(source, 0, 0, problem)
+            cut = report.cut
+            if cut is not None and problem == cut.reason:
+                self._damage(source, cut.start, cut.end, problem)
+            else:
+                self._damage(source, 0, 0, problem)
         for c in sorted(contents, key=lambda c: (c.template.session, c.template.seq)):
             yield from self.iter_block(c.template, c.payload, -1, source)
 
@@ -330,6 +334,17 @@ _XLOG_STAMP = re.compile(
     r"^\[([VDIWEF])\]\[(\d{4})-(\d\d)-(\d\d) ([+-]?\d+(?:\.\d+)?) "
     r"(\d\d):(\d\d):(\d\d)\.(\d{3})\]"
 )
+
+
+# "[L][time][pid, tid]" (a "*" after the tid marks xlog's main thread); the time may
+# be empty (xlog leaves it out for a record without one).
+_XLOG_PID = re.compile(r"^\[[VDIWEF]\]\[[^\]]*\]\[(\d{1,10}), -?\d+\*?\]")
+
+
+def _xlog_pid(line: str) -> int:
+    """The pid of an xlog line's ``[pid, tid]`` field; 0 when the line has none."""
+    m = _XLOG_PID.match(line)
+    return int(m.group(1)) if m is not None else 0
 
 
 def _xlog_offset(text: str) -> _dt.timedelta:
@@ -641,7 +656,8 @@ def count_caches(
 
 
 def verify_caches(folder: str) -> list[str]:
-    """The caches of ``folder`` that no live process holds and that hold records."""
+    """The caches of ``folder`` that no live process holds and that hold records, or are
+    damaged (cut short, say)."""
     from ._recovery import RecoveryReport, _slots_of
 
     found = []
@@ -650,7 +666,10 @@ def verify_caches(folder: str) -> list[str]:
             data = None if cache_is_held(path) else read_cache_file(path)
         except OSError:
             continue
-        if data is not None and any(c.count for c in _slots_of(data, RecoveryReport())[1]):
+        if data is None:
+            continue
+        report = RecoveryReport()
+        if any(c.count for c in _slots_of(data, report)[1]) or report.problems:
             found.append(path)
     return found
 
@@ -723,15 +742,18 @@ class BucketSource:
             if size < 0
         )
 
-    def _listing(self) -> list[tuple[str, str, str, tuple[str, int, int, int], str]]:
-        """``(host, log prefix, file segment, order, key)`` of every object to read."""
+    def _listing(
+        self, *, every_day: bool = False
+    ) -> list[tuple[str, str, str, tuple[str, int, int, int], str]]:
+        """``(host, log prefix, file segment, order, key)`` of every object to read
+        (``every_day``: also of the days ``since`` and ``until`` leave out)."""
         from ._s3 import S3Url
 
         hosts = self.hosts() if self._hosts is None else sorted(set(self._hosts))
         if self._hosts is not None:
             self._store.check_bucket()
-        lo = _day_bound(self._since, -2)
-        hi = _day_bound(self._until, 2)
+        lo = None if every_day else _day_bound(self._since, -2)
+        hi = None if every_day else _day_bound(self._until, 2)
         found = []
         for host in hosts:
             base = S3Url(self.url.bucket, self.url.key(host)).key() + "/"
@@ -758,6 +780,11 @@ class BucketSource:
         for host, prefix, _segment, order, k in self._listing():
             streams.setdefault((host, prefix), []).append((order, k))
         return [[(host, k) for _o, k in sorted(v)] for (host, _p), v in sorted(streams.items())]
+
+    def has_logs(self) -> bool:
+        """Whether the bucket path holds any log file ``mmaplog ship`` stored there (of
+        the hosts asked for, of any day)."""
+        return bool(self._listing(every_day=True))
 
     def files(self) -> list[tuple[str, str, list[str]]]:
         """``(host, log file, keys in byte order)`` for each shipped log file, in

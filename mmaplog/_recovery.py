@@ -41,6 +41,8 @@ class RecoveryReport:
     skipped_blocks: int = 0
     problems: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    cut: fmt.Damage | None = None
+    """The byte range a cache cut short lacks (its header says how long it is)."""
 
 
 def recovered_block(content: fmt.SlotContent) -> bytes:
@@ -79,6 +81,18 @@ def _slots_of(
     except CorruptionError as exc:
         report.problems.append(str(exc))
         return None, _salvage_slots(image, report)
+    expected = info.header_size + info.nslots * info.slot_size
+    if len(image) < expected:
+        # Cut short by another program (a truncating log rotation, a copy that ran out
+        # of room): the slots are read as far as they go; the rest is lost.
+        report.cut = fmt.Damage(
+            len(image),
+            expected,
+            f"cache file cut short: {len(image)} bytes, but its header says {expected} "
+            f"({info.nslots} slots of {info.slot_size} bytes); whatever was in bytes "
+            f"{len(image)}-{expected} is lost",
+        )
+        report.problems.append(report.cut.reason)
     found = []
     for i in range(info.nslots):
         try:
@@ -178,18 +192,24 @@ def recover_image(
 
 
 def clear_slots(fd: int, image: bytes) -> None:
-    """Empty the slots of a recovered cache file, keeping its header."""
+    """Empty the slots of a recovered cache file, keeping its header.
+
+    Only bytes the file has are written: the file never grows.
+    """
     try:
         info = fmt.parse_cache_header(image)
         slot_size, nslots = info.slot_size, info.nslots
     except CorruptionError:
         slot_size, nslots = (len(image) - fmt.CACHE_HEADER_SIZE) // NSLOTS, NSLOTS
+    size = len(image)
+    for i in range(nslots):
+        magic_at = fmt.CACHE_HEADER_SIZE + i * slot_size + fmt.SLOT_BLOCK_OFFSET
+        if magic_at + 4 <= size:
+            os.pwrite(fd, b"\0\0\0\0", magic_at)
     for i in range(nslots):
         base = fmt.CACHE_HEADER_SIZE + i * slot_size
-        os.pwrite(fd, b"\0\0\0\0", base + fmt.SLOT_BLOCK_OFFSET)
-    for i in range(nslots):
-        base = fmt.CACHE_HEADER_SIZE + i * slot_size
-        os.pwrite(fd, bytes(max(0, min(slot_size, len(image) - base))), base)
+        if base < size:
+            os.pwrite(fd, bytes(min(slot_size, size - base)), base)
 
 
 def quarantine(path: str) -> str:
@@ -265,8 +285,10 @@ class PathReport:
     """The caches recovered (or found empty), by path."""
     locked: list[str] = field(default_factory=list)
     """Caches held by a live process: not touched."""
-    not_caches: list[str] = field(default_factory=list)
-    """Files that do not start like a cache: not touched."""
+    not_caches: dict[str, str] = field(default_factory=dict)
+    """Files that are not caches, with the reason: not touched."""
+    links: list[str] = field(default_factory=list)
+    """Symbolic links: never followed, not touched."""
     newer: dict[str, str] = field(default_factory=dict)
     """Caches of an unknown newer format, with the reason: not touched."""
 
@@ -285,18 +307,26 @@ def recover_path(path: str, log_dir: str | None = None) -> PathReport:
 
     Each file is established to be a cache by its magic before anything is read
     with its lock taken, let alone written or renamed; other files are listed in
-    ``not_caches`` and left as they are. Caches held by a live process are listed
-    in ``locked``. Raises :class:`MmapLogError` for a path that is not there and
-    ``OSError`` for a file that cannot be read.
+    ``not_caches`` and left as they are, an empty file among them. A symbolic link
+    is never followed (recovery renames and rewrites what it acts on): links are
+    listed in ``links``. Caches held by a live process are listed in ``locked``.
+    Raises :class:`MmapLogError` for a path that is not there and ``OSError`` for
+    a file that cannot be read.
     """
     out = PathReport()
     for cache_path in cache_files(path):
-        if os.path.islink(cache_path) or not os.path.isfile(cache_path):
-            out.not_caches.append(cache_path)
+        if os.path.islink(cache_path):
+            out.links.append(cache_path)
+            continue
+        if not os.path.isfile(cache_path):
+            out.not_caches[cache_path] = "not a regular file"
             continue
         head = _head(cache_path)
+        if not head:
+            out.not_caches[cache_path] = "an empty file"
+            continue
         if not _is_blank(head) and not is_cache_image(head):
-            out.not_caches.append(cache_path)
+            out.not_caches[cache_path] = "no cache magic"
             continue
         fd = open_locked(cache_path, 0o600, create=False)
         if fd is None:
@@ -308,8 +338,11 @@ def recover_path(path: str, log_dir: str | None = None) -> PathReport:
             if _is_blank(image):
                 out.caches[cache_path] = RecoveryReport()
                 continue
+            if not image:
+                out.not_caches[cache_path] = "an empty file"
+                continue
             if not is_cache_image(image):
-                out.not_caches.append(cache_path)
+                out.not_caches[cache_path] = "no cache magic"
                 continue
             try:
                 out.caches[cache_path] = recover_fd(
@@ -335,8 +368,8 @@ def recover(path: str, log_dir: str | None = None) -> int:
     found on the way is logged as warnings on the ``mmaplog.recover`` logger.
     Raises :class:`CacheLockedError` when a live process holds a cache,
     :class:`UnsupportedVersionError` for a cache of a newer format, and
-    :class:`MmapLogError` for a path that is not there or a file given by name
-    that is not a cache.
+    :class:`MmapLogError` for a path that is not there, or a file given by name
+    that is not a cache or is a symbolic link (never followed).
     """
     report = recover_path(path, log_dir)
     for cache_path, r in report.caches.items():
@@ -351,6 +384,18 @@ def recover(path: str, log_dir: str | None = None) -> int:
     if report.newer:
         cache_path, reason = next(iter(report.newer.items()))
         raise UnsupportedVersionError(f"{cache_path}: {reason}")
-    if report.not_caches and not os.path.isdir(path):
-        raise MmapLogError(f"{path}: not a cache (no cache magic); not touched")
+    if not os.path.isdir(path):
+        if report.links:
+            raise MmapLogError(link_refusal(path))
+        for why in report.not_caches.values():
+            raise MmapLogError(f"{path}: not a cache ({why}); not touched")
     return report.records
+
+
+def link_refusal(path: str) -> str:
+    """Why recovery does not act on ``path``, a symbolic link, and what to give instead."""
+    return (
+        f"{path}: a symbolic link (to {os.path.realpath(path)}); recover does not act "
+        "through links, as it renames and rewrites caches: give the cache's own path; "
+        "not touched"
+    )

@@ -137,10 +137,16 @@ _Codec = Literal["plain", "zlib", "zstd", "zlib-chunks"]
 _BytesLike = bytes | bytearray | memoryview
 
 
-XLOG_MAX_LINE = 16 * 1024
-"""xlog cuts a formatted line to fit this buffer (``formater.cc``)."""
+XLOG_MAX_LINE = 16 * 1024 - 130
+"""The longest line xlog writes, without its ``\n``: ``appender.cc`` formats a line into
+``char temp[16 * 1024]`` and ``formater.cc`` cuts the message to leave 130 bytes of it."""
 XLOG_BUFFER = 150 * 1024
 """xlog's async buffer (``kBufferBlockLength``); a block is moved when it is a third full."""
+XLOG_MAX_PAYLOAD = 100_000
+"""The largest block payload Tencent's Python decoders read (``read_size`` of their
+``read_from`` call; a longer one overruns their reader)."""
+XLOG_MAX_DECODED = 1_000_000
+"""The most decoded text Tencent's Python decoders keep of one block (``write_size``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,8 +224,9 @@ class MmapHandler(logging.Handler):
             safest (a cache shrunk underneath is detected at the next block, but a
             record written before that kills the process with SIGBUS).
         buffer_size (int): bytes of cache, split into two block slots; default
-            ``150 * 1024``; from 16 KiB to 64 MiB (with ``format="xlog"`` at most
-            xlog's 150 KiB).
+            ``150 * 1024``; from 16 KiB to 64 MiB. With ``format="xlog"`` it is
+            xlog's buffer, at most xlog's 150 KiB: a block is moved when its lines
+            reach a third of it, uncompressed, and holds at most half of it.
         compression (str | None): per-record and per-block compression: ``"zstd"``
             (default), ``"zlib"`` (raw deflate, as xlog) or ``None``.
         compress_level (int | None): level of the whole-block compression of the log
@@ -236,7 +237,8 @@ class MmapHandler(logging.Handler):
             default 5.0; > 0.
         level (int | str): the handler's level, as for any handler; default NOTSET.
         max_record_size (int): longer records (UTF-8 bytes) are cut and end in
-            ``[truncated: N bytes]``; default 0 (16 MiB; with xlog, 16 KiB).
+            ``[truncated: N bytes]``; default 0 (16 MiB; with xlog at most 16,254
+            bytes and the newline, where xlog cuts its lines).
         block_timeout (float): seconds ``emit`` waits when both slots wait for the
             disk, then drops the record (counted, and noted in the log); after one such
             wait, records are dropped at once until a block is moved; default 1.0.

@@ -144,6 +144,104 @@ def test_importing_the_recover_module_keeps_the_function_callable(log_dir):
     assert res.returncode == 0 and res.stdout == "1\n", res.stderr
 
 
+def test_a_cache_cut_short_is_damage_and_recover_never_grows_it(log_dir):
+    """A cache shorter than its header says: verify and decode report the missing range
+    (status 1); recover moves out the whole records, says what was cut, and moves the file
+    aside without making it longer (status 1)."""
+    from mmaplog import _format as fmt
+
+    texts = [f"record {i} " + os.urandom(50).hex() for i in range(200)]  # about 16 KB
+    killed_writer(log_dir, texts)
+    with open(os.path.join(log_dir, "app.mmap"), "rb") as f:
+        image = f.read()
+    os.remove(os.path.join(log_dir, "app.mmap"))
+    alone = os.path.join(log_dir, "alone")
+    os.mkdir(alone)
+    header_only = os.path.join(alone, "app.mmap")
+    with open(header_only, "wb") as f:
+        f.write(image[: fmt.CACHE_HEADER_SIZE])
+    cut = f"bytes {fmt.CACHE_HEADER_SIZE}-{len(image)}"
+    res = run("verify", header_only)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert cut in res.stdout and "cut short" in res.stdout
+    res = run("verify", alone)  # found in a folder, though it holds no record
+    assert res.returncode == 1 and cut in res.stdout
+    res = run("decode", alone)
+    assert res.returncode == 1 and cut in res.stderr and "Traceback" not in res.stderr
+    res = run("recover", header_only)
+    assert res.returncode == 1, res.stderr
+    assert res.stdout.strip() == "recovered 0 records"
+    assert "cut short" in res.stderr and cut in res.stderr and "moved to" in res.stderr
+    (aside,) = os.listdir(alone)
+    assert aside.startswith("app.mmap.corrupt-")
+    assert os.path.getsize(os.path.join(alone, aside)) == fmt.CACHE_HEADER_SIZE  # not grown
+    # Cut inside the first slot: the records whose chunks are whole are recovered, in order.
+    partial = os.path.join(log_dir, "app.mmap")
+    with open(partial, "wb") as f:
+        f.write(image[: fmt.CACHE_HEADER_SIZE + 3000])
+    res = run("recover", partial)
+    assert res.returncode == 1 and "cut short" in res.stderr
+    marker, *recovered = run("decode", log_dir).stdout.splitlines()
+    assert marker.startswith("-- recovered after a crash of pid")
+    assert 0 < len(recovered) < len(texts) and recovered == texts[: len(recovered)]
+    assert res.stdout.strip() == f"recovered {len(recovered)} records"
+    (aside,) = [n for n in os.listdir(log_dir) if ".corrupt-" in n]
+    assert os.path.getsize(os.path.join(log_dir, aside)) == fmt.CACHE_HEADER_SIZE + 3000
+
+
+def test_an_empty_file_is_not_a_cache(log_dir):
+    """recover of a 0-byte file says "not a cache" (status 2) and leaves it; in a folder it is
+    skipped, and recovery of the folder's real caches goes on."""
+    killed_writer(log_dir, ["real"])
+    empty = os.path.join(log_dir, "empty.mmap")
+    open(empty, "wb").close()
+    res = run("recover", empty)
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        f"mmaplog recover: {empty}: not a cache (an empty file); not touched"
+    )
+    res = run("recover", log_dir)
+    assert res.returncode == 0, res.stderr
+    assert f"{empty}: skipped: not a cache (an empty file)" in res.stderr
+    assert res.stdout.strip() == "recovered 1 records"
+    assert os.path.getsize(empty) == 0 and not [n for n in os.listdir(log_dir) if "corrupt" in n]
+
+
+def test_links_are_followed_to_read_and_never_to_recover(log_dir, tmp_path):
+    """decode and verify follow a link named on the command line, tail and stats a linked
+    folder; recover refuses a linked cache (status 2, naming its target) and skips links in
+    a folder, touching neither link nor cache."""
+    killed_writer(log_dir, ["one", "two"])
+    cache = os.path.join(log_dir, "app.mmap")
+    link = str(tmp_path / "link.mmap")
+    os.symlink(cache, link)
+    linked_dir = str(tmp_path / "linked")
+    os.symlink(log_dir, linked_dir)
+    res = run("decode", link)
+    assert res.returncode == 0 and res.stdout.splitlines() == ["one", "two"], res.stderr
+    res = run("verify", link)
+    assert res.returncode == 0 and "2 records: ok" in res.stdout, res.stderr
+    res = run("tail", linked_dir)
+    assert res.returncode == 0 and res.stdout.splitlines() == ["one", "two"], res.stderr
+    res = run("stats", linked_dir)
+    assert res.returncode == 0 and "(cache, not recovered)" in res.stdout, res.stderr
+    before = listing(log_dir)
+    res = run("recover", link)
+    assert res.returncode == 2 and res.stdout == ""
+    assert f"{link}: a symbolic link (to {os.path.realpath(cache)})" in res.stderr
+    assert "recover does not act through links" in res.stderr
+    assert os.path.islink(link) and listing(log_dir) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    os.symlink(cache, other / "app.mmap")
+    res = run("recover", str(other))
+    assert res.returncode == 0 and res.stdout.strip() == "recovered 0 records"
+    assert f"{other / 'app.mmap'}: skipped: a symbolic link (not followed)" in res.stderr
+    assert listing(log_dir) == before
+    res = run("recover", linked_dir)  # a folder named through a link is a folder
+    assert res.returncode == 0 and res.stdout.strip() == "recovered 2 records", res.stderr
+
+
 # -- tail -------------------------------------------------------------------------------
 
 
@@ -242,6 +340,40 @@ def test_xlog_lines_written_outside_utc_read_back_at_their_time(tmp_path):
         assert [line.rsplit("[", 1)[1] for line in res.stdout.splitlines()] == [f"at {now + 60.5}"]
 
 
+_XLOG_PID_WRITER = textwrap.dedent(
+    """
+    import logging, sys
+    import mmaplog
+    h = mmaplog.MmapHandler(sys.argv[1], prefix=sys.argv[2], format="xlog")
+    for text in (f"from {sys.argv[2]}", "two lines\\nsecond line"):
+        h.handle(logging.LogRecord("svc", logging.INFO, "w.py", 7, text, None, None))
+    h.close()
+    """
+)
+
+
+def test_pid_of_xlog_lines_filters_and_shows_in_json(tmp_path):
+    """--pid keeps the xlog lines of one process, read from their [pid, tid] field; JSON
+    shows it, and null for a line without xlog's header (a message's second line)."""
+    folder = str(tmp_path)
+    pids = {}
+    for name in ("a", "b"):
+        proc = subprocess.Popen([sys.executable, "-c", _XLOG_PID_WRITER, folder, name], env=ENV)
+        assert proc.wait(timeout=60) == 0
+        pids[name] = proc.pid
+    res = run("decode", "--pid", str(pids["a"]), folder)
+    assert res.returncode == 0, res.stderr
+    assert [line.rsplit("][", 1)[1] for line in res.stdout.splitlines()] == ["from a", "two lines"]
+    res = run("decode", "--format", "json", folder)
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(events) == 6
+    assert [e["pid"] for e in events if e["message"] == "second line"] == [None, None]
+    by_pid = sorted((e["pid"], e["message"].rsplit("][", 1)[1]) for e in events if e["pid"])
+    assert by_pid == sorted(
+        (pid, text) for name, pid in pids.items() for text in (f"from {name}", "two lines")
+    )
+
+
 # -- keys -------------------------------------------------------------------------------
 
 
@@ -338,9 +470,9 @@ def test_decode_stats_and_verify_of_a_folder_show_what_a_dead_process_left(log_d
 
 
 def test_an_empty_folder_says_it_has_no_log_files(tmp_path):
-    """decode, verify and stats of a folder with no logs say "no log files in" it."""
+    """decode, verify, stats and tail of a folder with no logs say "no log files in" it."""
     folder = str(tmp_path)
-    for command in ("decode", "verify", "stats"):
+    for command in ("decode", "verify", "stats", "tail"):
         res = run(command, folder)
         assert res.returncode == 0, res.stderr
         assert f"no log files in {folder}" in res.stderr + res.stdout
@@ -387,7 +519,7 @@ def test_a_folder_of_several_processes_decodes_in_time_order(log_dir):
 
 
 def test_version_and_unknown_options():
-    """--version prints the version; an unknown option prints the subcommand's usage, exit 2."""
+    """--version prints the version; an unknown option prints the usage naming it, exit 2."""
     res = run("--version")
     assert res.returncode == 0
     assert res.stdout.startswith(f"mmaplog {mmaplog.__version__} (") and "emit path" in res.stdout
@@ -395,6 +527,12 @@ def test_version_and_unknown_options():
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.startswith("usage: mmaplog decode")
     assert res.stderr.strip().endswith("unrecognized arguments: --bogus")
+    for args in (["--bogus"], ["--bogus", "decode", "logs"], ["-x"]):
+        res = run(*args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, args
+        assert res.stderr.startswith("usage: mmaplog [")
+        assert res.stderr.strip().endswith(f"mmaplog: error: unrecognized arguments: {args[0]}")
+    assert run("--vers").stdout == run("--version").stdout  # an abbreviation
 
 
 def test_output_file_is_new_and_private_unless_forced(log_dir, tmp_path):
@@ -508,7 +646,7 @@ _LONG_XLOG_WRITER = textwrap.dedent(
 
 
 def test_xlog_blocks_stay_within_what_xlog_writes(tmp_path):
-    """With format="xlog", long lines are cut at 16 KiB and no block passes xlog's own sizes."""
+    """With format="xlog", long lines are cut as xlog cuts them and no block passes its sizes."""
     from mmaplog import _xlog
 
     folder = str(tmp_path)
@@ -523,7 +661,7 @@ def test_xlog_blocks_stay_within_what_xlog_writes(tmp_path):
     lines = run("decode", folder).stdout.splitlines()
     assert len(lines) == 3001
     assert lines[0].startswith("xxx") and lines[0].endswith(" [truncated: 200000 bytes]")
-    assert len(lines[0]) + 1 == 16 * 1024  # with its newline
+    assert len(lines[0]) == 16 * 1024 - 130  # where xlog cuts its lines
 
 
 _STDLIB_STRUCTLOG = textwrap.dedent(

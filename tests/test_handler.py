@@ -184,6 +184,25 @@ def test_max_record_size_truncates_with_a_marker(make_handler, log_dir):
     assert line.startswith("éé")
 
 
+def test_a_block_never_holds_more_text_than_its_reader_takes(make_handler, log_dir):
+    """Records that compress a thousandfold are moved before a block's text passes what the
+    reader decompresses (MAX_BLOCK_RAW), not when their slot is full: none is lost."""
+    h = make_handler(buffer_size=1024 * 1024, flush_interval=3600)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    record = logging.LogRecord("big", logging.INFO, __file__, 1, "z" * 10_000, None, None)
+    n = fmt.MAX_BLOCK_RAW // 10_000 + 100  # one block's worth of text and more
+    for _ in range(n):
+        h.handle(record)
+    h.close()
+    blocks = []
+    for name in os.listdir(log_dir):
+        if name.endswith(".mmlog"):
+            with open(os.path.join(log_dir, name), "rb") as f:
+                blocks += [b for b in fmt.scan_blocks(f.read()) if isinstance(b, fmt.ScannedBlock)]
+    assert len(blocks) >= 2 and all(b.header.raw_len <= fmt.MAX_BLOCK_RAW for b in blocks)
+    assert len(texts(log_dir)) == n
+
+
 @pytest.mark.parametrize("compression", ["zstd", "zlib", None])
 def test_every_compression_round_trips(make_handler, log_dir, compression):
     """zstd, zlib and uncompressed logs all decode to the records written."""

@@ -671,3 +671,32 @@ def test_tail_of_a_bucket_shows_the_newest_and_follows(
         f"late {i}" for i in range(100)
     ]
     assert all(line.startswith("h1 | ") for line in followed.splitlines())
+
+
+@pytest.mark.slow
+def test_an_empty_bucket_path_says_it_has_no_log_files(
+    tmp_path: Any, s3env: WeedServer, bucket: str
+) -> None:
+    """decode, tail, verify and stats of a bucket path nothing was shipped to say "no log
+    files in" it and exit 0, as for an empty folder; so does a host that never shipped."""
+    d = str(tmp_path / "logs")
+    write_logs(d, "e", 10)
+    mmaplog.ship(d, f"s3://{bucket}/prod", host="h1")
+    env = s3env.env()
+    for url, extra, said in (
+        (f"s3://{bucket}/empty-prefix", [], f"no log files in s3://{bucket}/empty-prefix"),
+        (
+            f"s3://{bucket}/prod",
+            ["--host", "h9"],
+            f"no log files in s3://{bucket}/prod from host h9",
+        ),
+    ):
+        for command in ("decode", "tail", "verify", "stats"):
+            out = run_cli(command, url, *extra, env=env)
+            assert out.returncode == 0, (command, out.stderr)
+            assert said in out.stderr + out.stdout, (command, out.stdout, out.stderr)
+            assert "Traceback" not in out.stderr
+    out = run_cli(
+        "decode", f"s3://{bucket}/prod", "--since", "2000-01-01", "--until", "2000-01-02", env=env
+    )
+    assert out.returncode == 0 and out.stdout == "" and "no log files" not in out.stderr
