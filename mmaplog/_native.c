@@ -220,6 +220,11 @@ static int write_chunk(Writer *self, const unsigned char *head, PyObject *text,
     const char *tp = PyBytes_AS_STRING(text);
     size_t tn = (size_t)PyBytes_GET_SIZE(text), hn = RECORD_HEAD, raw = hn + tn;
     Py_buffer view;
+    if (!self->heads || !PyByteArray_Check(self->heads) || !self->texts ||
+        !PyList_Check(self->texts)) {
+        PyErr_SetString(PyExc_TypeError, "heads must be a bytearray and texts a list");
+        return -1;
+    }
     if (!self->buf || PyObject_GetBuffer(self->buf, &view, PyBUF_WRITABLE) < 0) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "no mapping");
         return -1;
@@ -227,7 +232,8 @@ static int write_chunk(Writer *self, const unsigned char *head, PyObject *text,
     int rc = -1;
     unsigned char *map = (unsigned char *)view.buf;
     long long pos = self->pos;
-    if (pos < 0 || self->limit > (long long)view.len || pos + CHUNK_HEAD > self->limit) {
+    if (pos < 0 || self->limit > (long long)view.len || pos + CHUNK_HEAD > self->limit ||
+        self->commit_at < 0 || self->commit_at + 16 > (long long)view.len) {
         PyErr_SetString(PyExc_ValueError, "the block is outside the mapping");
         goto done;
     }
@@ -396,37 +402,48 @@ static PyObject *status_or_null(long status) {
     return status == -2 ? NULL : PyLong_FromLong(status);
 }
 
+/* The text argument as bytes (a bytes-like object is copied, as head + text copies it
+ * on the pure path). New reference. */
+static PyObject *text_bytes(PyObject *o) {
+    if (PyBytes_Check(o)) {
+        Py_INCREF(o);
+        return o;
+    }
+    return PyBytes_FromObject(o);
+}
+
 static PyObject *writer_write(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
     /* write(head, text, time_us): the chunk of one framed record; the caller holds the
      * lock and has made room (Cache._write). */
-    if (nargs != 3 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != RECORD_HEAD ||
-        !PyBytes_Check(args[1])) {
+    if (nargs != 3 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != RECORD_HEAD) {
         PyErr_SetString(PyExc_TypeError, "write(head: 14 bytes, text: bytes, time_us: int)");
         return NULL;
     }
     long long t = PyLong_AsLongLong(args[2]);
     if (t == -1 && PyErr_Occurred()) return NULL;
-    if (!self->heads || !self->texts) {
-        PyErr_SetString(PyExc_ValueError, "no block is open");
-        return NULL;
-    }
-    if (write_chunk(self, (const unsigned char *)PyBytes_AS_STRING(args[0]), args[1], t) < 0)
-        return NULL;
+    PyObject *text = text_bytes(args[1]);
+    if (!text) return NULL;
+    int rc = write_chunk(self, (const unsigned char *)PyBytes_AS_STRING(args[0]), text, t);
+    Py_DECREF(text);
+    if (rc < 0) return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *writer_append(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
     /* append(head, text, time_us, timeout) -> status: Cache.append. */
-    if (nargs != 4 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != RECORD_HEAD ||
-        !PyBytes_Check(args[1])) {
+    if (nargs != 4 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != RECORD_HEAD) {
         PyErr_SetString(PyExc_TypeError,
                         "append(head: 14 bytes, text: bytes, time_us: int, timeout: float)");
         return NULL;
     }
     long long t = PyLong_AsLongLong(args[2]);
     if (t == -1 && PyErr_Occurred()) return NULL;
-    return status_or_null(
-        append_framed(self, (const unsigned char *)PyBytes_AS_STRING(args[0]), args[1], t, args[3]));
+    PyObject *text = text_bytes(args[1]);
+    if (!text) return NULL;
+    long status =
+        append_framed(self, (const unsigned char *)PyBytes_AS_STRING(args[0]), text, t, args[3]);
+    Py_DECREF(text);
+    return status_or_null(status);
 }
 
 /* -- rendering the default xlog line (mmaplog.XlogFormatter) ----------------------------- */

@@ -240,6 +240,12 @@ def test_kill9_of_the_shipper_leaves_every_block_once(
         h: subprocess.Popen([PY, "-c", WRITER, d, h, stop], stdout=subprocess.PIPE, text=True)
         for h, d in hosts.items()
     }
+    # The shippers start once the writers have made their folders (a loaded machine can
+    # take a second to start a Python process): a folder that does not exist is refused.
+    deadline = time.monotonic() + 60
+    while not all(os.path.isdir(d) for d in hosts.values()):
+        assert time.monotonic() < deadline, "the writers never made their log folders"
+        time.sleep(0.05)
     env = s3env.env()
     kills = intents_left = 0
     try:

@@ -107,9 +107,8 @@ def make_corpus(dest: str = CORPUS) -> list[str]:
                 keys=(private, public),
             )
             name = f"{fmt.COMPRESSION_NAMES[codec] or 'none'}{'-enc' if enc else ''}"
-            # A cache image is mostly zeros: keep the header page and the busy part of the slots.
-            busy_end = max(c[1] for s in fx.slots for c in s.chunks)
-            for suffix, data in (("log", fx.log), ("cache", fx.cache[:busy_end])):
+            # The whole cache image: one cut short is damage (its slots are missing).
+            for suffix, data in (("log", fx.log), ("cache", fx.cache)):
                 path = os.path.join(dest, f"{name}.{suffix}")
                 with open(path, "wb") as f:
                     f.write(data)
