@@ -45,6 +45,7 @@ APPENDED, DROPPED, OVERSIZE, CLOSED = range(4)
 _STARVED_RETRY = 0.1
 
 _CHUNK_OVERHEAD = 64 + fmt.CHUNK_HEADER.size + TAG_SIZE
+_NOTE_NAME = b"mmaplog"  # the logger name of mmaplog's own notes
 _pack_chunk_header = fmt.CHUNK_HEADER.pack
 _pack_commit = fmt.COMMIT.pack_into
 _crc32 = zlib.crc32
@@ -328,7 +329,7 @@ class Cache:
         self._seed = fmt.chunk_seed(template.session, seq)
         self._seq = seq
         self._seal_at = self._payload_start + self.threshold
-        self._aad = fmt.block_aad(template.session, seq, template.flags)
+        self._aad = fmt.block_aad(template.session, seq, template.flags, template.key_fingerprint)
 
     def _seal_active(self) -> bool:
         """Seal the open block; True if it held records (the flusher has work)."""
@@ -365,7 +366,8 @@ class Cache:
     def append(self, head: bytes, text: bytes, time_us: int, timeout: float) -> int:
         """Write one record into the cache; return APPENDED, DROPPED, OVERSIZE or CLOSED.
 
-        ``head`` is the record's header (``fmt.RECORD_HEADER``) and ``text`` its
+        ``head`` is everything of the record before its text (``fmt.RECORD_HEADER``
+        and the logger name, as :func:`fmt.record_head` makes it) and ``text`` its
         text; in an xlog cache ``head`` is empty and ``text`` is the line.
         Waits up to ``timeout`` seconds for a free slot when both are full.
         """
@@ -503,7 +505,7 @@ class Cache:
         self.dropped = 0
         if self.xlog is not None:
             return b"", note_line(time_us, self.pid, text)
-        return fmt.record_head(time_us, 40, fmt.KIND_NOTE, text), text
+        return fmt.record_head(time_us, 40, fmt.KIND_NOTE, text, _NOTE_NAME), text
 
     def seal(self, timeout: float = -1) -> bool:
         """Seal the block being written, if it holds anything; False if the lock could

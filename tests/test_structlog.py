@@ -129,6 +129,24 @@ def test_decode_json_prints_the_event_dict(make_handler, log_dir):
     assert {"time", "level", "message"} <= set(second)
 
 
+def test_named_loggers_carry_their_name(make_handler):
+    """structlog.get_logger(name) stores the name with each record; copies keep it."""
+    import copy
+
+    from mmaplog.structlog import MmapLoggerFactory
+
+    h = make_handler()
+    factory = MmapLoggerFactory(h)
+    named = factory("api")
+    assert named.name == "api" and factory("api") is named and factory().name is None
+    assert copy.deepcopy(named) is named
+    named.info("one")
+    factory().info("two")
+    h.close()
+    got = [(r.text, r.logger) for r in mmaplog.read_records(h.log_dir)]
+    assert got == [("one", "api"), ("two", None)]
+
+
 def test_direct_path_never_raises(make_handler):
     """A failure inside the direct logger goes to handleError, not to the caller."""
     from mmaplog.structlog import MmapLogger
