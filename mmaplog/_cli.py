@@ -91,6 +91,10 @@ more); --format json prints one JSON object per line (JSON Lines): for a text
 record its time, level, logger, pid, session and message; a record logged as
 a JSON object (structlog's JSONRenderer) is printed as that object.
 
+An encrypted log read without --key, or with a key that does not open it,
+names the public key it was encrypted to by its fingerprint (SHA256:...), as
+keygen and pubkey print it for a key file.
+
 A progress bar is drawn on stderr when it is a terminal and stdout is not.
 On a terminal, control characters in a record's text (escape sequences,
 carriage returns; everything but tab and newline) are shown as \\xNN: --raw
@@ -170,8 +174,10 @@ exit status:
 
 KEYGEN_EPILOG = """\
 The private key is written only to the file -o names (mode 0600), never to the
-terminal; the public key is printed. Keep the private key off the devices that
-log: `mmaplog pubkey FILE` prints the public key of a private key file again.
+terminal; the public key is printed, with its fingerprint (SHA256: and 11
+characters): decode names an encrypted log's key by it. Keep the private key
+off the devices that log: `mmaplog pubkey FILE` prints the public key of a
+private key file and its fingerprint again.
 
 exit status:
   0  the key pair was made
@@ -179,7 +185,9 @@ exit status:
 """
 
 PUBKEY_EPILOG = """\
-The public key is what MmapHandler(public_key=...) takes.
+The public key is what MmapHandler(public_key=...) takes. The fingerprint is
+the one decode names when a log needs this key: the first 8 bytes of the
+SHA-256 of the public key's 32 raw bytes, in base64.
 
 exit status:
   0  the public key was printed
@@ -266,11 +274,26 @@ def _report_mismatch(prog: str, key: str | None, *readers: Reader) -> None:
     for reader in readers:
         for source, n in reader.mismatched.items():
             counts[source] = counts.get(source, 0) + n
+    from ._crypto import fingerprint_text
+
+    written: dict[str, set[bytes]] = {}
+    given: bytes | None = None
+    for reader in readers:
+        for source, fingerprints in reader.mismatched_keys.items():
+            written.setdefault(source, set()).update(k for k in fingerprints if k)
+        given = given or reader.key_fingerprint
     for source, n in counts.items():
+        # Blocks of format version 2 say which key they were encrypted to.
+        wanted = ", ".join(sorted(fingerprint_text(k) for k in written.get(source, ())))
+        which = ""
+        if wanted:
+            which = f": they were encrypted to the key {wanted}"
+            if given:
+                which += f", the key given is {fingerprint_text(given)}"
         _err(
             prog,
             f"{source}: the key does not match: {n} encrypted block{'s' if n != 1 else ''} "
-            "skipped (no record of them authenticates with it)",
+            f"skipped (no record of them authenticates with it){which}",
         )
     value = None
     with contextlib.suppress(OSError):
@@ -1249,12 +1272,15 @@ class _FileCheck:
     unverified: int = 0
     mismatched: int = 0
     damage: list[fmt.Damage] = field(default_factory=list)
+    keys: set[bytes] = field(default_factory=set)  # fingerprints of the unverified blocks' keys
 
 
 def _check_sealed_block(block: fmt.ScannedBlock, check: _FileCheck) -> None:
     """Without the key: the checksums of an encrypted block (its chunks' too, in stream form)."""
     h = block.header
     check.unverified += 1
+    if h.key_fingerprint:
+        check.keys.add(h.key_fingerprint)
     if not h.stream:
         check.records += h.count
         return
@@ -1434,6 +1460,8 @@ def _count_sealed_cache(data: fmt.Buffer, check: _FileCheck) -> None:
             check.blocks += 1
             check.records += c.count
             check.unverified += 1
+            if c.template.key_fingerprint:
+                check.keys.add(c.template.key_fingerprint)
 
 
 def _verify_log(
@@ -1481,9 +1509,13 @@ def _print_verify(checks: list[_FileCheck], have_key: bool) -> None:
     )
     unverified = sum(c.unverified for c in checks)
     if unverified and not have_key:
+        from ._crypto import fingerprint_text
+
+        keys = sorted(fingerprint_text(k) for c in checks for k in c.keys)
+        of = f" of {', '.join(dict.fromkeys(keys))}" if keys else ""
         out.write(
             f"{unverified} encrypted blocks were checked by their checksums only "
-            "(give --key to decrypt and check their records)\n"
+            f"(give --key the private key{of} to decrypt and check their records)\n"
         )
     out.flush()
 
@@ -1825,10 +1857,18 @@ def _create_private(
     return os.fdopen(fd, "w", encoding="utf-8")
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    from ._crypto import generate_keypair
+def _print_public_key(private: Any) -> None:
+    """The two lines keygen and pubkey print: the public key and its fingerprint."""
+    from ._crypto import public_key_fingerprint, public_key_text
 
-    private, public = generate_keypair()
+    print(f"public key: {public_key_text(private)}")
+    print(f"fingerprint: {public_key_fingerprint(private)}")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from ._crypto import generate_keypair, load_private_key
+
+    private, _public = generate_keypair()
     f = _create_private(
         "mmaplog keygen", args.output, hint="remove it or choose another name first"
     )
@@ -1836,12 +1876,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     with f:
         f.write(private)
-    print(f"public key: {public}")
+    _print_public_key(load_private_key(private))
     return EXIT_OK
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
-    from ._crypto import load_private_key, public_key_text
+    from ._crypto import load_private_key
 
     prog = "mmaplog pubkey"
     try:
@@ -1862,7 +1902,7 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _err(prog, f"{args.keyfile}: {exc}")
         return EXIT_USAGE
-    print(public_key_text(key))
+    _print_public_key(key)
     return EXIT_OK
 
 
@@ -2072,7 +2112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "keygen", "make a key pair for encrypted logs", KEYGEN_EPILOG, cmd_keygen)
     p.add_argument("-o", "--output", required=True, help="write the private key here (mode 0600)")
 
-    p = _sub(sub, "pubkey", "print the public key of a private key file", PUBKEY_EPILOG, cmd_pubkey)
+    p = _sub(
+        sub,
+        "pubkey",
+        "print the public key of a private key file and its fingerprint",
+        PUBKEY_EPILOG,
+        cmd_pubkey,
+    )
     p.add_argument("keyfile", metavar="KEYFILE", help="the private key file keygen wrote")
     return parser
 
