@@ -88,8 +88,11 @@ ISO 8601 date or date and time (local time unless it has a zone: 2026-11-25,
 ERROR, CRITICAL, any case), xlog's letter (V D I W E F) or a number; records at
 or above it are printed. --pid keeps the records of one process (repeat it for
 more); --format json prints one JSON object per line (JSON Lines): for a text
-record its time, level, logger, pid, session and message; a record logged as
-a JSON object (structlog's JSONRenderer) is printed as that object.
+record its time, level, logger, pid, thread, session and message; a record
+logged as a JSON object (structlog's JSONRenderer) is printed as that object,
+with logger, pid and thread added where it has no such key. logger and thread
+are null when not known (a nameless structlog logger, or a log written before
+mmaplog stored them with each record and not in the default line layout).
 
 An encrypted log read without --key, or with a key that does not open it,
 names the public key it was encrypted to by its fingerprint (SHA256:...), as
@@ -365,26 +368,37 @@ def _text_renderer(out: IO[str], raw: bool) -> Callable[[Record | Marker], str]:
 def _format_json(item: Record | Marker) -> str:
     if isinstance(item, Marker):
         return json.dumps({"marker": item.text})
+    logger, thread = item.logger, item.thread
+    if logger is None and thread is None:
+        # A record written before format version 2 (or a Mars xlog line) carries
+        # neither: they are read back from a line in xlog's layout (the default
+        # formatter's), and are null otherwise.
+        m = _XLOG_PLACE.match(item.text)
+        if m:
+            logger = m.group(2)
+            thread = int(m.group(1)) if m.group(1) else None
     # A JSON object is printed as that object: marked as such by the direct structlog
     # path, or a text record whose whole text is one (structlog's ProcessorFormatter
-    # with JSONRenderer, or any JSON formatter on the stdlib path).
+    # with JSONRenderer, or any JSON formatter on the stdlib path). What the record
+    # carries besides is added under keys the object does not have already.
     if item.kind == fmt.KIND_JSON or item.text[:1] == "{":
         try:
             obj = json.loads(item.text)
             if isinstance(obj, dict):
+                obj.setdefault("logger", logger)
+                obj.setdefault("pid", item.pid)
+                obj.setdefault("thread", thread)
                 return json.dumps(obj, ensure_ascii=False)
         except ValueError:
             pass
     stamp = _local(item.time).isoformat(timespec="milliseconds")
-    # Records keep the rendered line, not the logger's name: it is read back from
-    # lines in xlog's layout (the default formatter's), and is null otherwise.
-    m = _XLOG_LOGGER.match(item.text)
     return json.dumps(
         {
             "time": stamp,
             "level": item.levelname,
-            "logger": m.group(1) if m else None,
+            "logger": logger,
             "pid": item.pid,
+            "thread": thread,
             "session": item.session,
             "message": item.text,
         },
@@ -392,7 +406,9 @@ def _format_json(item: Record | Marker) -> str:
     )
 
 
-_XLOG_LOGGER = re.compile(r"\[[VDIWEF]\]\[[^\]]*\]\[[^\]]*\]\[([^\]]*)\]\[")
+# [W][2026-11-25 +0000 19:40:00.123][pid, tid][logger][: xlog's layout (Mars marks the
+# main thread's tid with a *).
+_XLOG_PLACE = re.compile(r"\[[VDIWEF]\]\[[^\]]*\]\[\s*\d*,\s*(?:(\d+)\*?)?[^\]]*\]\[([^\]]*)\]\[")
 
 
 # -- argument types ---------------------------------------------------------------------

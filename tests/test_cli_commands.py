@@ -573,3 +573,61 @@ def test_decode_json_names_the_logger_of_xlog_lines(tmp_path):
     assert obj["logger"] == "shop.orders" and obj["level"] == "WARNING"
     assert obj["pid"] == os.getpid() and len(obj["session"]) == 16
     assert obj["message"].endswith("[order 42 failed")
+    assert obj["thread"] == threading.get_ident()
+
+
+def test_decode_json_gives_logger_and_thread_whatever_the_formatter(tmp_path):
+    """--format json names the logger and thread of records whose text shows neither."""
+    import json as _json
+
+    log_dir = str(tmp_path / "logs")
+    h = mmaplog.MmapHandler(log_dir)
+    h.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    lg = logging.getLogger("shop.orders")
+    lg.handlers[:] = [h]
+    lg.propagate = False
+    lg.warning("order %s failed", 42)
+    worker = threading.Thread(target=lg.error, args=("from a worker",))
+    worker.start()
+    worker.join()
+    h.close()
+    res = subprocess.run(
+        [sys.executable, "-m", "mmaplog", "decode", "--format", "json", log_dir],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert res.returncode == 0, res.stderr
+    first, second = (_json.loads(line) for line in res.stdout.splitlines())
+    assert first["message"] == "WARNING order 42 failed"
+    assert (first["logger"], first["pid"], first["thread"]) == (
+        "shop.orders",
+        os.getpid(),
+        threading.get_ident(),
+    )
+    assert second["logger"] == "shop.orders" and second["thread"] not in (None, first["thread"])
+
+
+def test_decode_json_of_a_version_1_log_reads_logger_and_thread_from_the_line():
+    """A log written before records carried them gives the logger and thread of the default
+    line, and null for events logged as JSON objects."""
+    import json as _json
+
+    path = os.path.join(
+        os.path.dirname(__file__), "fixtures", "v1", "logs", "mmaplog_zstd_20250314.mmlog"
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "mmaplog", "decode", "--format", "json", path],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert res.returncode == 0, res.stderr
+    objs = [_json.loads(line) for line in res.stdout.splitlines()]
+    lines = [o for o in objs if "message" in o]
+    events = [o for o in objs if "event" in o]
+    assert len(lines) > 30 and len(events) == 2
+    for o in lines:
+        assert o["logger"] == "fixtures.mmaplog_zstd"
+        assert f"[{o['pid']}, {o['thread']}][fixtures.mmaplog_zstd][" in o["message"]
+    assert all(o["logger"] is None and o["thread"] is None for o in events)

@@ -584,9 +584,14 @@ def test_json_output_prints_stdlib_structlog_events_as_objects(log_dir):
     res = run("decode", "--format", "json", log_dir)
     assert res.returncode == 0, res.stderr
     first, second, third = (json.loads(line) for line in res.stdout.splitlines())
-    assert first == {"order": 42, "event": "order placed", "level": "info"}
-    assert second == {"event": "{not json"}
+    pid, thread = first["pid"], first["thread"]
+    assert isinstance(pid, int) and isinstance(thread, int) and thread > 0
+    # The event dict, with the logger, pid and thread the record carries.
+    assert first == {"order": 42, "event": "order placed", "level": "info",
+                     "logger": "orders", "pid": pid, "thread": thread}  # fmt: skip
+    assert second == {"event": "{not json", "logger": "plain", "pid": pid, "thread": thread}
     assert third["message"] == "{not json either" and third["level"] == "WARNING"
+    assert (third["logger"], third["pid"], third["thread"]) == ("plain", pid, thread)
 
 
 def test_fifos_and_foreign_files_named_like_caches_are_left_alone(log_dir):
