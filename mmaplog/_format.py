@@ -276,9 +276,12 @@ def record_head(
     """Return the head of one record: everything before its text (header and logger name).
 
     ``name`` is the logger name's UTF-8 bytes (at most :data:`MAX_LOGGER_NAME`),
-    ``thread`` the writing thread's id (0: unknown). Raises ``struct.error`` for
+    ``thread`` the writing thread's id (0: unknown). Raises ``ValueError`` for a
+    longer name (readers would take the record for damage) and ``struct.error`` for
     values that do not fit their fields.
     """
+    if len(name) > MAX_LOGGER_NAME:
+        raise ValueError(f"logger name of {len(name)} bytes, at most {MAX_LOGGER_NAME}")
     return RECORD_HEADER.pack(len(text), time_us, level & 0xFF, kind, len(name), thread) + name
 
 

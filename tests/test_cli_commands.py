@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 import mmaplog
+from mmaplog import _format as fmt
 from torture import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -606,6 +607,36 @@ def test_decode_json_gives_logger_and_thread_whatever_the_formatter(tmp_path):
         threading.get_ident(),
     )
     assert second["logger"] == "shop.orders" and second["thread"] not in (None, first["thread"])
+
+
+def test_blocks_of_a_newer_format_version_are_reported_not_read(tmp_path):
+    """A log whose blocks are of a format version this mmaplog does not know is one
+    damaged range per run of them, saying so, and decode exits 1 printing nothing."""
+    from dataclasses import replace
+
+    path = os.path.join(
+        os.path.dirname(__file__), "fixtures", "v2", "logs", "mmaplog_zstd_20250314.mmlog"
+    )
+    with open(path, "rb") as f:
+        data = f.read()
+    newer = b"".join(
+        fmt.pack_header(replace(b.header, version=3)) + b.payload
+        for b in fmt.scan_blocks(data)
+        if isinstance(b, fmt.ScannedBlock)
+    )
+    log = tmp_path / "app_20250314.mmlog"
+    log.write_bytes(newer)
+    res = subprocess.run(
+        [sys.executable, "-m", "mmaplog", "decode", str(log)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert res.returncode == 1 and res.stdout == ""
+    (line,) = res.stderr.splitlines()
+    assert line.endswith(
+        "block at offset 0: format version 3 is not supported (this mmaplog reads versions 1 and 2)"
+    )
 
 
 def test_decode_json_of_a_version_1_log_reads_logger_and_thread_from_the_line():

@@ -130,6 +130,9 @@ def test_record_head_is_the_header_then_the_name() -> None:
     head = fmt.record_head(7, 20, fmt.KIND_TEXT, b"text", b"shop.orders", 99)
     assert head == fmt.RECORD_HEADER.pack(4, 7, 20, fmt.KIND_TEXT, 11, 99) + b"shop.orders"
     assert fmt.encode_record(7, 20, fmt.KIND_TEXT, b"text", b"shop.orders", 99) == head + b"text"
+    fmt.record_head(7, 20, fmt.KIND_TEXT, b"", bytes(fmt.MAX_LOGGER_NAME))
+    with pytest.raises(ValueError, match="logger name of 1025 bytes"):
+        fmt.record_head(7, 20, fmt.KIND_TEXT, b"", bytes(fmt.MAX_LOGGER_NAME + 1))
 
 
 def test_encode_record_clamps_level_to_a_byte() -> None:
