@@ -6,7 +6,8 @@
  * FileHandler's. It does the work the cache's emit does, and nothing more:
  *
  *   - render the xlog line (the date part reused per second, like XlogFormatter);
- *   - prefix the record header (length, time, level, kind; 14 bytes);
+ *   - prefix the record head: the header (text length, time, level, kind, name
+ *     length, thread; 24 bytes) and the logger name (format version 2);
  *   - zstd: one ZSTD_compressStream2(..., ZSTD_e_flush) per record, a new stream
  *     every 700 records (the cache's level); or no compression at all;
  *   - a CRC-32 over the chunk body, the 8-byte chunk header, the copy into a
@@ -43,7 +44,9 @@ static char stamp[64];
 static size_t stamp_len;
 
 #define LINE_MAX_BYTES (1 << 16)
-static unsigned char line[14 + LINE_MAX_BYTES];
+#define HEAD 24         /* the fixed record header */
+#define LOGGER_NAME_MAX 1024   /* the longest logger name a record carries */
+static unsigned char line[HEAD + LOGGER_NAME_MAX + LINE_MAX_BYTES];
 static unsigned char body[LINE_MAX_BYTES + 1024];
 static unsigned char mapping[1 << 20];
 static size_t mapping_pos;
@@ -109,8 +112,11 @@ static char letter_of(long levelno) {
     return levelno > 50 ? 'F' : levelno > 40 ? 'E' : levelno > 30 ? 'W' : levelno > 20 ? 'I' : 'D';
 }
 
-/* Render the xlog line after a 14-byte record header; return its length or -1. */
-static Py_ssize_t render(PyObject *rec, double *created_out, long *level_out) {
+/* Render the logger name after the 24-byte record header, then the xlog line; return
+ * the line's length or -1, and where it starts, the name's length and the thread id. */
+static Py_ssize_t render(PyObject *rec, double *created_out, long *level_out,
+                         unsigned char **text_out, size_t *name_len_out,
+                         unsigned long long *thread_out) {
     PyObject *o = PyObject_GetAttr(rec, s_created);
     if (!o) return -1;
     double created = PyFloat_AsDouble(o);
@@ -132,10 +138,20 @@ static Py_ssize_t render(PyObject *rec, double *created_out, long *level_out) {
     if (!o) return -1;
     long levelno = PyLong_AsLong(o);
     Py_DECREF(o);
+    o = PyObject_GetAttr(rec, s_thread);
+    if (!o) return -1;
+    unsigned long long thread = PyLong_Check(o) ? PyLong_AsUnsignedLongLong(o) : 0;
+    Py_DECREF(o);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        thread = 0;
+    }
+    unsigned char *at = line + HEAD, *end = line + sizeof line;
+    if (put_attr(&at, line + HEAD + LOGGER_NAME_MAX, rec, s_name) < 0) return -1;
+    unsigned char *text = at;
     PyObject *msg = PyObject_CallMethodNoArgs(rec, s_getMessage);
     if (!msg) return -1;
 
-    unsigned char *at = line + 14, *end = line + sizeof line;
     char head[4] = {'[', letter_of(levelno), ']', '['}, millis[16];
     if (put(&at, end, head, 4) < 0 || put(&at, end, stamp, stamp_len) < 0 ||
         put(&at, end, millis, (size_t)snprintf(millis, sizeof millis, ".%03ld][", ms)) < 0 ||
@@ -152,31 +168,46 @@ static Py_ssize_t render(PyObject *rec, double *created_out, long *level_out) {
     Py_DECREF(msg);
     *created_out = created;
     *level_out = levelno;
-    return (Py_ssize_t)(at - (line + 14));
+    *text_out = text;
+    *name_len_out = (size_t)(text - (line + HEAD));
+    *thread_out = thread;
+    return (Py_ssize_t)(at - text);
 }
 
 static PyObject *py_line(PyObject *self, PyObject *rec) {
     (void)self;
     double created;
     long levelno;
-    Py_ssize_t n = render(rec, &created, &levelno);
+    unsigned char *text;
+    size_t name_len;
+    unsigned long long thread;
+    Py_ssize_t n = render(rec, &created, &levelno, &text, &name_len, &thread);
     if (n < 0) return NULL;
-    return PyBytes_FromStringAndSize((const char *)line + 14, n);
+    return PyBytes_FromStringAndSize((const char *)text, n);
 }
 
 static PyObject *py_emit(PyObject *self, PyObject *rec) {
     (void)self;
     double created;
     long levelno;
-    Py_ssize_t n = render(rec, &created, &levelno);
+    unsigned char *text;
+    size_t name_len;
+    unsigned long long thread;
+    Py_ssize_t n = render(rec, &created, &levelno, &text, &name_len, &thread);
     if (n < 0) return NULL;
+    /* The record header, little-endian (docs/format.md): text_len, time_us, level,
+     * kind, name_len, thread; the name and the line follow it in `line`. */
     uint32_t len32 = (uint32_t)n;
     int64_t time_us = (int64_t)(created * 1e6);
+    uint16_t name16 = (uint16_t)name_len;
+    uint64_t thread64 = (uint64_t)thread;
     memcpy(line, &len32, 4);
     memcpy(line + 4, &time_us, 8);
     line[12] = (unsigned char)(levelno < 0 ? 0 : levelno > 255 ? 255 : levelno);
     line[13] = 0;
-    size_t raw_len = 14 + (size_t)n, body_len;
+    memcpy(line + 14, &name16, 2);
+    memcpy(line + 16, &thread64, 8);
+    size_t raw_len = HEAD + name_len + (size_t)n, body_len;
     if (compress) {
         if (in_block++ % 700 == 0) z_reset(ctx, 1);
         ZSTD_inBuffer in = {line, raw_len, 0};

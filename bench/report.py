@@ -421,9 +421,10 @@ def floor_lines(floor: dict[str, Any], file_own: float) -> list[str]:
     lines += [
         "`bench/native_emit.c` goes further: a C extension that does what the cache's emit "
         "does for a record (renders the same xlog line, checked against XlogFormatter on "
-        "every record; the record header; the per-record zstd flush; the CRC-32, the chunk "
-        "header, the copy into a buffer and a commit store), but takes no lock and handles "
-        "no block boundary. Called as `handle(record)` on the same records, interleaved, "
+        "every record; the record head, header and logger name; the per-record zstd flush; "
+        "the CRC-32, the chunk header, the copy into a buffer and a commit store), but takes "
+        "no lock and handles no block boundary. Called as `handle(record)` on the same "
+        "records, interleaved, "
         f"medians: FileHandler {_f(f_us, 2)} µs, MmapHandler {_f(sk['mmap'], 2)} µs "
         f"({_f(mr, 2)} ×), the C sketch with zstd {_f(sk['c_zstd'], 2)} µs ({_f(zr, 2)} ×), "
         f"the C sketch without compression {_f(sk['c_none'], 2)} µs ({_f(nr, 2)} ×). "

@@ -78,7 +78,7 @@ def encode_whole_block(
         raw = fmt.join_records(heads, texts)
     payload = compress_whole(template.compression, raw, level)
     if sealer is not None:
-        aad = fmt.block_aad(template.session, template.seq, flags)
+        aad = fmt.block_aad(template.session, template.seq, flags, template.key_fingerprint)
         payload = sealer.seal(template.seq, WHOLE_BLOCK_INDEX, payload, aad)
     header = replace(
         template, flags=flags, last_time_us=last_time_us, count=len(texts), raw_len=len(raw)
@@ -162,10 +162,11 @@ class BlockSession:
                 ext = xlog.client_pubkey
         elif self.sealer is not None:
             flags |= fmt.FLAG_ENCRYPTED
-            ext = self.sealer.ephemeral_public
+            ext = self.sealer.ephemeral_public + self.sealer.key_fingerprint
         self._flags = flags
         self.extension = ext
-        """The header extension of this session's blocks (the ephemeral public key)."""
+        """The header extension of this session's blocks (the ephemeral public key and
+        the recipient key's fingerprint; xlog's client key in an xlog session)."""
 
     def next_seq(self) -> int:
         """Take the next block sequence number of this session (0, 1, 2, ...)."""

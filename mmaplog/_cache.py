@@ -48,6 +48,7 @@ NOT_HANDLED = -1
 _STARVED_RETRY = 0.1
 
 _CHUNK_OVERHEAD = 64 + fmt.CHUNK_HEADER.size + TAG_SIZE
+_NOTE_NAME = b"mmaplog"  # the logger name of mmaplog's own notes
 _pack_chunk_header = fmt.CHUNK_HEADER.pack
 _pack_commit = fmt.COMMIT.pack_into
 _crc32 = zlib.crc32
@@ -475,7 +476,7 @@ class Cache:
         w.seed = fmt.chunk_seed(template.session, seq)
         w.seq = seq
         w.seal_at = w.payload_start + self.threshold
-        w.aad = fmt.block_aad(template.session, seq, template.flags)
+        w.aad = fmt.block_aad(template.session, seq, template.flags, template.key_fingerprint)
         w.reset_stream()
 
     def _seal_active(self) -> bool:
@@ -515,7 +516,8 @@ class Cache:
     def append(self, head: bytes, text: bytes, time_us: int, timeout: float) -> int:
         """Write one record into the cache; return APPENDED, DROPPED, OVERSIZE or CLOSED.
 
-        ``head`` is the record's header (``fmt.RECORD_HEADER``) and ``text`` its
+        ``head`` is everything of the record before its text (``fmt.RECORD_HEADER``
+        and the logger name, as :func:`fmt.record_head` makes it) and ``text`` its
         text; in an xlog cache ``head`` is empty and ``text`` is the line.
         Waits up to ``timeout`` seconds for a free slot when both are full.
         """
@@ -634,7 +636,7 @@ class Cache:
         self.dropped = 0
         if self.xlog is not None:
             return b"", note_line(time_us, self.pid, text)
-        return fmt.record_head(time_us, 40, fmt.KIND_NOTE, text), text
+        return fmt.record_head(time_us, 40, fmt.KIND_NOTE, text, _NOTE_NAME), text
 
     def seal(self, timeout: float = -1) -> bool:
         """Seal the block being written, if it holds anything; False if the lock could

@@ -91,8 +91,15 @@ ERROR, CRITICAL, any case), xlog's letter (V D I W E F) or a number; records at
 or above it are printed. --pid keeps the records of one process (repeat it for
 more; in xlog files, the pid of the line's [pid, tid] field); --format json
 prints one JSON object per line (JSON Lines): for a text record its time, level,
-logger, pid (null when the record has none), session and message; a record
-logged as a JSON object (structlog's JSONRenderer) is printed as that object.
+logger, pid, thread, session and message; a record logged as a JSON object
+(structlog's JSONRenderer) is printed as that object, with logger, pid and thread
+added where it has no such key. logger, pid and thread are null when not known (a
+nameless structlog logger, an xlog line without xlog's header, or a log written
+before mmaplog stored them with each record and not in the default line layout).
+
+An encrypted log read without --key, or with a key that does not open it,
+names the public key it was encrypted to by its fingerprint (SHA256:...), as
+keygen and pubkey print it for a key file.
 
 Files named on the command line may be symbolic links (decode only reads).
 
@@ -183,8 +190,10 @@ exit status:
 
 KEYGEN_EPILOG = """\
 The private key is written only to the file -o names (mode 0600), never to the
-terminal; the public key is printed. Keep the private key off the devices that
-log: `mmaplog pubkey FILE` prints the public key of a private key file again.
+terminal; the public key is printed, with its fingerprint (SHA256: and 11
+characters): decode names an encrypted log's key by it. Keep the private key
+off the devices that log: `mmaplog pubkey FILE` prints the public key of a
+private key file and its fingerprint again.
 
 exit status:
   0  the key pair was made
@@ -192,7 +201,9 @@ exit status:
 """
 
 PUBKEY_EPILOG = """\
-The public key is what MmapHandler(public_key=...) takes.
+The public key is what MmapHandler(public_key=...) takes. The fingerprint is
+the one decode names when a log needs this key: the first 8 bytes of the
+SHA-256 of the public key's 32 raw bytes, in base64.
 
 exit status:
   0  the public key was printed
@@ -279,11 +290,26 @@ def _report_mismatch(prog: str, key: str | None, *readers: Reader) -> None:
     for reader in readers:
         for source, n in reader.mismatched.items():
             counts[source] = counts.get(source, 0) + n
+    from ._crypto import fingerprint_text
+
+    written: dict[str, set[bytes]] = {}
+    given: bytes | None = None
+    for reader in readers:
+        for source, fingerprints in reader.mismatched_keys.items():
+            written.setdefault(source, set()).update(k for k in fingerprints if k)
+        given = given or reader.key_fingerprint
     for source, n in counts.items():
+        # Blocks of format version 2 say which key they were encrypted to.
+        wanted = ", ".join(sorted(fingerprint_text(k) for k in written.get(source, ())))
+        which = ""
+        if wanted:
+            which = f": they were encrypted to the key {wanted}"
+            if given:
+                which += f", the key given is {fingerprint_text(given)}"
         _err(
             prog,
             f"{source}: the key does not match: {n} encrypted block{'s' if n != 1 else ''} "
-            "skipped (no record of them authenticates with it)",
+            f"skipped (no record of them authenticates with it){which}",
         )
     value = None
     with contextlib.suppress(OSError):
@@ -355,26 +381,37 @@ def _text_renderer(out: IO[str], raw: bool) -> Callable[[Record | Marker], str]:
 def _format_json(item: Record | Marker) -> str:
     if isinstance(item, Marker):
         return json.dumps({"marker": item.text})
+    logger, thread = item.logger, item.thread
+    if logger is None and thread is None:
+        # A record written before format version 2 (or a Mars xlog line) carries
+        # neither: they are read back from a line in xlog's layout (the default
+        # formatter's), and are null otherwise.
+        m = _XLOG_PLACE.match(item.text)
+        if m:
+            logger = m.group(2)
+            thread = int(m.group(1)) if m.group(1) else None
     # A JSON object is printed as that object: marked as such by the direct structlog
     # path, or a text record whose whole text is one (structlog's ProcessorFormatter
-    # with JSONRenderer, or any JSON formatter on the stdlib path).
+    # with JSONRenderer, or any JSON formatter on the stdlib path). What the record
+    # carries besides is added under keys the object does not have already.
     if item.kind == fmt.KIND_JSON or item.text[:1] == "{":
         try:
             obj = json.loads(item.text)
             if isinstance(obj, dict):
+                obj.setdefault("logger", logger)
+                obj.setdefault("pid", item.pid)
+                obj.setdefault("thread", thread)
                 return json.dumps(obj, ensure_ascii=False)
         except ValueError:
             pass
     stamp = _local(item.time).isoformat(timespec="milliseconds")
-    # Records keep the rendered line, not the logger's name: it is read back from
-    # lines in xlog's layout (the default formatter's), and is null otherwise.
-    m = _XLOG_LOGGER.match(item.text)
     return json.dumps(
         {
             "time": stamp,
             "level": item.levelname,
-            "logger": m.group(1) if m else None,
+            "logger": logger,
             "pid": item.pid or None,  # 0: the record does not say (an xlog line without it)
+            "thread": thread,
             "session": item.session,
             "message": item.text,
         },
@@ -382,7 +419,9 @@ def _format_json(item: Record | Marker) -> str:
     )
 
 
-_XLOG_LOGGER = re.compile(r"\[[VDIWEF]\]\[[^\]]*\]\[[^\]]*\]\[([^\]]*)\]\[")
+# [W][2026-11-25 +0000 19:40:00.123][pid, tid][logger][: xlog's layout (Mars marks the
+# main thread's tid with a *).
+_XLOG_PLACE = re.compile(r"\[[VDIWEF]\]\[[^\]]*\]\[\s*\d*,\s*(?:(\d+)\*?)?[^\]]*\]\[([^\]]*)\]\[")
 
 
 # -- argument types ---------------------------------------------------------------------
@@ -1277,12 +1316,15 @@ class _FileCheck:
     unverified: int = 0
     mismatched: int = 0
     damage: list[fmt.Damage] = field(default_factory=list)
+    keys: set[bytes] = field(default_factory=set)  # fingerprints of the unverified blocks' keys
 
 
 def _check_sealed_block(block: fmt.ScannedBlock, check: _FileCheck) -> None:
     """Without the key: the checksums of an encrypted block (its chunks' too, in stream form)."""
     h = block.header
     check.unverified += 1
+    if h.key_fingerprint:
+        check.keys.add(h.key_fingerprint)
     if not h.stream:
         check.records += h.count
         return
@@ -1465,6 +1507,8 @@ def _count_sealed_cache(data: fmt.Buffer, check: _FileCheck) -> None:
             check.blocks += 1
             check.records += c.count
             check.unverified += 1
+            if c.template.key_fingerprint:
+                check.keys.add(c.template.key_fingerprint)
 
 
 def _verify_log(
@@ -1512,9 +1556,13 @@ def _print_verify(checks: list[_FileCheck], have_key: bool) -> None:
     )
     unverified = sum(c.unverified for c in checks)
     if unverified and not have_key:
+        from ._crypto import fingerprint_text
+
+        keys = sorted(fingerprint_text(k) for c in checks for k in c.keys)
+        of = f" of {', '.join(dict.fromkeys(keys))}" if keys else ""
         out.write(
             f"{unverified} encrypted blocks were checked by their checksums only "
-            "(give --key to decrypt and check their records)\n"
+            f"(give --key the private key{of} to decrypt and check their records)\n"
         )
     out.flush()
 
@@ -1865,10 +1913,18 @@ def _create_private(
     return os.fdopen(fd, "w", encoding="utf-8")
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    from ._crypto import generate_keypair
+def _print_public_key(private: Any) -> None:
+    """The two lines keygen and pubkey print: the public key and its fingerprint."""
+    from ._crypto import public_key_fingerprint, public_key_text
 
-    private, public = generate_keypair()
+    print(f"public key: {public_key_text(private)}")
+    print(f"fingerprint: {public_key_fingerprint(private)}")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from ._crypto import generate_keypair, load_private_key
+
+    private, _public = generate_keypair()
     f = _create_private(
         "mmaplog keygen", args.output, hint="remove it or choose another name first"
     )
@@ -1876,12 +1932,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     with f:
         f.write(private)
-    print(f"public key: {public}")
+    _print_public_key(load_private_key(private))
     return EXIT_OK
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
-    from ._crypto import load_private_key, public_key_text
+    from ._crypto import load_private_key
 
     prog = "mmaplog pubkey"
     try:
@@ -1902,7 +1958,7 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _err(prog, f"{args.keyfile}: {exc}")
         return EXIT_USAGE
-    print(public_key_text(key))
+    _print_public_key(key)
     return EXIT_OK
 
 
@@ -2112,7 +2168,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "keygen", "make a key pair for encrypted logs", KEYGEN_EPILOG, cmd_keygen)
     p.add_argument("-o", "--output", required=True, help="write the private key here (mode 0600)")
 
-    p = _sub(sub, "pubkey", "print the public key of a private key file", PUBKEY_EPILOG, cmd_pubkey)
+    p = _sub(
+        sub,
+        "pubkey",
+        "print the public key of a private key file and its fingerprint",
+        PUBKEY_EPILOG,
+        cmd_pubkey,
+    )
     p.add_argument("keyfile", metavar="KEYFILE", help="the private key file keygen wrote")
     return parser
 

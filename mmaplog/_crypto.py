@@ -17,8 +17,14 @@ The scheme (``docs/security.md`` is the full description):
   ``(seq, index)`` pair within a session; every new session (new handler,
   restart after a crash, forked child) makes a new :class:`Sealer` and so a
   new ephemeral key, hence a new AEAD key.
-* The AAD is given by the caller (the block's session id, seq and flags), so
-  a sealed chunk cannot be moved to another session, block or position.
+* The AAD is given by the caller (the block's session id, seq and flags, and
+  the recipient key's fingerprint), so a sealed chunk cannot be moved to another
+  session, block or position.
+* A public key's *fingerprint* is the first 8 bytes of the SHA-256 of its 32 raw
+  bytes, shown as ``SHA256:`` and their unpadded base64 (the notation of
+  OpenSSH's ``ssh-keygen -l``, truncated as age truncates the SHA-256 of a
+  recipient key into a stanza tag). Blocks carry the recipient's, so a reader can
+  say which key a log needs (:func:`key_fingerprint`, :func:`fingerprint_text`).
 
 The ephemeral private key is dropped as soon as the AEAD key is derived: the
 device cannot decrypt its own logs afterwards. The derived AEAD key does stay
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import struct
 import weakref
@@ -61,9 +68,12 @@ __all__ = [
     "WHOLE_BLOCK_INDEX",
     "Opener",
     "Sealer",
+    "fingerprint_text",
     "generate_keypair",
+    "key_fingerprint",
     "load_private_key",
     "load_public_key",
+    "public_key_fingerprint",
     "public_key_text",
 ]
 
@@ -257,6 +267,23 @@ def public_key_text(private: X25519PrivateKey) -> str:
     return base64.b64encode(private.public_key().public_bytes_raw()).decode("ascii")
 
 
+def key_fingerprint(public_raw: Buffer) -> bytes:
+    """The fingerprint of an X25519 public key: the first 8 bytes of SHA-256 of its raw
+    32 bytes (what encrypted blocks carry, ``fmt.KEY_FINGERPRINT_SIZE``)."""
+    return hashlib.sha256(public_raw).digest()[: fmt.KEY_FINGERPRINT_SIZE]
+
+
+def fingerprint_text(fingerprint: Buffer) -> str:
+    """A fingerprint as shown to people: ``SHA256:`` and its unpadded standard base64
+    (11 characters for 8 bytes), as OpenSSH shows its SHA-256 fingerprints."""
+    return "SHA256:" + base64.b64encode(bytes(fingerprint)).decode("ascii").rstrip("=")
+
+
+def public_key_fingerprint(private: X25519PrivateKey) -> str:
+    """The fingerprint text of the public half of ``private``."""
+    return fingerprint_text(key_fingerprint(private.public_key().public_bytes_raw()))
+
+
 # ---------------------------------------------------------------------------
 # AEAD
 
@@ -286,9 +313,11 @@ class Sealer:
     so that cannot happen by mistake either.
     """
 
-    __slots__ = ("__weakref__", "_encrypt", "_pack", "_pid", "ephemeral_public")
+    __slots__ = ("__weakref__", "_encrypt", "_pack", "_pid", "ephemeral_public", "key_fingerprint")
 
     ephemeral_public: bytes
+    key_fingerprint: bytes
+    """The recipient public key's fingerprint (:func:`key_fingerprint`)."""
 
     def __init__(self, recipient_public: Buffer) -> None:
         """Make the session's ephemeral key pair and derive its AEAD key.
@@ -315,6 +344,7 @@ class Sealer:
                 "got an all-zero or low-order point"
             ) from None
         self.ephemeral_public = ephemeral.public_key().public_bytes_raw()
+        self.key_fingerprint = key_fingerprint(recipient)
         # Keep only the AEAD: the ephemeral private key goes out of scope here,
         # so this process cannot recompute the key of an earlier session.
         del ephemeral
@@ -375,12 +405,14 @@ class Opener:
     session, not per record. Not thread-safe: use one per decoding thread.
     """
 
-    __slots__ = ("_aeads", "_private", "_recipient_public")
+    __slots__ = ("_aeads", "_private", "_recipient_public", "key_fingerprint")
 
     def __init__(self, private_key: X25519PrivateKey) -> None:
         """Keep ``private_key`` to open chunks sealed for its public key."""
         self._private = private_key
         self._recipient_public = private_key.public_key().public_bytes_raw()
+        self.key_fingerprint = key_fingerprint(self._recipient_public)
+        """The fingerprint of the public key this opener's key pairs with."""
         self._aeads: OrderedDict[bytes, ChaCha20Poly1305] = OrderedDict()
 
     def _aead(self, ephemeral_public: Buffer) -> ChaCha20Poly1305:

@@ -6,7 +6,8 @@ checks these constants against it.
 
 Layers, innermost first::
 
-    record   <I q B B> text_len, time_us, level, kind + UTF-8 text
+    record   <I q B B H Q> text_len, time_us, level, kind, name_len, thread
+             + logger name + UTF-8 text               (version 1: <I q B B> + text)
     chunk    <I I>     body_len, crc32(body, seed) + body        (stream form only)
     block    64-byte header [+ extension] + payload
     cache    4096-byte cache header + N slots, each: commit area + block header + chunks
@@ -17,6 +18,11 @@ per-record flush of one compressor stream, as written into the cache) or in
 writes them into the log file). A whole-form block with ``FLAG_COLUMNS`` holds
 its records as columns (times, lengths, levels, kinds, then the texts), which
 compresses better than records back to back.
+
+Version 2 (what this module writes) added the logger name and thread to every
+record, and the recipient key's fingerprint to encrypted blocks; version 1 is
+still read (:data:`READ_VERSIONS`): a block's version says how its records are
+laid out.
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ __all__ = [
     "CHUNK_HEADER",
     "COMMIT",
     "FORMAT_VERSION",
+    "READ_VERSIONS",
     "RECORD_HEADER",
+    "RECORD_HEADER_V1",
     "BlockHeader",
     "CacheInfo",
     "Damage",
@@ -64,12 +72,25 @@ MAX_BLOCK_PAYLOAD = 64 * 1024 * 1024
 MAX_BLOCK_RAW = 80 * 1024 * 1024
 """Largest decompressed size of one block (bounds the decoder's memory)."""
 MAX_HEADER_EXTENSION = 256
+MAX_LOGGER_NAME = 1024
+"""Longest logger name a record may carry (bytes); writers cut longer ones."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The version of everything this mmaplog writes (block and cache headers)."""
+READ_VERSIONS = frozenset({1, 2})
+"""The versions this mmaplog reads."""
+_READ_TEXT = "versions 1 and 2"
 
-# -- record --------------------------------------------------------------------
+# -- record (version 2) -----------------------------------------------------------
 #   0  u32 text_len   4  i64 time (µs since the epoch)   12 u8 level   13 u8 kind
-RECORD_HEADER = struct.Struct("<IqBB")
+#  14  u16 name_len  16  u64 thread                      24 logger name (name_len bytes)
+#  24 + name_len     text (text_len bytes)
+# A record's *head* is everything before its text: the 24 fixed bytes and the name.
+RECORD_HEADER = struct.Struct("<IqBBHQ")
+# -- record (version 1) -----------------------------------------------------------
+#   0  u32 text_len   4  i64 time (µs since the epoch)   12 u8 level   13 u8 kind
+#  14  text (text_len bytes)
+RECORD_HEADER_V1 = struct.Struct("<IqBB")
 KIND_TEXT = 0
 """A rendered log line."""
 KIND_JSON = 1
@@ -87,7 +108,8 @@ CHUNK_HEADER = struct.Struct("<II")
 #    8 8s session id      16 u64 seq         24 u32 pid        28 u32 payload_len
 #   32 i64 first_time µs  40 i64 last_time µs
 #   48 u32 count          52 u32 raw_len     56 u32 payload_crc 60 u32 header_crc
-#   64 extension (header_len - 64 bytes): the ephemeral public key when encrypted
+#   64 extension (header_len - 64 bytes), when encrypted: the ephemeral public key
+#      (32 bytes), then (version 2) the recipient key's fingerprint (8 bytes)
 # header_crc = crc32(bytes 0..60 + extension)
 BLOCK_MAGIC = b"MMLB"
 BLOCK_HEADER = struct.Struct("<4sBBH8sQIIqqIIII")
@@ -109,7 +131,12 @@ _FLAGS_KNOWN = (
     FLAG_COMPRESSION_MASK | FLAG_ENCRYPTED | FLAG_STREAM | FLAG_RECOVERED | FLAG_XLOG | FLAG_COLUMNS
 )
 _AAD_FLAGS = FLAG_COMPRESSION_MASK | FLAG_ENCRYPTED | FLAG_STREAM | FLAG_COLUMNS
-ENCRYPTION_EXTENSION = 32
+EPHEMERAL_KEY_SIZE = 32
+KEY_FINGERPRINT_SIZE = 8
+ENCRYPTION_EXTENSION = EPHEMERAL_KEY_SIZE + KEY_FINGERPRINT_SIZE
+"""Version 2: the writer's ephemeral X25519 public key, then the recipient key's fingerprint."""
+ENCRYPTION_EXTENSION_V1 = EPHEMERAL_KEY_SIZE
+"""Version 1: the ephemeral public key alone."""
 XLOG_EXTENSION = 64
 """FLAG_XLOG with FLAG_ENCRYPTED: the extension is xlog's 64-byte client public key."""
 
@@ -137,7 +164,8 @@ MAX_SLOTS = 8
 
 
 class RawRecord(NamedTuple):
-    """One record as stored: time in µs since the epoch, level, kind and text bytes.
+    """One record as stored: time in µs since the epoch, level, kind, text bytes, and
+    (version 2) the logger name's bytes and the thread id; ``b""`` and 0 when not stored.
 
     A named tuple rather than a dataclass: readers make one per record, and a tuple
     is several times cheaper to build.
@@ -147,6 +175,8 @@ class RawRecord(NamedTuple):
     level: int
     kind: int
     text: bytes
+    name: bytes = b""
+    thread: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +215,20 @@ class BlockHeader:
     @property
     def recovered(self) -> bool:
         return bool(self.flags & FLAG_RECOVERED)
+
+    @property
+    def ephemeral_key(self) -> bytes:
+        """The writer session's ephemeral X25519 public key (encrypted mmaplog blocks)."""
+        if self.flags & FLAG_XLOG:
+            return b""
+        return self.extension[:EPHEMERAL_KEY_SIZE]
+
+    @property
+    def key_fingerprint(self) -> bytes:
+        """The fingerprint of the public key the block was encrypted to (version 2), or b""."""
+        if self.flags & FLAG_XLOG:
+            return b""
+        return self.extension[EPHEMERAL_KEY_SIZE:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,27 +270,83 @@ class CacheInfo:
 # -- records -----------------------------------------------------------------------
 
 
-def record_head(time_us: int, level: int, kind: int, text: bytes) -> bytes:
-    """Return the header of one record (the stored form is this header + ``text``)."""
-    return RECORD_HEADER.pack(len(text), time_us, level & 0xFF, kind)
+def record_head(
+    time_us: int, level: int, kind: int, text: bytes, name: bytes = b"", thread: int = 0
+) -> bytes:
+    """Return the head of one record: everything before its text (header and logger name).
+
+    ``name`` is the logger name's UTF-8 bytes (at most :data:`MAX_LOGGER_NAME`),
+    ``thread`` the writing thread's id (0: unknown). Raises ``ValueError`` for a
+    longer name (readers would take the record for damage) and ``struct.error`` for
+    values that do not fit their fields.
+    """
+    if len(name) > MAX_LOGGER_NAME:
+        raise ValueError(f"logger name of {len(name)} bytes, at most {MAX_LOGGER_NAME}")
+    return RECORD_HEADER.pack(len(text), time_us, level & 0xFF, kind, len(name), thread) + name
 
 
-def encode_record(time_us: int, level: int, kind: int, text: bytes) -> bytes:
-    """Return the stored form of one record."""
-    return record_head(time_us, level, kind, text) + text
+def encode_record(
+    time_us: int, level: int, kind: int, text: bytes, name: bytes = b"", thread: int = 0
+) -> bytes:
+    """Return the stored form of one record (its head, then its text)."""
+    return record_head(time_us, level, kind, text, name, thread) + text
 
 
-def iter_records(raw: bytes | memoryview, *, where: str = "records") -> Iterator[RawRecord]:
-    """Yield the records packed in ``raw``.
+def iter_records(
+    raw: bytes | memoryview, *, where: str = "records", version: int = FORMAT_VERSION
+) -> Iterator[RawRecord]:
+    """Yield the records packed in ``raw``, laid out as format ``version`` lays them out.
 
     Raises :class:`CorruptionError` at the first record whose framing is wrong; the
     records before it have been yielded.
     """
     view = raw if isinstance(raw, bytes) else bytes(raw)
+    if version == 1:
+        yield from _iter_records_v1(view, where)
+        return
     size = len(view)
     pos = 0
     hsize = RECORD_HEADER.size
     unpack = RECORD_HEADER.unpack_from
+    kinds = _KINDS
+    new = tuple.__new__
+    while pos < size:
+        if size - pos < hsize:
+            raise CorruptionError(
+                f"{where}: record at offset {pos}: {size - pos} bytes left, "
+                f"a record header needs {hsize}",
+                pos,
+            )
+        text_len, time_us, level, kind, name_len, thread = unpack(view, pos)
+        if kind not in kinds:
+            raise CorruptionError(f"{where}: record at offset {pos}: unknown kind {kind}", pos)
+        if name_len > MAX_LOGGER_NAME:
+            raise CorruptionError(
+                f"{where}: record at offset {pos}: logger name length {name_len} over the "
+                f"limit ({MAX_LOGGER_NAME})",
+                pos,
+            )
+        name_end = pos + hsize + name_len
+        end = name_end + text_len
+        if text_len > MAX_RECORD_TEXT or end > size:
+            raise CorruptionError(
+                f"{where}: record at offset {pos}: name and text lengths {name_len} + "
+                f"{text_len} run past the end ({size - pos - hsize} bytes left)",
+                pos,
+            )
+        # tuple.__new__ skips the named tuple's Python-level __new__: this runs per record.
+        yield new(
+            RawRecord,
+            (time_us, level, kind, view[name_end:end], view[pos + hsize : name_end], thread),
+        )
+        pos = end
+
+
+def _iter_records_v1(view: bytes, where: str) -> Iterator[RawRecord]:
+    size = len(view)
+    pos = 0
+    hsize = RECORD_HEADER_V1.size
+    unpack = RECORD_HEADER_V1.unpack_from
     kinds = _KINDS
     new = tuple.__new__
     while pos < size:
@@ -266,19 +366,25 @@ def iter_records(raw: bytes | memoryview, *, where: str = "records") -> Iterator
                 f"the end ({size - pos - hsize} bytes left)",
                 pos,
             )
-        # tuple.__new__ skips the named tuple's Python-level __new__: this runs per record.
-        yield new(RawRecord, (time_us, level, kind, view[pos + hsize : end]))
+        yield new(RawRecord, (time_us, level, kind, view[pos + hsize : end], b"", 0))
         pos = end
 
 
 # -- columns (whole form with FLAG_COLUMNS) -------------------------------------------
-#   count x i64 time deltas, as 8 byte planes   (the first delta is from 0)
-#   count x u32 text lengths, as 4 byte planes
-#   count x u8 levels, count x u8 kinds, then the texts back to back
+# Version 2, for n records:
+#   n x i64 time steps, as 8 byte planes   (the first step is from 0)
+#   n x u32 text lengths, as 4 byte planes
+#   n x u8 levels, n x u8 kinds
+#   n x u16 logger name lengths, as 2 byte planes
+#   n x u64 thread ids, as 8 byte planes
+#   the logger names back to back, then the texts back to back
+# Version 1 had the first four columns, then the texts.
 # Byte plane k of n little-endian w-byte integers is byte k of each, in order: the
-# high planes of small deltas and short lengths are runs of zeros, which compress to
-# almost nothing. The column form has exactly the size of the records back to back.
+# high planes of small steps and short lengths are runs of zeros, and a thread's id
+# repeats, so they compress to almost nothing. The column form has exactly the size
+# of the records back to back.
 _COLUMN_FIXED = RECORD_HEADER.size
+_COLUMN_FIXED_V1 = RECORD_HEADER_V1.size
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
@@ -294,39 +400,106 @@ def _from_planes(planes: bytes | memoryview, n: int, width: int) -> bytearray:
     return out
 
 
+def _head_len(record: bytes | bytearray, pos: int = 0) -> int:
+    """The length of the record head (header and logger name) starting at ``pos``."""
+    return RECORD_HEADER.size + (record[pos + 14] | record[pos + 15] << 8)
+
+
 def split_records(records: Sequence[bytes]) -> tuple[bytes, list[bytes]]:
-    """``(heads, texts)`` of encoded records: their headers back to back, and their texts."""
+    """``(heads, texts)`` of encoded records: their heads (header and logger name) back
+    to back, and their texts."""
+    cuts = [_head_len(r) if len(r) >= 16 else len(r) for r in records]
+    return b"".join([r[:c] for r, c in zip(records, cuts, strict=True)]), [
+        r[c:] for r, c in zip(records, cuts, strict=True)
+    ]
+
+
+def _split_heads(heads: bytes | bytearray, n: int) -> tuple[bytes | bytearray, int, bytes]:
+    """``(fixed, stride, names)`` of ``n`` record heads back to back: the fixed header
+    of record ``i`` is ``fixed[i * stride : i * stride + 24]``, and ``names`` are the
+    logger names back to back.
+
+    When every head has a name of the same length (a block of one logger, as a rule)
+    ``fixed`` is ``heads`` itself and the columns are taken by stride; otherwise the
+    heads are walked once. Raises ``ValueError`` when ``heads`` are not ``n`` heads.
+    """
     hsize = RECORD_HEADER.size
-    return b"".join([r[:hsize] for r in records]), [r[hsize:] for r in records]
+    size = len(heads)
+    if n == 0 or size < hsize:
+        if size or n:
+            raise ValueError(
+                f"records: {n} records need at least {hsize * n} header bytes, got {size}"
+            )
+        return heads, hsize, b""
+    name_len = heads[14] | heads[15] << 8
+    stride = hsize + name_len
+    # Every record's own name_len field is checked, in order: the stride is exact.
+    if (
+        size == stride * n
+        and heads[14::stride].count(heads[14]) == n
+        and heads[15::stride].count(heads[15]) == n
+    ):
+        names = _from_planes(_planes(heads, stride, hsize, name_len), n, name_len)
+        return heads, stride, bytes(names)
+    # Names of several lengths: one pass over the heads (about 0.2 µs a record).
+    data = bytes(heads)
+    fixed: list[bytes] = []
+    parts: list[bytes] = []
+    add_fixed, add_name = fixed.append, parts.append
+    pos = 0
+    for _ in range(n):
+        at = pos + hsize
+        if at > size:
+            break
+        end = at + (data[pos + 14] | data[pos + 15] << 8)
+        add_fixed(data[pos:at])
+        add_name(data[at:end])
+        pos = end
+    if pos != size or len(fixed) != n:
+        raise ValueError(f"records: the {size} header bytes are not the heads of {n} records")
+    return b"".join(fixed), hsize, b"".join(parts)
 
 
 def join_records(heads: bytes | bytearray, texts: Sequence[bytes]) -> bytes:
-    """The records of ``heads`` and ``texts`` back to back (the raw bytes of a block)."""
-    hsize = RECORD_HEADER.size
-    return b"".join([heads[i * hsize : (i + 1) * hsize] + t for i, t in enumerate(texts)])
+    """The records of ``heads`` and ``texts`` back to back (the raw bytes of a block).
+
+    Raises ``ValueError`` when ``heads`` are not the heads of ``len(texts)`` records.
+    """
+    out = []
+    pos = 0
+    size = len(heads)
+    for t in texts:
+        end = pos + _head_len(heads, pos) if size - pos >= RECORD_HEADER.size else size + 1
+        if end > size:
+            raise ValueError(f"records: the {size} header bytes are not the heads of the texts")
+        out.append(heads[pos:end])
+        out.append(t)
+        pos = end
+    if pos != size:
+        raise ValueError(f"records: {size - pos} header bytes left after the last text")
+    return b"".join(out)
 
 
 def encode_columns(heads: bytes | bytearray, texts: Sequence[bytes]) -> bytes | None:
-    """Return the column form of the records whose headers are ``heads`` (back to back)
+    """Return the column form of the records whose heads are ``heads`` (back to back)
     and whose texts are ``texts``.
 
     None when a time step between two records does not fit an i64 (times far
     apart at both ends of the range): such records stay back to back. Built from
     slices of whole columns: the flusher runs this for every block while the
-    application logs, and makes no object per record but the time steps.
-    Raises ``ValueError`` when the headers do not describe the texts.
+    application logs, and makes no object per record but the time steps (and, when
+    the block's logger names differ in length, one pass over the heads).
+    Raises ``ValueError`` when the heads do not describe the texts.
     """
     n = len(texts)
-    hsize = _COLUMN_FIXED
-    if len(heads) != hsize * n:
-        raise ValueError(f"records: {n} records need {hsize * n} header bytes, got {len(heads)}")
+    buf, stride, names = _split_heads(heads, n)
     # Arrays, not tuples of ints: each int lives only while it is converted.
-    times = _array("q", _from_planes(_planes(heads, hsize, 4, 8), n, 8))
+    times = _array("q", _from_planes(_planes(buf, stride, 4, 8), n, 8))
     try:
         steps = array("q", map(operator.sub, times, _array("q", bytes(8)) + times[:-1]))
     except OverflowError:
         return None
-    lengths = _planes(heads, hsize, 0, 4)
+    lengths = _planes(buf, stride, 0, 4)
     if _array("I", _from_planes(lengths, n, 4)) != array("I", map(len, texts)):
         raise ValueError("records: the text lengths in the headers do not match the texts")
     if _BIG_ENDIAN:
@@ -336,8 +509,11 @@ def encode_columns(heads: bytes | bytearray, texts: Sequence[bytes]) -> bytes | 
         [
             _planes(steps.tobytes(), 8, 0, 8),
             lengths,
-            heads[12::hsize],
-            heads[13::hsize],
+            buf[12::stride],
+            buf[13::stride],
+            _planes(buf, stride, 14, 2),
+            _planes(buf, stride, 16, 8),
+            names,
             *texts,
         ]
     )
@@ -361,16 +537,25 @@ class Columns(NamedTuple):
     """Where each record's text starts in ``texts``; it ends where the next one starts."""
     texts: bytes
     """All texts back to back; ``starts`` has one more entry, ``len(texts)``."""
+    threads: Sequence[int] = ()
+    """Version 2: each record's thread id (empty for version 1)."""
+    name_starts: Sequence[int] = ()
+    """Version 2: where each record's logger name starts in ``names`` (one more entry)."""
+    names: bytes = b""
+    """Version 2: the logger names back to back."""
 
 
-def split_columns(data: bytes, count: int, *, where: str = "records") -> Columns:
-    """Return the ``count`` records held in column form in ``data``, as columns.
+def split_columns(
+    data: bytes, count: int, *, where: str = "records", version: int = FORMAT_VERSION
+) -> Columns:
+    """Return the ``count`` records held in column form in ``data``, as columns, laid
+    out as format ``version`` lays them out.
 
     Raises :class:`CorruptionError` when the columns do not fit ``data`` exactly or
-    a record is invalid (unknown kind, a text over the limit).
+    a record is invalid (unknown kind, a text or logger name over the limit).
     """
     n = count
-    fixed = n * _COLUMN_FIXED
+    fixed = n * (_COLUMN_FIXED_V1 if version == 1 else _COLUMN_FIXED)
     if fixed > len(data):
         raise CorruptionError(
             f"{where}: {count} records need {fixed} bytes of columns, {len(data)} there", 0
@@ -379,31 +564,65 @@ def split_columns(data: bytes, count: int, *, where: str = "records") -> Columns
     steps = struct.unpack(f"<{n}q", _from_planes(view[: 8 * n], n, 8))
     lengths = struct.unpack(f"<{n}I", _from_planes(view[8 * n : 12 * n], n, 4))
     levels = data[12 * n : 13 * n]
-    kinds = data[13 * n : fixed]
+    kinds = data[13 * n : 14 * n]
     if not set(kinds) <= _KINDS:
         bad = next(i for i, k in enumerate(kinds) if k not in _KINDS)
         raise CorruptionError(f"{where}: record {bad}: unknown kind {kinds[bad]}", fixed)
-    if sum(lengths) != len(data) - fixed or (n and max(lengths) > MAX_RECORD_TEXT):
+    names_len = 0
+    name_lens: tuple[int, ...] = ()
+    threads: tuple[int, ...] = ()
+    if version != 1:
+        name_lens = struct.unpack(f"<{n}H", _from_planes(view[14 * n : 16 * n], n, 2))
+        threads = struct.unpack(f"<{n}Q", _from_planes(view[16 * n : 24 * n], n, 8))
+        if n and max(name_lens) > MAX_LOGGER_NAME:
+            bad = next(i for i, k in enumerate(name_lens) if k > MAX_LOGGER_NAME)
+            raise CorruptionError(
+                f"{where}: record {bad}: logger name length {name_lens[bad]} over the limit "
+                f"({MAX_LOGGER_NAME})",
+                fixed,
+            )
+        names_len = sum(name_lens)
+    if names_len + sum(lengths) != len(data) - fixed or (n and max(lengths) > MAX_RECORD_TEXT):
+        what = "the name and text lengths" if version != 1 else "the text lengths"
         raise CorruptionError(
-            f"{where}: the text lengths add up to {sum(lengths)} bytes, {len(data) - fixed} there",
+            f"{where}: {what} add up to {names_len + sum(lengths)} bytes, "
+            f"{len(data) - fixed} there",
             fixed,
         )
+    texts_at = fixed + names_len
     return Columns(
-        list(accumulate(steps)), levels, kinds, list(accumulate(lengths, initial=0)), data[fixed:]
+        list(accumulate(steps)),
+        levels,
+        kinds,
+        list(accumulate(lengths, initial=0)),
+        data[texts_at:],
+        threads,
+        list(accumulate(name_lens, initial=0)) if version != 1 else (),
+        data[fixed:texts_at],
     )
 
 
-def decode_columns(data: bytes, count: int, *, where: str = "records") -> list[RawRecord]:
+def decode_columns(
+    data: bytes, count: int, *, where: str = "records", version: int = FORMAT_VERSION
+) -> list[RawRecord]:
     """Return the ``count`` records held in column form in ``data``, one by one.
 
     Raises :class:`CorruptionError` as :func:`split_columns` does.
     """
-    c = split_columns(data, count, where=where)
+    c = split_columns(data, count, where=where, version=version)
     texts, starts = c.texts, c.starts
+    if version == 1:
+        return [
+            RawRecord(t, level, kind, texts[a:b])
+            for t, level, kind, a, b in zip(
+                c.times_us, c.levels, c.kinds, starts, starts[1:], strict=False
+            )
+        ]
+    names, at = c.names, c.name_starts
     return [
-        RawRecord(t, level, kind, texts[a:b])
-        for t, level, kind, a, b in zip(
-            c.times_us, c.levels, c.kinds, starts, starts[1:], strict=False
+        RawRecord(t, level, kind, texts[a:b], names[na:nb], thread)
+        for t, level, kind, a, b, na, nb, thread in zip(
+            c.times_us, c.levels, c.kinds, starts, starts[1:], at, at[1:], c.threads, strict=False
         )
     ]
 
@@ -416,13 +635,15 @@ def chunk_seed(session: bytes, seq: int) -> int:
     return zlib.crc32(session + seq.to_bytes(8, "little"))
 
 
-def block_aad(session: bytes, seq: int, flags: int) -> bytes:
+def block_aad(session: bytes, seq: int, flags: int, key_fingerprint: bytes = b"") -> bytes:
     """The associated data sealed with a block's encrypted chunks or payload.
 
     It binds them to their session, sequence number and form, so nothing can be
     spliced between blocks; the recovered flag is left out since recovery sets it.
+    ``key_fingerprint`` is the header's recipient key fingerprint (version 2; empty
+    in version 1), so that header field is authenticated too.
     """
-    return session + seq.to_bytes(8, "little") + bytes([flags & _AAD_FLAGS])
+    return session + seq.to_bytes(8, "little") + bytes([flags & _AAD_FLAGS]) + key_fingerprint
 
 
 def encode_chunk(body: bytes, seed: int) -> bytes:
@@ -550,10 +771,10 @@ def parse_header(data: View, offset: int = 0) -> BlockHeader:
             f"(stored 0x{stored_crc:08x}, computed 0x{computed:08x})",
             offset,
         )
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise UnsupportedVersionError(
             f"block at offset {offset}: format version {version} is not supported "
-            f"(this mmaplog reads version {FORMAT_VERSION})",
+            f"(this mmaplog reads {_READ_TEXT})",
             offset,
         )
     xlog = flags & FLAG_XLOG
@@ -565,7 +786,10 @@ def parse_header(data: View, offset: int = 0) -> BlockHeader:
         or (flags & FLAG_COLUMNS and flags & (FLAG_STREAM | FLAG_XLOG))
     ):
         raise CorruptionError(f"block at offset {offset}: unknown flags 0x{flags:02x}", offset)
-    key_len = XLOG_EXTENSION if xlog else ENCRYPTION_EXTENSION
+    if xlog:
+        key_len = XLOG_EXTENSION
+    else:
+        key_len = ENCRYPTION_EXTENSION_V1 if version == 1 else ENCRYPTION_EXTENSION
     if ext_len != (key_len if flags & FLAG_ENCRYPTED else 0):
         raise CorruptionError(
             f"block at offset {offset}: header length {header_len} does not fit its flags",
@@ -695,10 +919,10 @@ def parse_cache_header(data: bytes | memoryview) -> CacheInfo:
         raise CorruptionError(
             f"cache header: checksum mismatch (stored 0x{crc:08x}, computed 0x{computed:08x})", 0
         )
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise UnsupportedVersionError(
             f"cache header: format version {version} is not supported "
-            f"(this mmaplog reads version {FORMAT_VERSION})",
+            f"(this mmaplog reads {_READ_TEXT})",
             0,
         )
     if not 1 <= nslots <= MAX_SLOTS or header_size != CACHE_HEADER_SIZE or slot_size < 1024:

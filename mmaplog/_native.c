@@ -45,7 +45,8 @@ static unsigned (*z_version)(void);
 
 enum { APPENDED = 0, DROPPED = 1, OVERSIZE = 2, CLOSED = 3, NOT_HANDLED = -1 };
 enum { COMP_NONE = 0, COMP_ZSTD = 2 };
-#define RECORD_HEAD 14   /* <I q B B>: text_len, time_us, level, kind */
+#define RECORD_HEAD 24   /* <I q B B H Q>: text_len, time_us, level, kind, name_len, thread */
+#define MAX_LOGGER_NAME 1024 /* the logger name's bytes follow the header (format 2) */
 #define CHUNK_HEAD 8     /* <I I>: body_len, crc32(body, seed) */
 #define TAG_SIZE 16
 #define CHUNK_OVERHEAD (64 + CHUNK_HEAD + TAG_SIZE)
@@ -214,11 +215,12 @@ static int fits(Writer *self, long long need, long long size, long long time_us)
 }
 
 /* Write one record as a chunk, then its commit store (Cache's lock held, room checked).
- * head is RECORD_HEAD bytes; text a bytes object. Returns 0, or -1 with an exception. */
-static int write_chunk(Writer *self, const unsigned char *head, PyObject *text,
+ * head is the record's head (header and logger name, hn bytes); text a bytes object.
+ * Returns 0, or -1 with an exception. */
+static int write_chunk(Writer *self, const unsigned char *head, size_t hn, PyObject *text,
                        long long time_us) {
     const char *tp = PyBytes_AS_STRING(text);
-    size_t tn = (size_t)PyBytes_GET_SIZE(text), hn = RECORD_HEAD, raw = hn + tn;
+    size_t tn = (size_t)PyBytes_GET_SIZE(text), raw = hn + tn;
     Py_buffer view;
     if (!self->heads || !PyByteArray_Check(self->heads) || !self->texts ||
         !PyList_Check(self->texts)) {
@@ -343,9 +345,9 @@ done:
 }
 
 /* Cache.append for a framed record: the lock, the fast path, else Cache._make_room. */
-static long append_framed(Writer *self, const unsigned char *head, PyObject *text,
+static long append_framed(Writer *self, const unsigned char *head, size_t hn, PyObject *text,
                           long long time_us, PyObject *timeout) {
-    size_t size = RECORD_HEAD + (size_t)PyBytes_GET_SIZE(text);
+    size_t size = hn + (size_t)PyBytes_GET_SIZE(text);
     long long need = (long long)(size + (size >> 7) + CHUNK_OVERHEAD);
     if (!self->acquire || !self->release || !self->make_room || !self->heads || !self->texts) {
         PyErr_SetString(PyExc_ValueError, "the writer is not attached to a cache");
@@ -374,7 +376,7 @@ static long append_framed(Writer *self, const unsigned char *head, PyObject *tex
             if (status == -1 && PyErr_Occurred()) status = -2;
         }
     }
-    if (status == APPENDED && write_chunk(self, head, text, time_us) < 0) status = -2;
+    if (status == APPENDED && write_chunk(self, head, hn, text, time_us) < 0) status = -2;
     /* Release whatever happened, keeping a pending exception. */
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
@@ -390,12 +392,18 @@ static long append_framed(Writer *self, const unsigned char *head, PyObject *tex
     return status;
 }
 
-static void pack_head(unsigned char *head, size_t text_len, long long time_us, long level,
-                      int kind) {
+/* The record head: fmt.RECORD_HEADER, then the logger name (docs/format.md). */
+static size_t pack_head(unsigned char *head, size_t text_len, long long time_us, long level,
+                        int kind, const char *name, size_t name_len, unsigned long long thread) {
     put_u32(head, (uint32_t)text_len);
     put_i64(head + 4, time_us);
     head[12] = (unsigned char)(level < 0 ? 0 : level > 255 ? 255 : level);
     head[13] = (unsigned char)kind;
+    head[14] = (unsigned char)name_len;
+    head[15] = (unsigned char)(name_len >> 8);
+    put_i64(head + 16, (int64_t)thread);
+    memcpy(head + RECORD_HEAD, name, name_len);
+    return RECORD_HEAD + name_len;
 }
 
 static PyObject *status_or_null(long status) {
@@ -415,15 +423,16 @@ static PyObject *text_bytes(PyObject *o) {
 static PyObject *writer_write(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
     /* write(head, text, time_us): the chunk of one framed record; the caller holds the
      * lock and has made room (Cache._write). */
-    if (nargs != 3 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != RECORD_HEAD) {
-        PyErr_SetString(PyExc_TypeError, "write(head: 14 bytes, text: bytes, time_us: int)");
+    if (nargs != 3 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) < RECORD_HEAD) {
+        PyErr_SetString(PyExc_TypeError, "write(head: bytes, text: bytes, time_us: int)");
         return NULL;
     }
     long long t = PyLong_AsLongLong(args[2]);
     if (t == -1 && PyErr_Occurred()) return NULL;
     PyObject *text = text_bytes(args[1]);
     if (!text) return NULL;
-    int rc = write_chunk(self, (const unsigned char *)PyBytes_AS_STRING(args[0]), text, t);
+    int rc = write_chunk(self, (const unsigned char *)PyBytes_AS_STRING(args[0]),
+                         (size_t)PyBytes_GET_SIZE(args[0]), text, t);
     Py_DECREF(text);
     if (rc < 0) return NULL;
     Py_RETURN_NONE;
@@ -431,17 +440,17 @@ static PyObject *writer_write(Writer *self, PyObject *const *args, Py_ssize_t na
 
 static PyObject *writer_append(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
     /* append(head, text, time_us, timeout) -> status: Cache.append. */
-    if (nargs != 4 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != RECORD_HEAD) {
+    if (nargs != 4 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) < RECORD_HEAD) {
         PyErr_SetString(PyExc_TypeError,
-                        "append(head: 14 bytes, text: bytes, time_us: int, timeout: float)");
+                        "append(head: bytes, text: bytes, time_us: int, timeout: float)");
         return NULL;
     }
     long long t = PyLong_AsLongLong(args[2]);
     if (t == -1 && PyErr_Occurred()) return NULL;
     PyObject *text = text_bytes(args[1]);
     if (!text) return NULL;
-    long status =
-        append_framed(self, (const unsigned char *)PyBytes_AS_STRING(args[0]), text, t, args[3]);
+    long status = append_framed(self, (const unsigned char *)PyBytes_AS_STRING(args[0]),
+                                (size_t)PyBytes_GET_SIZE(args[0]), text, t, args[3]);
     Py_DECREF(text);
     return status_or_null(status);
 }
@@ -606,9 +615,29 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
     const char *ptr[P_COUNT];
     Py_ssize_t len[P_COUNT];
     char digits[P_COUNT][24];
+    unsigned long long thread = 0; /* the head's thread: record.thread if a u64, else 0 */
     for (int i = 0; i < P_MSG; i++) {
         PyObject *v = get(rec, dict, names[i]);
         if (!v) goto out;
+        if (i == P_NAME && !PyUnicode_CheckExact(v)) {
+            /* A logger named by something else than a str: the pure path stores str(name)
+             * (or nothing for None) where the line shows format(name). */
+            Py_DECREF(v);
+            result = PyLong_FromLong(NOT_HANDLED);
+            goto out;
+        }
+        if (i == P_THREAD && v != Py_None) {
+            if (!PyLong_Check(v)) {
+                Py_DECREF(v);
+                result = PyLong_FromLong(NOT_HANDLED);
+                goto out;
+            }
+            thread = PyLong_AsUnsignedLongLong(v);
+            if (PyErr_Occurred()) { /* negative or past a u64: unknown, as struct refuses it */
+                PyErr_Clear();
+                thread = 0;
+            }
+        }
         if (PyLong_CheckExact(v)) { /* pid, thread id, line number: no str object made */
             long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
             if (!overflow) {
@@ -683,7 +712,7 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
     static const size_t sepn[P_COUNT] = {2, 2, 2, 2, 1, 2, 2};
     size_t n = 4 + stamp_len + (size_t)mn;
     for (int i = 0; i < P_COUNT; i++) n += sepn[i] + (size_t)len[i];
-    if (n > (size_t)limit) {
+    if (n > (size_t)limit || len[P_NAME] > MAX_LOGGER_NAME) { /* the pure path cuts them */
         result = PyLong_FromLong(NOT_HANDLED);
         goto out;
     }
@@ -703,9 +732,9 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
         at += len[i];
     }
     long long time_us = (long long)(created * 1e6);
-    unsigned char head[RECORD_HEAD];
-    pack_head(head, n, time_us, levelno, 0);
-    result = status_or_null(append_framed(self, head, text, time_us, args[2]));
+    unsigned char head[RECORD_HEAD + MAX_LOGGER_NAME];
+    size_t hn = pack_head(head, n, time_us, levelno, 0, ptr[P_NAME], (size_t)len[P_NAME], thread);
+    result = status_or_null(append_framed(self, head, hn, text, time_us, args[2]));
 out:
     for (int i = 0; i < P_COUNT; i++) Py_XDECREF(part[i]);
     Py_XDECREF(text);

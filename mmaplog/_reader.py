@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import pairwise, repeat
 from operator import attrgetter, truediv
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -33,13 +33,11 @@ from .exceptions import (
 if TYPE_CHECKING:
     from ._crypto import Opener
 
-_MAX_CHUNK_RAW = fmt.MAX_RECORD_TEXT + fmt.RECORD_HEADER.size
+_MAX_CHUNK_RAW = fmt.MAX_RECORD_TEXT + fmt.RECORD_HEADER.size + fmt.MAX_LOGGER_NAME
 _LOG_NAME = re.compile(r"^(?P<prefix>.+)_(?P<day>\d{8})(?:_(?P<part>\d+))?\.(?:mmlog|xlog)$")
 
 
-class Record(NamedTuple):
-    """A record read back from a log (a named tuple: cheap to make by the million)."""
-
+class _RecordFields(NamedTuple):
     time: float
     """Seconds since the epoch, as ``LogRecord.created``."""
     level: int
@@ -50,10 +48,38 @@ class Record(NamedTuple):
     seq: int = 0
     recovered: bool = False
     source: str = ""
+    logger: str | None = None
+    """The name of the logger that made the record; None when the record does not carry
+    one: written by mmaplog before format version 2, read from a Mars xlog file, or
+    logged without a name (a structlog logger got without one)."""
+    thread: int | None = None
+    """The id of the thread that logged the record (``LogRecord.thread``); None when the
+    record does not carry one (as for ``logger``)."""
+
+
+class Record(_RecordFields):
+    """A record read back from a log (a named tuple: cheap to make by the million).
+
+    Fields: ``time`` (seconds since the epoch), ``level``, ``text``, ``kind``,
+    ``pid``, ``session``, ``seq``, ``recovered``, ``source``, ``logger`` and
+    ``thread`` (None when the record does not carry them).
+    """
+
+    __slots__ = ()
 
     @property
     def levelname(self) -> str:
         return logging.getLevelName(self.level)
+
+    def _asdict(self) -> dict[str, Any]:
+        """The fields by name; ``logger`` and ``thread`` only when the record carries
+        them (records of files written before format version 2 have neither)."""
+        fields = super()._asdict()
+        if self.logger is None:
+            del fields["logger"]
+        if self.thread is None:
+            del fields["thread"]
+        return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +108,8 @@ class Reader:
         self._xlog_key: Any = None
         if private_key is not None:
             self._load_key(private_key)
+        self.key_fingerprint = self._opener.key_fingerprint if self._opener else None
+        """The fingerprint of the public key the private key pairs with (None: no key)."""
         self._on_damage = on_damage
         self.markers = markers
         self.damaged = False
@@ -90,6 +118,9 @@ class Reader:
         """Report each block the key does not open to ``on_damage`` (else only count them)."""
         self.mismatched: dict[str, int] = {}
         """How many blocks of each source the key does not open."""
+        self.mismatched_keys: dict[str, set[bytes]] = {}
+        """The fingerprints of the keys those blocks were encrypted to, by source
+        (format version 2 blocks carry one)."""
         self._opened_sessions: set[bytes] = set()
         self._last_recovered: tuple[str, bytes] | None = None
         self._seen_blocks: dict[tuple[bytes, int, int], tuple[int, int]] = {}
@@ -174,7 +205,9 @@ class Reader:
         """Yield the records of one block whose checksums already hold."""
         where = f"block at offset {offset}" if offset >= 0 else f"cache block {h.seq}"
         if h.encrypted and self._opener is None:
-            raise NeedKeyError(f"{source}: {where} is encrypted: give the private key (--key FILE)")
+            raise NeedKeyError(
+                f"{source}: {where} is encrypted{_for_key(h)}: give its private key (--key FILE)"
+            )
         if h.recovered and self.markers:
             key = (source, h.session)
             if self._last_recovered != key:
@@ -210,8 +243,9 @@ class Reader:
                 else self._whole_records(h, payload, where)
             )
             pid, seq, recovered = h.pid, h.seq, h.recovered
+            v1 = h.version == 1
             new = tuple.__new__  # cheaper than Record(...) for a named tuple, per record
-            for time_us, level, kind, text in raws:
+            for time_us, level, kind, text, name, thread in raws:
                 yield new(
                     Record,
                     (
@@ -224,11 +258,14 @@ class Reader:
                         seq,
                         recovered,
                         source,
+                        None if v1 else name.decode("utf-8", "replace") or None,
+                        None if v1 else thread or None,
                     ),
                 )
         except KeyMismatchError as exc:
             self.key_mismatch = True
             self.mismatched[source] = self.mismatched.get(source, 0) + 1
+            self.mismatched_keys.setdefault(source, set()).add(h.key_fingerprint)
             if not self.each_mismatch:
                 self.damaged = True
                 return
@@ -241,9 +278,9 @@ class Reader:
 
     def _open(self, h: fmt.BlockHeader, index: int, data: bytes, where: str) -> bytes:
         assert self._opener is not None
-        aad = fmt.block_aad(h.session, h.seq, h.flags)
+        aad = fmt.block_aad(h.session, h.seq, h.flags, h.key_fingerprint)
         try:
-            out = self._opener.open(h.extension, h.seq, index, data, aad)
+            out = self._opener.open(h.ephemeral_key, h.seq, index, data, aad)
         except DecryptionError as exc:
             if h.session not in self._opened_sessions and "ephemeral" not in str(exc):
                 raise KeyMismatchError(f"{where}: the key does not match") from None
@@ -257,7 +294,7 @@ class Reader:
         if h.encrypted:
             payload = self._open(h, fmt.WHOLE_BLOCK_INDEX, payload, where)
         raw = decompress_whole(h.compression, payload, h.raw_len, where=where)
-        records = list(fmt.iter_records(raw, where=where))
+        records = list(fmt.iter_records(raw, where=where, version=h.version))
         if len(records) != h.count:
             raise CorruptionError(f"{where}: holds {len(records)} records, header says {h.count}")
         return iter(records)
@@ -269,7 +306,7 @@ class Reader:
         if h.encrypted:
             payload = self._open(h, fmt.WHOLE_BLOCK_INDEX, payload, where)
         raw = decompress_whole(h.compression, payload, h.raw_len, where=where)
-        c = fmt.split_columns(raw, h.count, where=where)
+        c = fmt.split_columns(raw, h.count, where=where, version=h.version)
         starts, ends = c.starts, c.starts[1:]
         if c.texts.isascii():
             # Byte offsets are character offsets: decode once, then slice.
@@ -280,6 +317,15 @@ class Reader:
             texts = [
                 data[a:b].decode("utf-8", "replace") for a, b in zip(starts, ends, strict=False)
             ]
+        loggers: Iterable[str | None] = repeat(None)
+        threads: Iterable[int | None] = repeat(None)
+        if h.version != 1:
+            names, at = c.names, c.name_starts
+            slices = [names[a:b] for a, b in pairwise(at)]
+            # A block's records come from few loggers: each name is decoded once.
+            decoded = {n: n.decode("utf-8", "replace") or None for n in set(slices)}
+            loggers = map(decoded.__getitem__, slices)
+            threads = [t or None for t in c.threads]
         # tuple.__new__ over zipped columns: no Python-level step per record.
         return list(
             map(
@@ -295,6 +341,8 @@ class Reader:
                     repeat(h.seq),
                     repeat(h.recovered),
                     repeat(source),
+                    loggers,
+                    threads,
                     strict=False,
                 ),
             )
@@ -310,7 +358,9 @@ class Reader:
             data = bytes(body)
             if h.encrypted:
                 data = self._open(h, index, data, where)
-            records = list(fmt.iter_records(dec.feed(data, where=where), where=where))
+            records = list(
+                fmt.iter_records(dec.feed(data, where=where), where=where, version=h.version)
+            )
             if len(records) != 1:
                 raise CorruptionError(
                     f"{where}: chunk {index} holds {len(records)} records, expected 1"
@@ -326,6 +376,15 @@ class Reader:
                 start + len(payload) - end,
                 f"{where}: chunk at payload offset {end} is damaged",
             )
+
+
+def _for_key(h: fmt.BlockHeader) -> str:
+    """`` for the key SHA256:...`` naming the key a block was encrypted to, if it says."""
+    if not h.key_fingerprint:
+        return ""
+    from ._crypto import fingerprint_text
+
+    return f" for the key {fingerprint_text(h.key_fingerprint)}"
 
 
 _XLOG_MAGICS = {bytes([m]) for m in range(0x03, 0x0E)}

@@ -11,10 +11,12 @@ import _thread
 import errno
 import logging
 import os
+import struct
 import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
 
 from . import _format as fmt
@@ -123,7 +125,32 @@ class XlogFormatter(logging.Formatter):
 
 _MILLIS = [f"{ms:03d}" for ms in range(1000)]
 _DEFAULT_FORMATTER = XlogFormatter()
-_pack_record = fmt.RECORD_HEADER.pack
+_MAX_NAMES = 1024  # logger names kept encoded per handler; the dict is emptied past it
+_pack_header = fmt.RECORD_HEADER.pack
+
+
+def _encode_name(name: object) -> bytes:
+    """A logger name as a record stores it: UTF-8, at most ``fmt.MAX_LOGGER_NAME`` bytes
+    (cut on a character boundary); no name (None) is empty."""
+    text = name if isinstance(name, str) else "" if name is None else str(name)
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) > fmt.MAX_LOGGER_NAME:
+        keep = fmt.MAX_LOGGER_NAME
+        while keep > 0 and (data[keep] & 0xC0) == 0x80:
+            keep -= 1
+        data = data[:keep]
+    return data
+
+
+def _head_packer(name: bytes) -> tuple[Callable[..., bytes], bytes]:
+    """A packer of ``fmt.RECORD_HEADER`` followed by ``name``, and ``name``."""
+    return struct.Struct(f"{fmt.RECORD_HEADER.format}{len(name)}s").pack, name
+
+
+def _thread_id(thread: object) -> int:
+    """A thread id as a record stores it: a u64, 0 when unknown (``logThreads`` off)."""
+    return thread if isinstance(thread, int) and 0 <= thread < 1 << 64 else 0
+
 
 T = TypeVar("T")
 
@@ -358,6 +385,9 @@ class MmapHandler(logging.Handler):
         self._forking = False
         self._pid = os.getpid()
         self._early: list[tuple[bytes, bytes, int]] = []  # see _store
+        # Logger names, encoded once each, with a packer of the record head that ends in
+        # the name's bytes (one call builds the head on the hot path).
+        self._names: dict[object, tuple[Callable[..., bytes], bytes]] = {}
         self._direct_writes = 0  # blocks written past the cache (see _shut)
         self._new_locks()
         self._cache: Cache | None = None
@@ -718,16 +748,32 @@ class MmapHandler(logging.Handler):
                 .format(record)
                 .encode("utf-8", "backslashreplace")
             )
-            if self._xlog is not None or len(text) > self._limit:
+            if self._xlog is not None:  # an xlog line: no record head
                 head, text, time_us = self._frame(
-                    text, record.created, record.levelno, fmt.KIND_TEXT
+                    text, record.created, record.levelno, fmt.KIND_TEXT, b"", 0
+                )
+            elif len(text) > self._limit:
+                head, text, time_us = self._frame(
+                    text,
+                    record.created,
+                    record.levelno,
+                    fmt.KIND_TEXT,
+                    self._name_of(record.name),
+                    _thread_id(record.thread),
                 )
             else:
                 time_us = int(record.created * 1e6)
                 levelno = record.levelno
                 if not 0 <= levelno <= 255:
                     levelno = min(max(levelno, 0), 255)
-                head = _pack_record(len(text), time_us, levelno, 0)
+                entry = self._names.get(record.name)
+                if entry is None:
+                    entry = self._name_entry(record.name)
+                pack, name = entry
+                try:
+                    head = pack(len(text), time_us, levelno, 0, len(name), record.thread, name)
+                except struct.error:  # no thread id (logThreads off), or not a u64: unknown
+                    head = pack(len(text), time_us, levelno, 0, len(name), 0, name)
             cache = self._fast
             if cache is None:
                 self._store(head, text, time_us)
@@ -745,16 +791,44 @@ class MmapHandler(logging.Handler):
                 self._run_deferred(ident)
 
     def _render(self, record: logging.LogRecord) -> tuple[bytes, bytes, int]:
-        """The record's header, text (or xlog line, with no header) and time in µs."""
+        """The record's head, text (or xlog line, with no head) and time in µs."""
         text = (
             (self.formatter or _DEFAULT_FORMATTER)
             .format(record)
             .encode("utf-8", "backslashreplace")
         )
-        return self._frame(text, record.created, record.levelno, fmt.KIND_TEXT)
+        return self._frame(
+            text,
+            record.created,
+            record.levelno,
+            fmt.KIND_TEXT,
+            self._name_of(record.name),
+            _thread_id(record.thread),
+        )
+
+    def _name_of(self, name: object) -> bytes:
+        """The stored bytes of a logger name."""
+        return self._name_entry(name)[1]
+
+    def _name_entry(self, name: object) -> tuple[Callable[..., bytes], bytes]:
+        """The packer of the record head for a logger name, and the name's stored bytes,
+        made once per name (at most ``_MAX_NAMES`` are kept: the dict is emptied when
+        full). The packer takes the header's fields and the name: ``fmt.RECORD_HEADER``
+        followed by the name, as ``fmt.record_head`` makes it."""
+        names = self._names
+        try:
+            entry = names.get(name)
+        except TypeError:  # an unhashable name, set by hand
+            return _head_packer(_encode_name(name))
+        if entry is None:
+            entry = _head_packer(_encode_name(name))
+            if len(names) >= _MAX_NAMES:
+                names.clear()
+            names[name] = entry
+        return entry
 
     def _frame(
-        self, text: bytes, created: float, levelno: int, kind: int
+        self, text: bytes, created: float, levelno: int, kind: int, name: bytes, thread: int
     ) -> tuple[bytes, bytes, int]:
         if len(text) > self._limit:
             text = _truncate(text, self._limit)
@@ -763,23 +837,59 @@ class MmapHandler(logging.Handler):
             return b"", text if text.endswith(b"\n") else text + b"\n", time_us
         if not 0 <= levelno <= 255:
             levelno = min(max(levelno, 0), 255)
-        return _pack_record(len(text), time_us, levelno, kind), text, time_us
+        return (
+            _pack_header(len(text), time_us, levelno, kind, len(name), thread) + name,
+            text,
+            time_us,
+        )
 
-    def write(self, text: bytes, created: float, levelno: int, kind: int = fmt.KIND_TEXT) -> None:
+    def write(
+        self,
+        text: bytes,
+        created: float,
+        levelno: int,
+        kind: int = fmt.KIND_TEXT,
+        logger: str | None = None,
+    ) -> None:
         """Store one rendered record (the path of structured loggers, such as structlog's).
 
         ``text`` is the rendered record (UTF-8), ``created`` its time in seconds since
         the epoch, ``levelno`` a ``logging`` level, ``kind`` ``KIND_TEXT`` or
-        ``KIND_JSON``. Raises what storing raises; the caller reports it.
+        ``KIND_JSON``, ``logger`` the logger's name if it has one. The record's thread
+        is the calling thread. Raises what storing raises; the caller reports it.
         """
         ident = _get_ident()
+        entry = self._names.get(logger)
+        name = entry[1] if entry is not None else self._name_of(logger)
         inside = self._inside
         if ident in inside:
-            self._defer(ident, ("write", text, created, levelno, kind))
+            self._defer(ident, ("write", text, created, levelno, kind, name, ident))
             return
         inside.add(ident)
         try:
-            self._store(*self._frame(text, created, levelno, kind))
+            self._store(*self._frame(text, created, levelno, kind, name, ident))
+        finally:
+            inside.discard(ident)
+            if self._deferred:
+                self._run_deferred(ident)
+
+    def _write(
+        self,
+        text: bytes,
+        created: float,
+        levelno: int,
+        kind: int,
+        name: bytes,
+        thread: int,
+        ident: int,
+    ) -> None:
+        inside = self._inside
+        if ident in inside:
+            self._defer(ident, ("write", text, created, levelno, kind, name, thread))
+            return
+        inside.add(ident)
+        try:
+            self._store(*self._frame(text, created, levelno, kind, name, thread))
         finally:
             inside.discard(ident)
             if self._deferred:
@@ -831,9 +941,12 @@ class MmapHandler(logging.Handler):
                     else:
                         self._warn("mmaplog: a record logged during a move was lost")
 
-    def _write_safely(self, text: bytes, created: float, levelno: int, kind: int) -> None:
+    def _write_safely(
+        self, text: bytes, created: float, levelno: int, kind: int, name: bytes, thread: int
+    ) -> None:
+        """Store a structured record deferred on this thread; never raises."""
         try:
-            self.write(text, created, levelno, kind)
+            self._write(text, created, levelno, kind, name, thread, _get_ident())
         except Exception as exc:
             self._warn(f"mmaplog: a structured record could not be stored: {exc}")
 

@@ -15,9 +15,11 @@
     structlog.get_logger().info("order placed", order=42)
 
 The final processor's output (``str``, or ``bytes`` from an orjson renderer) is
-stored as one record with the level of the method called and the current time,
-with the same crash safety as the stdlib path. Output that is a JSON object is
-marked as such, so ``mmaplog decode --format json`` prints the event dict.
+stored as one record with the level of the method called, the current time, the
+calling thread and the logger's name when it has one (``structlog.get_logger("api")``
+names it ``api``), with the same crash safety as the stdlib path. Output that is a
+JSON object is marked as such, so ``mmaplog decode --format json`` prints the event
+dict.
 
 A logger can be copied (``copy.copy``, ``copy.deepcopy``, as structlog's
 ``bind`` and some frameworks do): the copy is the same logger, writing into the
@@ -68,19 +70,27 @@ class _SharedNotPickled:
 class MmapLogger(_SharedNotPickled):
     """A structlog logger (the object at the end of the processor chain) writing to a handler.
 
-    Each method takes the rendered event (``str`` or ``bytes``). Like the stdlib
-    handlers it never raises into the application.
+    Each method takes the rendered event (``str`` or ``bytes``). ``name``, if given,
+    is stored with each record as its logger name. Like the stdlib handlers it never
+    raises into the application.
     """
 
-    __slots__ = ("_clock", "_handler", "_write")
+    __slots__ = ("_clock", "_handler", "_name", "_write")
 
-    def __init__(self, handler: MmapHandler) -> None:
+    def __init__(self, handler: MmapHandler, name: str | None = None) -> None:
         self._handler = handler
         self._write = handler.write
         self._clock = time.time
+        self._name = name
+
+    @property
+    def name(self) -> str | None:
+        """The logger name stored with each record (None: none)."""
+        return self._name
 
     def __repr__(self) -> str:
-        return f"<MmapLogger {self._handler!r}>"
+        named = f" {self._name!r}" if self._name is not None else ""
+        return f"<MmapLogger{named} {self._handler!r}>"
 
     def _log(self, message: str | bytes, level: int) -> None:
         try:
@@ -91,7 +101,7 @@ class MmapLogger(_SharedNotPickled):
             else:  # a renderer that returned something else: store its text
                 data = str(message).encode("utf-8", "backslashreplace")
             kind = KIND_JSON if data[:1] == b"{" else KIND_TEXT
-            self._write(data, self._clock(), level, kind)
+            self._write(data, self._clock(), level, kind, self._name)
         except RecursionError:
             raise
         except Exception:
@@ -126,9 +136,16 @@ class MmapLogger(_SharedNotPickled):
 
 
 class MmapLoggerFactory(_SharedNotPickled):
-    """A structlog ``logger_factory`` giving loggers that write into ``handler``."""
+    """A structlog ``logger_factory`` giving loggers that write into ``handler``.
 
-    __slots__ = ("_logger",)
+    ``structlog.get_logger("api")`` gives a logger whose records carry the name
+    ``api`` (the first argument, when it is a ``str``); ``structlog.get_logger()``
+    one whose records carry no name.
+    """
+
+    __slots__ = ("_handler", "_logger", "_named")
+
+    _MAX_NAMED = 1024  # named loggers kept; past it each call makes a new one
 
     def __init__(self, handler: MmapHandler) -> None:
         if not isinstance(handler, MmapHandler):
@@ -137,7 +154,17 @@ class MmapLoggerFactory(_SharedNotPickled):
             raise ConfigError(
                 f"MmapLoggerFactory needs an mmaplog.MmapHandler, got {type(handler).__name__}"
             )
+        self._handler = handler
         self._logger = MmapLogger(handler)
+        self._named: dict[str, MmapLogger] = {}
 
     def __call__(self, *args: Any) -> MmapLogger:
-        return self._logger
+        if not args or not isinstance(args[0], str):
+            return self._logger
+        name = args[0]
+        logger = self._named.get(name)
+        if logger is None:
+            logger = MmapLogger(self._handler, name)
+            if len(self._named) < self._MAX_NAMED:
+                self._named[name] = logger
+        return logger

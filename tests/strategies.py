@@ -30,17 +30,21 @@ I64 = (-(2**63), 2**63 - 1)
 
 @dataclass(frozen=True)
 class Rec:
-    """A record to write: time in µs, level, kind and text."""
+    """A record to write: time in µs, level, kind, text, logger name and thread id."""
 
     time_us: int
     level: int
     kind: int
     text: str
+    name: str = ""
+    thread: int = 0
 
     @property
     def raw(self) -> bytes:
         """The record's stored form."""
-        return fmt.encode_record(self.time_us, self.level, self.kind, self.text.encode())
+        return fmt.encode_record(
+            self.time_us, self.level, self.kind, self.text.encode(), self.name.encode(), self.thread
+        )
 
 
 # -- strategies ------------------------------------------------------------------------
@@ -63,7 +67,20 @@ times_us = st.one_of(
 
 kinds = st.sampled_from(KINDS)
 
-records = st.builds(Rec, time_us=times_us, level=levels, kind=kinds, text=texts)
+logger_names = st.one_of(
+    st.just(""),
+    st.sampled_from(["root", "shop", "shop.orders", "urllib3.connectionpool"]),
+    st.text(max_size=30),
+)
+"""Logger names: none, a few that repeat (as in a real block), or any text."""
+
+thread_ids = st.one_of(st.just(0), st.just(140279348460416), st.integers(0, 2**64 - 1))
+"""Thread ids: unknown (0), a typical pthread id, or any u64."""
+
+records = st.builds(
+    Rec, time_us=times_us, level=levels, kind=kinds, text=texts, name=logger_names,
+    thread=thread_ids,
+)  # fmt: skip
 
 record_lists = st.lists(records, min_size=1, max_size=12)
 
@@ -104,7 +121,7 @@ def template(
     ext = b""
     if sealer is not None:
         flags |= fmt.FLAG_ENCRYPTED
-        ext = sealer.ephemeral_public
+        ext = sealer.ephemeral_public + sealer.key_fingerprint
     return fmt.BlockHeader(
         flags=flags,
         session=session,
@@ -126,7 +143,7 @@ def stream_chunks(
     """The chunks the cache writes for ``recs`` into the slot opened with template ``t``."""
     comp = StreamCompressor(t.compression)
     seed = fmt.chunk_seed(t.session, t.seq)
-    aad = fmt.block_aad(t.session, t.seq, t.flags)
+    aad = fmt.block_aad(t.session, t.seq, t.flags, t.key_fingerprint)
     out = []
     for i, r in enumerate(recs):
         body = comp.chunk(r.raw)
@@ -203,8 +220,9 @@ def decode(
     return out, damages
 
 
-def as_tuple(r: Record | Rec) -> tuple[float, int, int, str]:
-    """What a written record and a decoded one must agree on (time, level, kind, text)."""
+def as_tuple(r: Record | Rec) -> tuple[float, int, int, str, str | None, int | None]:
+    """What a written record and a decoded one must agree on (time, level, kind, text,
+    logger and thread; an empty name and thread 0 read back as None)."""
     if isinstance(r, Rec):
-        return (r.time_us / 1e6, r.level, r.kind, r.text)
-    return (r.time, r.level, r.kind, r.text)
+        return (r.time_us / 1e6, r.level, r.kind, r.text, r.name or None, r.thread or None)
+    return (r.time, r.level, r.kind, r.text, r.logger, r.thread)

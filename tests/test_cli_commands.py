@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 import mmaplog
+from mmaplog import _format as fmt
 from torture import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -573,3 +574,91 @@ def test_decode_json_names_the_logger_of_xlog_lines(tmp_path):
     assert obj["logger"] == "shop.orders" and obj["level"] == "WARNING"
     assert obj["pid"] == os.getpid() and len(obj["session"]) == 16
     assert obj["message"].endswith("[order 42 failed")
+    assert obj["thread"] == threading.get_ident()
+
+
+def test_decode_json_gives_logger_and_thread_whatever_the_formatter(tmp_path):
+    """--format json names the logger and thread of records whose text shows neither."""
+    import json as _json
+
+    log_dir = str(tmp_path / "logs")
+    h = mmaplog.MmapHandler(log_dir)
+    h.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    lg = logging.getLogger("shop.orders")
+    lg.handlers[:] = [h]
+    lg.propagate = False
+    lg.warning("order %s failed", 42)
+    worker = threading.Thread(target=lg.error, args=("from a worker",))
+    worker.start()
+    worker.join()
+    h.close()
+    res = subprocess.run(
+        [sys.executable, "-m", "mmaplog", "decode", "--format", "json", log_dir],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert res.returncode == 0, res.stderr
+    first, second = (_json.loads(line) for line in res.stdout.splitlines())
+    assert first["message"] == "WARNING order 42 failed"
+    assert (first["logger"], first["pid"], first["thread"]) == (
+        "shop.orders",
+        os.getpid(),
+        threading.get_ident(),
+    )
+    assert second["logger"] == "shop.orders" and second["thread"] not in (None, first["thread"])
+
+
+def test_blocks_of_a_newer_format_version_are_reported_not_read(tmp_path):
+    """A log whose blocks are of a format version this mmaplog does not know is one
+    damaged range per run of them, saying so, and decode exits 1 printing nothing."""
+    from dataclasses import replace
+
+    path = os.path.join(
+        os.path.dirname(__file__), "fixtures", "v2", "logs", "mmaplog_zstd_20250314.mmlog"
+    )
+    with open(path, "rb") as f:
+        data = f.read()
+    newer = b"".join(
+        fmt.pack_header(replace(b.header, version=3)) + b.payload
+        for b in fmt.scan_blocks(data)
+        if isinstance(b, fmt.ScannedBlock)
+    )
+    log = tmp_path / "app_20250314.mmlog"
+    log.write_bytes(newer)
+    res = subprocess.run(
+        [sys.executable, "-m", "mmaplog", "decode", str(log)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert res.returncode == 1 and res.stdout == ""
+    (line,) = res.stderr.splitlines()
+    assert line.endswith(
+        "block at offset 0: format version 3 is not supported (this mmaplog reads versions 1 and 2)"
+    )
+
+
+def test_decode_json_of_a_version_1_log_reads_logger_and_thread_from_the_line():
+    """A log written before records carried them gives the logger and thread of the default
+    line, and null for events logged as JSON objects."""
+    import json as _json
+
+    path = os.path.join(
+        os.path.dirname(__file__), "fixtures", "v1", "logs", "mmaplog_zstd_20250314.mmlog"
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "mmaplog", "decode", "--format", "json", path],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert res.returncode == 0, res.stderr
+    objs = [_json.loads(line) for line in res.stdout.splitlines()]
+    lines = [o for o in objs if "message" in o]
+    events = [o for o in objs if "event" in o]
+    assert len(lines) > 30 and len(events) == 2
+    for o in lines:
+        assert o["logger"] == "fixtures.mmaplog_zstd"
+        assert f"[{o['pid']}, {o['thread']}][fixtures.mmaplog_zstd][" in o["message"]
+    assert all(o["logger"] is None and o["thread"] is None for o in events)

@@ -3,11 +3,12 @@
 Each document runs in a fresh folder, its blocks in order: ``python`` blocks are
 saved as ``app.py`` and run; an ``ini`` block is saved as ``logging.ini`` for the
 Python block that loads it; in ``console`` blocks each ``$`` line is run by the
-shell and must print what follows it (dates, times, keys and numbers of three
-digits or more may differ). Blocks with no language list commands: each
-``mmaplog`` or ``python -m mmaplog`` line in them is run once the rest has run
-and must exit 0, but for ``-f`` (it runs until Ctrl-C). Not run: ``text`` blocks
-(pictures) and the blocks that set up an environment (``python3 -m venv``, ``pip``).
+shell and must print what follows it (dates, times, keys, key fingerprints, session
+ids and numbers of three digits or more may differ). Blocks with no language list
+commands: each ``mmaplog`` or ``python -m mmaplog`` line in them is run once the
+rest has run and must exit 0, but for ``-f`` (it runs until Ctrl-C). Not run:
+``text`` blocks (pictures) and the blocks that set up an environment (``python3 -m
+venv``, ``pip``).
 A document whose code reads or writes ``s3://fleet`` gets what its setup block
 makes: a SeaweedFS server (the session's), its settings in the environment, and
 the bucket ``fleet``.
@@ -45,10 +46,13 @@ def blocks(doc: str) -> list[tuple[str, str]]:
 
 
 def shape(text: str) -> str:
-    """What must match in shown output: dates, times, long numbers and keys may differ."""
+    """What must match in shown output: dates, times, long numbers, keys, key fingerprints
+    and session ids may differ."""
     text = re.sub(r"\d{4}-\d\d-\d\d", "DATE", text)
     text = re.sub(r"\d\d:\d\d:\d\d(?:\.\d+)?", "TIME", text)
     text = re.sub(r"[A-Za-z0-9+/]{43}=", "KEY", text)
+    text = re.sub(r"SHA256:[A-Za-z0-9+/]{11}", "SHA256:FINGERPRINT", text)
+    text = re.sub(r'"session": "[0-9a-f]{16}"', '"session": "SESSION"', text)
     text = re.sub(r"\d{3,}", "N", text)
     return re.sub(r"[ \t]+#.*$", "", text, flags=re.MULTILINE).rstrip()
 

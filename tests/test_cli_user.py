@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pty
+import re
 import subprocess
 import sys
 import textwrap
@@ -377,18 +378,30 @@ def test_pid_of_xlog_lines_filters_and_shows_in_json(tmp_path):
 # -- keys -------------------------------------------------------------------------------
 
 
+_KEY_LINES = re.compile(r"public key: (?P<key>\S{44})\nfingerprint: (?P<fp>SHA256:[\w+/]{11})\n")
+
+
 def keypair(folder: str, name: str = "ops.key") -> tuple[str, str]:
     """Make a key pair with keygen; the private key file's path and the public key."""
+    path, public, _fingerprint = keypair_with_fingerprint(folder, name)
+    return path, public
+
+
+def keypair_with_fingerprint(folder: str, name: str = "ops.key") -> tuple[str, str, str]:
+    """Make a key pair with keygen; the private key file, the public key, its fingerprint."""
     path = os.path.join(folder, name)
     res = run("keygen", "-o", path)
     assert res.returncode == 0, res.stderr
-    return path, res.stdout.strip().removeprefix("public key: ")
+    m = _KEY_LINES.fullmatch(res.stdout)
+    assert m is not None, res.stdout
+    return path, m["key"], m["fp"]
 
 
 def test_a_wrong_key_is_one_line_per_file_with_the_block_count(log_dir, tmp_path):
-    """A key that does not match says so once per file, with how many blocks, and exits 1."""
-    _private, public = keypair(str(tmp_path))
-    other, _ = keypair(str(tmp_path), "other.key")
+    """A key that does not match says so once per file, with how many blocks and which key
+    the blocks need, and exits 1."""
+    _private, public, needed = keypair_with_fingerprint(str(tmp_path))
+    other, _, given = keypair_with_fingerprint(str(tmp_path), "other.key")
     write_log(log_dir, [f"secret {os.urandom(1000).hex()}" for i in range(400)], public_key=public)
     (log,) = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
     for command in ("decode", "verify"):
@@ -397,6 +410,20 @@ def test_a_wrong_key_is_one_line_per_file_with_the_block_count(log_dir, tmp_path
         (line,) = res.stderr.splitlines()
         assert line.startswith(f"mmaplog {command}: {os.path.join(log_dir, log)}: the key does")
         assert "encrypted blocks skipped" in line and "secret" not in res.stdout
+        assert line.endswith(f"encrypted to the key {needed}, the key given is {given}")
+
+
+def test_an_encrypted_log_names_the_key_it_needs_as_pubkey_prints_it(log_dir, tmp_path):
+    """decode without --key names the fingerprint of the key the log was encrypted to, the
+    one keygen and pubkey print for the key file; verify without --key names it too."""
+    private, public, fingerprint = keypair_with_fingerprint(str(tmp_path))
+    write_log(log_dir, ["secret"], public_key=public)
+    assert run("pubkey", private).stdout == f"public key: {public}\nfingerprint: {fingerprint}\n"
+    res = run("decode", log_dir)
+    assert res.returncode == 2 and res.stdout == ""
+    assert f"is encrypted for the key {fingerprint}: give its private key" in res.stderr
+    res = run("verify", log_dir)
+    assert res.returncode == 0 and f"the private key of {fingerprint}" in res.stdout
 
 
 def test_key_mistakes_get_a_clear_line(log_dir, tmp_path):
@@ -434,7 +461,7 @@ def test_keygen_writes_the_private_key_only_to_a_file_and_pubkey_prints_the_publ
     private, public = keypair(str(tmp_path))
     assert os.stat(private).st_mode & 0o777 == 0o600
     res = run("pubkey", private)
-    assert res.returncode == 0 and res.stdout == public + "\n"
+    assert res.returncode == 0 and res.stdout.startswith(f"public key: {public}\nfingerprint: ")
     res = run("pubkey", str(tmp_path / "nope.key"))
     assert res.returncode == 2 and res.stderr.strip().endswith("nope.key: no such file")
 
@@ -696,9 +723,14 @@ def test_json_output_prints_stdlib_structlog_events_as_objects(log_dir):
     res = run("decode", "--format", "json", log_dir)
     assert res.returncode == 0, res.stderr
     first, second, third = (json.loads(line) for line in res.stdout.splitlines())
-    assert first == {"order": 42, "event": "order placed", "level": "info"}
-    assert second == {"event": "{not json"}
+    pid, thread = first["pid"], first["thread"]
+    assert isinstance(pid, int) and isinstance(thread, int) and thread > 0
+    # The event dict, with the logger, pid and thread the record carries.
+    assert first == {"order": 42, "event": "order placed", "level": "info",
+                     "logger": "orders", "pid": pid, "thread": thread}  # fmt: skip
+    assert second == {"event": "{not json", "logger": "plain", "pid": pid, "thread": thread}
     assert third["message"] == "{not json either" and third["level"] == "WARNING"
+    assert (third["logger"], third["pid"], third["thread"]) == ("plain", pid, thread)
 
 
 def test_fifos_and_foreign_files_named_like_caches_are_left_alone(log_dir):

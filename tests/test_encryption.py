@@ -119,7 +119,9 @@ def test_wrong_key_says_so(log_dir, keys, tmp_path):
     assert "the key does not match" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("region", ["header-seq", "header-key", "record", "tag"])
+@pytest.mark.parametrize(
+    "region", ["header-seq", "header-key", "header-fingerprint", "record", "tag"]
+)
 def test_tampered_block_is_reported_and_others_still_decode(log_dir, keys, region):
     """A change in any region of an encrypted block (CRCs forged) loses only that block."""
     from dataclasses import replace
@@ -138,9 +140,10 @@ def test_tampered_block_is_reported_and_others_still_decode(log_dir, keys, regio
     if region == "header-seq":  # an attacker renumbers the block
         h = replace(h, seq=h.seq + 1000)
     elif region == "header-key":  # or swaps the ephemeral public key
-        h = replace(
-            h, extension=bytes(a ^ b for a, b in zip(h.extension, b"\x01" * 32, strict=True))
-        )
+        flip = b"\x01" * 32 + bytes(8)
+        h = replace(h, extension=bytes(a ^ b for a, b in zip(h.extension, flip, strict=True)))
+    elif region == "header-fingerprint":  # or names another recipient key
+        h = replace(h, extension=h.extension[:32] + bytes(8))
     elif region == "record":
         payload[len(payload) // 2] ^= 0x10
     else:  # the AEAD tag: the last 16 bytes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 import tracemalloc
@@ -21,12 +22,14 @@ from mmaplog.exceptions import CorruptionError, MmapLogError, UnsupportedVersion
 from .strategies import (
     CODECS,
     I64,
+    KINDS,
     Rec,
     as_tuple,
     build_log,
     codecs,
     decode,
     forms,
+    logger_names,
     new_key,
     record_lists,
     records,
@@ -91,7 +94,7 @@ def block_headers(draw: st.DrawFn) -> fmt.BlockHeader:
         count=draw(u32),
         raw_len=draw(st.integers(0, fmt.MAX_BLOCK_RAW)),
         payload_crc=draw(u32),
-        extension=draw(st.binary(min_size=32, max_size=32)) if encrypted else b"",
+        extension=draw(st.binary(min_size=40, max_size=40)) if encrypted else b"",
     )
 
 
@@ -104,9 +107,32 @@ def test_record_round_trip(recs: list[Rec]) -> None:
     """Records packed back to back come out of iter_records unchanged and in order."""
     raw = b"".join(r.raw for r in recs)
     got = list(fmt.iter_records(raw))
-    assert [(g.time_us, g.level, g.kind, g.text) for g in got] == [
-        (r.time_us, r.level, r.kind, r.text.encode()) for r in recs
+    assert [(g.time_us, g.level, g.kind, g.text, g.name, g.thread) for g in got] == [
+        (r.time_us, r.level, r.kind, r.text.encode(), r.name.encode(), r.thread) for r in recs
     ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(record_lists)
+def test_version_1_records_read_as_version_1(recs: list[Rec]) -> None:
+    """Records in version 1's layout (no name, no thread) read back with version=1."""
+    raw = b"".join(
+        fmt.RECORD_HEADER_V1.pack(len(t), r.time_us, r.level, r.kind) + t
+        for r in recs
+        for t in [r.text.encode()]
+    )
+    got = list(fmt.iter_records(raw, version=1))
+    assert got == [fmt.RawRecord(r.time_us, r.level, r.kind, r.text.encode()) for r in recs]
+
+
+def test_record_head_is_the_header_then_the_name() -> None:
+    """A record's head is the fixed header (its name_len the name's length), then the name."""
+    head = fmt.record_head(7, 20, fmt.KIND_TEXT, b"text", b"shop.orders", 99)
+    assert head == fmt.RECORD_HEADER.pack(4, 7, 20, fmt.KIND_TEXT, 11, 99) + b"shop.orders"
+    assert fmt.encode_record(7, 20, fmt.KIND_TEXT, b"text", b"shop.orders", 99) == head + b"text"
+    fmt.record_head(7, 20, fmt.KIND_TEXT, b"", bytes(fmt.MAX_LOGGER_NAME))
+    with pytest.raises(ValueError, match="logger name of 1025 bytes"):
+        fmt.record_head(7, 20, fmt.KIND_TEXT, b"", bytes(fmt.MAX_LOGGER_NAME + 1))
 
 
 def test_encode_record_clamps_level_to_a_byte() -> None:
@@ -121,8 +147,12 @@ def test_iter_records_rejects_bad_framing() -> None:
     cases = [
         good + fmt.encode_record(2, 20, fmt.KIND_TEXT, b"abc")[:10],
         good + fmt.encode_record(2, 20, 7, b"abc"),
-        good + fmt.RECORD_HEADER.pack(100, 2, 20, fmt.KIND_TEXT) + b"short",
-        good + fmt.RECORD_HEADER.pack(fmt.MAX_RECORD_TEXT + 1, 2, 20, fmt.KIND_TEXT),
+        good + fmt.RECORD_HEADER.pack(100, 2, 20, fmt.KIND_TEXT, 0, 0) + b"short",
+        good + fmt.RECORD_HEADER.pack(fmt.MAX_RECORD_TEXT + 1, 2, 20, fmt.KIND_TEXT, 0, 0),
+        good + fmt.RECORD_HEADER.pack(0, 2, 20, fmt.KIND_TEXT, 9, 0) + b"name",  # name cut
+        good
+        + fmt.RECORD_HEADER.pack(0, 2, 20, fmt.KIND_TEXT, fmt.MAX_LOGGER_NAME + 1, 0)
+        + bytes(fmt.MAX_LOGGER_NAME + 1),
     ]
     for raw in cases:
         seen = []
@@ -151,15 +181,111 @@ def test_columns_round_trip(recs: list[Rec]) -> None:
     assert fmt.decode_columns(columns, len(recs)) == list(fmt.iter_records(raw))
 
 
-def test_columns_lay_out_times_lengths_levels_kinds_then_texts() -> None:
-    """The column form is time steps and lengths as byte planes, levels, kinds, then texts."""
+def _reference_columns(recs: list[Rec]) -> bytes:
+    """The column form of ``recs`` built field by field, as docs/format.md lays it out."""
+    n = len(recs)
+
+    def planes(values: list[int], code: str, width: int) -> bytes:
+        packed = struct.pack(f"<{n}{code}", *values)
+        return b"".join(packed[k::width] for k in range(width))
+
+    times = [r.time_us for r in recs]
+    names = [r.name.encode() for r in recs]
+    texts = [r.text.encode() for r in recs]
+    return b"".join(
+        [
+            planes([b - a for a, b in zip([0, *times], times, strict=False)], "q", 8),
+            planes([len(t) for t in texts], "I", 4),
+            bytes(r.level for r in recs),
+            bytes(r.kind for r in recs),
+            planes([len(m) for m in names], "H", 2),
+            planes([r.thread for r in recs], "Q", 8),
+            *names,
+            *texts,
+        ]
+    )
+
+
+_ONE_LOGGER = st.tuples(st.lists(records, min_size=1, max_size=12), logger_names).map(
+    lambda t: [dataclasses.replace(r, name=t[1]) for r in t[0]]
+)
+"""A block of one logger: names of one length (the columns are taken by stride)."""
+
+_SAME_LENGTH_NAMES = st.lists(
+    st.builds(
+        Rec,
+        time_us=st.integers(0, 4_102_444_800_000_000),
+        level=st.integers(0, 255),
+        kind=st.sampled_from(KINDS),
+        text=st.text(max_size=20),
+        name=st.sampled_from(["api", "web", "db1"]),
+        thread=st.integers(0, 2**64 - 1),
+    ),
+    min_size=1,
+    max_size=12,
+)
+"""Different names of one length (still by stride); record_lists has any names (a walk)."""
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(_ONE_LOGGER, _SAME_LENGTH_NAMES, record_lists))
+def test_columns_are_the_documented_layout(recs: list[Rec]) -> None:
+    """encode_columns lays out exactly the documented columns, whether the block's logger
+    names have one length (taken by stride) or not (the heads walked)."""
+    times = [r.time_us for r in recs]
+    steps = [b - a for a, b in zip([0, *times], times, strict=False)]
+    columns = fmt.encode_columns(*fmt.split_records([r.raw for r in recs]))
+    if not all(-(2**63) <= d < 2**63 for d in steps):
+        assert columns is None
+        return
+    assert columns == _reference_columns(recs)
+    got = fmt.decode_columns(columns, len(recs))
+    assert got == [
+        fmt.RawRecord(r.time_us, r.level, r.kind, r.text.encode(), r.name.encode(), r.thread)
+        for r in recs
+    ]
+
+
+@pytest.mark.parametrize("second_name", [b"api", b"db"], ids=["same-length", "other-length"])
+def test_columns_lay_out_every_field_then_names_then_texts(second_name: bytes) -> None:
+    """The column form is time steps and lengths as byte planes, levels, kinds, name
+    lengths and threads as byte planes, the logger names, then the texts."""
     columns = fmt.encode_columns(
-        fmt.record_head(0x0102, 20, fmt.KIND_TEXT, b"ab") + fmt.record_head(0x0103, 40, 2, b"c"),
+        fmt.record_head(0x0102, 20, fmt.KIND_TEXT, b"ab", b"app", 0x0A0B)
+        + fmt.record_head(0x0103, 40, 2, b"c", second_name, 0x0C),
         [b"ab", b"c"],
     )
     times = bytes([0x02, 0x01, 0x01, 0x00]) + bytes(12)  # steps 0x0102 and 1, planes 0 .. 7
     lengths = bytes([2, 1]) + bytes(6)
-    assert columns == times + lengths + bytes([20, 40]) + bytes([0, 2]) + b"abc"
+    name_lengths = bytes([3, len(second_name)]) + bytes(2)
+    threads = bytes([0x0B, 0x0C, 0x0A, 0x00]) + bytes(12)
+    assert columns == (
+        times + lengths + bytes([20, 40]) + bytes([0, 2]) + name_lengths + threads
+        + b"app" + second_name + b"abc"
+    )  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None)
+@given(record_lists)
+def test_version_1_columns_read_as_version_1(recs: list[Rec]) -> None:
+    """Columns in version 1's layout (no name or thread columns) read back with version=1."""
+    n = len(recs)
+    times = [r.time_us for r in recs]
+    steps = [b - a for a, b in zip([0, *times], times, strict=False)]
+    if not all(-(2**63) <= d < 2**63 for d in steps):
+        return
+    texts = [r.text.encode() for r in recs]
+
+    def planes(values: list[int], fmt_char: str, width: int) -> bytes:
+        packed = struct.pack(f"<{n}{fmt_char}", *values)
+        return b"".join(packed[k::width] for k in range(width))
+
+    data = (
+        planes(steps, "q", 8) + planes([len(t) for t in texts], "I", 4)
+        + bytes(r.level for r in recs) + bytes(r.kind for r in recs) + b"".join(texts)
+    )  # fmt: skip
+    got = fmt.decode_columns(data, n, version=1)
+    assert got == [fmt.RawRecord(r.time_us, r.level, r.kind, r.text.encode()) for r in recs]
 
 
 def test_columns_of_no_records_are_empty() -> None:
@@ -177,13 +303,18 @@ def test_columns_of_no_records_are_empty() -> None:
         (lambda c, n: (c[:20], n), "need"),  # the columns themselves cut short
         (lambda c, n: (c[: 13 * n] + bytes([9]) + c[13 * n + 1 :], n), "unknown kind 9"),
         (lambda c, n: (c[: 8 * n] + b"\xff" * 4 * n + c[12 * n :], n), "add up to"),
+        (lambda c, n: (c[: 14 * n] + bytes([9]) + c[14 * n + 1 :], n), "add up to"),
+        (lambda c, n: (c[: 15 * n] + bytes([0x10]) + c[15 * n + 1 :], n), "name length 4"),
     ],
 )
 def test_decode_columns_rejects_columns_that_do_not_fit(mutate: Any, message: str) -> None:
     """Columns that disagree with the data or hold a bad kind are a CorruptionError, not records."""
     columns = fmt.encode_columns(
         *fmt.split_records(
-            [fmt.encode_record(1000 + i, 20, fmt.KIND_TEXT, b"rec%d" % i) for i in range(4)]
+            [
+                fmt.encode_record(1000 + i, 20, fmt.KIND_TEXT, b"rec%d" % i, b"app", 5)
+                for i in range(4)
+            ]
         )
     )
     assert columns is not None
@@ -198,6 +329,8 @@ def test_decode_columns_rejects_columns_that_do_not_fit(mutate: Any, message: st
         [b"short"],
         [fmt.encode_record(1, 20, 0, b"abc")[:-1]],
         [fmt.encode_record(1, 20, 0, b"") + b"x"],
+        [fmt.encode_record(1, 20, 0, b"", b"name")[:-2]],
+        [fmt.encode_record(1, 20, 0, b"", b"ab"), fmt.encode_record(2, 20, 0, b"")[:20]],
     ],
 )
 def test_encode_columns_refuses_records_that_are_not_encoded_records(records: list[bytes]) -> None:
@@ -212,7 +345,8 @@ def test_split_then_join_records_gives_the_records_back(recs: list[Rec]) -> None
     """Records split into headers and texts join back to the same bytes."""
     raws = [r.raw for r in recs]
     heads, texts = fmt.split_records(raws)
-    assert len(heads) == len(raws) * fmt.RECORD_HEADER.size
+    assert len(heads) == sum(fmt.RECORD_HEADER.size + len(r.name.encode()) for r in recs)
+    assert texts == [r.text.encode() for r in recs]
     assert fmt.join_records(heads, texts) == b"".join(raws)
 
 
@@ -315,7 +449,7 @@ def test_header_round_trip(h: fmt.BlockHeader) -> None:
 @pytest.mark.parametrize("encrypted", [False, True])
 def test_every_header_bit_flip_is_detected(encrypted: bool) -> None:
     """Flipping any single bit of a block header (extension included) makes it a CorruptionError."""
-    ext = bytes(range(32)) if encrypted else b""
+    ext = bytes(range(40)) if encrypted else b""
     flags = fmt.COMP_ZSTD | fmt.FLAG_STREAM | (fmt.FLAG_ENCRYPTED if encrypted else 0)
     good = raw_header(flags=flags, extension=ext, payload_len=10, count=3)
     fmt.parse_header(good)
@@ -329,11 +463,27 @@ def test_every_header_bit_flip_is_detected(encrypted: bool) -> None:
         assert exc.value.offset == 0
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 3, 255])
 def test_parse_header_rejects_unknown_version(version: int) -> None:
     """A well-formed header of another format version raises UnsupportedVersionError."""
-    with pytest.raises(UnsupportedVersionError, match=f"version {version}"):
+    with pytest.raises(UnsupportedVersionError, match=f"version {version} is not supported"):
         fmt.parse_header(raw_header(version=version))
+
+
+@pytest.mark.parametrize(("version", "ext_len"), [(1, 32), (2, 40)])
+def test_encrypted_headers_of_each_version_have_their_extension(version: int, ext_len: int) -> None:
+    """Version 1 encrypted headers carry the ephemeral key, version 2 its key fingerprint too;
+    each version refuses the other's length."""
+    ext = bytes(range(ext_len))
+    h = fmt.parse_header(
+        raw_header(version=version, flags=fmt.FLAG_ENCRYPTED | fmt.FLAG_STREAM, extension=ext)
+    )
+    assert h.version == version
+    assert h.ephemeral_key == ext[:32]
+    assert h.key_fingerprint == ext[32:]
+    other = bytes(72 - ext_len)
+    with pytest.raises(CorruptionError, match="does not fit its flags"):
+        fmt.parse_header(raw_header(version=version, flags=fmt.FLAG_ENCRYPTED, extension=other))
 
 
 @pytest.mark.parametrize(
@@ -356,6 +506,7 @@ def test_parse_header_rejects_unknown_flags(flags: int) -> None:
         (0, 96, bytes(32)),  # an extension without the encrypted flag
         (fmt.FLAG_ENCRYPTED, 64, b""),  # the encrypted flag without a key
         (fmt.FLAG_ENCRYPTED, 95, bytes(31)),
+        (fmt.FLAG_ENCRYPTED, 96, bytes(32)),  # version 1's extension in a version 2 header
         (0, 64 + fmt.MAX_HEADER_EXTENSION + 1, bytes(fmt.MAX_HEADER_EXTENSION + 1)),
         (0, 0xFFFF, b""),  # runs past the end of the input
         (fmt.FLAG_ENCRYPTED, 96, b""),  # the extension is missing
@@ -584,8 +735,9 @@ def test_cache_header_rejects_damage() -> None:
             fmt.parse_cache_header(page[:n])
     with pytest.raises(CorruptionError):  # the strings are cut off: checksum fails
         fmt.parse_cache_header(page[: fmt.CACHE_HEADER.size + 2])
+    fmt.parse_cache_header(_cache_page(version=1))
     with pytest.raises(UnsupportedVersionError):
-        fmt.parse_cache_header(_cache_page(version=2))
+        fmt.parse_cache_header(_cache_page(version=3))
     for bad in (
         {"magic": b"MMLB"},
         {"nslots": 0},
@@ -733,6 +885,7 @@ _ROW = re.compile(r"^\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*([\w\[\]]+)\s*\|\s*(\w+)\s*\
 _CODES = {"B": "u8", "H": "u16", "I": "u32", "Q": "u64", "q": "i64"}
 _TABLES = {
     "Record header": fmt.RECORD_HEADER,
+    "Record header, version 1": fmt.RECORD_HEADER_V1,
     "Chunk header": fmt.CHUNK_HEADER,
     "Block header": fmt.BLOCK_HEADER,
     "Cache header": fmt.CACHE_HEADER,
@@ -777,7 +930,7 @@ def _field(data: bytes, offset: int, size: int, typ: str) -> int | bytes:
 
 def _encoded_samples() -> dict[str, tuple[bytes, dict[str, int | bytes]]]:
     """Output of the real encoders, with the value each documented field must hold."""
-    ext = bytes(range(100, 132))
+    ext = bytes(range(100, 140))
     h = fmt.BlockHeader(
         flags=fmt.COMP_ZLIB | fmt.FLAG_ENCRYPTED | fmt.FLAG_STREAM,
         session=b"SESSION!",
@@ -792,7 +945,7 @@ def _encoded_samples() -> dict[str, tuple[bytes, dict[str, int | bytes]]]:
         extension=ext,
     )
     block = fmt.pack_header(h)
-    info = fmt.CacheInfo(1, 3, 4096, 12288, -5, 31337, "/var/log", "myapp")
+    info = fmt.CacheInfo(2, 3, 4096, 12288, -5, 31337, "/var/log", "myapp")
     page = fmt.pack_cache_header(info)
     slot = bytearray(
         fmt.pack_cache_header(_SLOT_INFO) + bytes(2 * 4096)
@@ -804,7 +957,18 @@ def _encoded_samples() -> dict[str, tuple[bytes, dict[str, int | bytes]]]:
     slot[at : at + len(hdr) + len(chunks)] = hdr + chunks
     return {
         "Record header": (
-            fmt.encode_record(-123_456_789, 42, fmt.KIND_NOTE, b"hello"),
+            fmt.encode_record(-123_456_789, 42, fmt.KIND_NOTE, b"hello", b"shop", 2**64 - 3),
+            {
+                "text_len": 5,
+                "time_us": -123_456_789,
+                "level": 42,
+                "kind": fmt.KIND_NOTE,
+                "name_len": 4,
+                "thread": 2**64 - 3,
+            },
+        ),
+        "Record header, version 1": (
+            fmt.RECORD_HEADER_V1.pack(5, -123_456_789, 42, fmt.KIND_NOTE) + b"hello",
             {"text_len": 5, "time_us": -123_456_789, "level": 42, "kind": fmt.KIND_NOTE},
         ),
         "Chunk header": (
@@ -815,9 +979,9 @@ def _encoded_samples() -> dict[str, tuple[bytes, dict[str, int | bytes]]]:
             block,
             {
                 "magic": b"MMLB",
-                "version": 1,
+                "version": 2,
                 "flags": h.flags,
-                "header_len": 96,
+                "header_len": 104,
                 "session": b"SESSION!",
                 "seq": h.seq,
                 "pid": 4321,
@@ -834,7 +998,7 @@ def _encoded_samples() -> dict[str, tuple[bytes, dict[str, int | bytes]]]:
             page,
             {
                 "magic": b"MMLC",
-                "version": 1,
+                "version": 2,
                 "nslots": 3,
                 "reserved": 0,
                 "header_size": 4096,
@@ -893,6 +1057,17 @@ def test_layout_tables_match_the_encoders() -> None:
             assert _field(data, offset, size, typ) == expected[field], (name, field)
 
 
+def test_the_record_example_of_the_spec_is_what_the_encoder_writes() -> None:
+    """The example record's bytes in docs/format.md are encode_record's, byte for byte."""
+    text = DOC.read_text(encoding="utf-8")
+    m = re.search(r"For example, the record at.*?```\n(.*?)```", text, re.DOTALL)
+    assert m is not None
+    shown = bytes.fromhex(m.group(1).replace("\n", " "))
+    assert shown == fmt.encode_record(
+        1_764_000_000_000_000, 30, fmt.KIND_TEXT, b"order 42 failed", b"shop", 7
+    )
+
+
 def test_format_errors_are_mmaplog_value_errors() -> None:
     """Format errors derive from both MmapLogError and ValueError and carry the offset."""
     with pytest.raises(CorruptionError) as exc:
@@ -904,7 +1079,7 @@ def test_format_errors_are_mmaplog_value_errors() -> None:
 
 def test_header_checksum_covers_the_extension() -> None:
     """Changing the ephemeral key of an encrypted header breaks its checksum."""
-    h = fmt.BlockHeader(fmt.FLAG_ENCRYPTED, b"s" * 8, 0, 0, 0, 0, 0, 0, 0, 0, bytes(32))
+    h = fmt.BlockHeader(fmt.FLAG_ENCRYPTED, b"s" * 8, 0, 0, 0, 0, 0, 0, 0, 0, bytes(40))
     packed = bytearray(fmt.pack_header(h))
     assert fmt.parse_header(bytes(packed)) == h
     packed[-1] ^= 0x80

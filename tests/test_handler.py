@@ -439,3 +439,87 @@ def test_the_first_block_moved_allocates_no_compression_tables(make_handler, log
     h.flush()
     assert texts(log_dir)
     assert ctx.memory_size() == before
+
+
+def test_every_record_carries_its_logger_name_and_thread_whatever_the_formatter(
+    make_handler, log_dir
+):
+    """Records carry the logger's name and the logging thread, with any formatter, on the
+    fast path, the path of records too large for a slot, and in sync mode."""
+    for mode in ("async", "sync"):
+        h = make_handler(mode=mode, prefix=mode, max_record_size=200)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        log = make_logger(f"shop.orders.{mode}", h)
+        log.warning("on the fast path")
+        log.warning("cut " + "x" * 500)
+        seen: list[int] = []
+
+        def other(h: mmaplog.MmapHandler, seen: list[int]) -> None:
+            seen.append(threading.get_ident())
+            make_logger("ünïcödé", h).error("from another thread")
+
+        t = threading.Thread(target=other, args=(h, seen))
+        t.start()
+        t.join()
+        h.close()
+        got = [
+            (r.text[:15], r.logger, r.thread)
+            for r in mmaplog.read_records(os.path.join(log_dir, f"{mode}_{_today()}.mmlog"))
+        ]
+        me = threading.get_ident()
+        assert got == [
+            ("on the fast pat", f"shop.orders.{mode}", me),
+            ("cut xxxxxxxxxxx", f"shop.orders.{mode}", me),
+            ("from another th", "ünïcödé", seen[0]),
+        ]
+
+
+def _today() -> str:
+    return dt.datetime.now().strftime("%Y%m%d")
+
+
+@pytest.mark.parametrize(
+    ("name", "stored"),
+    [
+        ("é" * 600, "é" * 512),  # 1200 bytes of UTF-8: cut at 1024, on a character boundary
+        ("a" + "é" * 600, "a" + "é" * 511),  # the cut falls inside a character: before it
+        ("bad \udcff name", "bad \\udcff name"),  # a lone surrogate, backslash-escaped
+        (None, None),  # no name
+        (42, "42"),  # not a str: its str()
+        ("", None),  # an empty name is no name
+    ],
+)
+def test_logger_names_are_stored_within_the_limit(make_handler, log_dir, name, stored):
+    """A logger name is stored as UTF-8 of at most 1024 bytes; no name reads back as None."""
+    h = make_handler()
+    h.setFormatter(logging.Formatter("%(message)s"))
+    record = logging.makeLogRecord({"msg": "m", "name": name, "levelno": 20})
+    h.handle(record)
+    h.close()
+    (r,) = mmaplog.read_records(log_dir)
+    assert r.logger == stored
+    assert len((r.logger or "").encode()) <= fmt.MAX_LOGGER_NAME
+
+
+@pytest.mark.parametrize("thread", [None, "not a number", -1, 2**64])
+def test_a_thread_id_that_is_not_a_u64_is_stored_as_unknown(make_handler, log_dir, thread):
+    """A record whose thread is None (logThreads off) or not a u64 (set by hand) is stored,
+    with no thread."""
+    h = make_handler()
+    h.setFormatter(logging.Formatter("%(message)s"))
+    h.handle(logging.makeLogRecord({"msg": "m", "name": "n", "levelno": 20, "thread": thread}))
+    h.close()
+    (r,) = mmaplog.read_records(log_dir)
+    assert (r.text, r.logger, r.thread) == ("m", "n", None)
+
+
+def test_the_logger_names_kept_encoded_are_bounded(make_handler):
+    """The handler keeps at most _MAX_NAMES encoded logger names, however many loggers log."""
+    from mmaplog import handler as handler_module
+
+    h = make_handler()
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for i in range(handler_module._MAX_NAMES * 2 + 5):
+        h.handle(logging.makeLogRecord({"msg": "m", "name": f"logger.{i}", "levelno": 20}))
+    assert len(h._names) <= handler_module._MAX_NAMES
+    h.close()

@@ -87,7 +87,9 @@ def _records(base: float = 1_764_480_000.0) -> Iterator[logging.LogRecord]:
             r.created = base + n * 0.0137
             r.msecs = (r.created - int(r.created)) * 1000
             r.process = 4242
-            r.thread = 140_000_000 + rnd % 2
+            r.thread = (140_000_000 + rnd % 2, None, -5, 2**70, True)[n % 5 if rnd > 50 else 0]
+            if rnd == 59:  # logger names the head cuts, or stores as nothing or as str(name)
+                r.name = ("x" * 1500, "名字" * 300, None, 42, "")[n % 5]  # type: ignore[assignment]
             n += 1
             yield r
 
@@ -116,7 +118,7 @@ def _write(
         handler.setFormatter(formatter)
     for r in _records(base):
         handler.handle(r)
-    cache_file = glob.glob(str(folder / "*.mmcache*"))
+    cache_file = glob.glob(str(folder / "*.mmap"))
     snapshot = Path(cache_file[0]).read_bytes()[4096:] if cache_file else b""
     handler.close()
     return snapshot

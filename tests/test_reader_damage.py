@@ -36,13 +36,14 @@ CONFIGS = [
     for enc, tag in ((False, "plain"), (True, "sealed"))
 ]
 
+_T = 140_279_348_460_416  # a thread id
 _BLOCKS = [
-    [Rec(1_700_000_000_000_000, 20, fmt.KIND_TEXT, "first record"),
-     Rec(1_700_000_000_000_001, 30, fmt.KIND_JSON, '{"k": "ünïcode ✓"}'),
-     Rec(1_700_000_000_000_002, 40, fmt.KIND_TEXT, "")],
-    [Rec(1_700_000_000_100_000, 10, fmt.KIND_TEXT, "a longer one " * 20)],
-    [Rec(1_700_000_000_200_000, 50, fmt.KIND_NOTE, "note"),
-     Rec(1_700_000_000_200_001, 255, fmt.KIND_TEXT, "last 🙂")],
+    [Rec(1_700_000_000_000_000, 20, fmt.KIND_TEXT, "first record", "shop", _T),
+     Rec(1_700_000_000_000_001, 30, fmt.KIND_JSON, '{"k": "ünïcode ✓"}', "", _T + 1),
+     Rec(1_700_000_000_000_002, 40, fmt.KIND_TEXT, "", "shop.orders", _T)],
+    [Rec(1_700_000_000_100_000, 10, fmt.KIND_TEXT, "a longer one " * 20, "ünï", 0)],
+    [Rec(1_700_000_000_200_000, 50, fmt.KIND_NOTE, "note", "mmaplog", 0),
+     Rec(1_700_000_000_200_001, 255, fmt.KIND_TEXT, "last 🙂", "shop", _T)],
 ]  # fmt: skip
 _KEY, _SEALER = new_key()
 
@@ -360,6 +361,8 @@ def _block_with(recs_raw: bytes, *, count: int, form: str) -> bytes:
     [
         "text_len 2**32-1",
         "text_len past the block",
+        "name_len 2**16-1",
+        "name_len past the block",
         "count 2**32-1",
         "count 0",
         "raw_len 0",
@@ -377,10 +380,20 @@ def test_absurd_length_fields_are_reported_not_trusted(case: str) -> None:
     good = fmt.encode_record(5, 20, fmt.KIND_TEXT, b"hello")
     if case == "text_len 2**32-1":
         data = _block_with(
-            fmt.RECORD_HEADER.pack(2**32 - 1, 5, 20, 0) + b"x", count=1, form="whole"
+            fmt.RECORD_HEADER.pack(2**32 - 1, 5, 20, 0, 0, 0) + b"x", count=1, form="whole"
         )
     elif case == "text_len past the block":
-        data = _block_with(fmt.RECORD_HEADER.pack(100, 5, 20, 0) + b"x", count=1, form="stream")
+        data = _block_with(
+            fmt.RECORD_HEADER.pack(100, 5, 20, 0, 0, 0) + b"x", count=1, form="stream"
+        )
+    elif case == "name_len 2**16-1":
+        data = _block_with(
+            fmt.RECORD_HEADER.pack(0, 5, 20, 0, 2**16 - 1, 0) + b"x", count=1, form="whole"
+        )
+    elif case == "name_len past the block":
+        data = _block_with(
+            fmt.RECORD_HEADER.pack(0, 5, 20, 0, 100, 0) + b"x", count=1, form="stream"
+        )
     elif case == "count 2**32-1":
         data = _block_with(good, count=2**32 - 1, form="whole")
     elif case == "count 0":
@@ -567,7 +580,7 @@ def test_random_payloads_under_valid_checksums_are_reported(
 ) -> None:
     """A block with valid checksums but a random payload gives records or damage, never a crash."""
     flags = codec | stream | (fmt.FLAG_ENCRYPTED if encrypted else 0)
-    ext = _SEALER.ephemeral_public if encrypted else b""
+    ext = _SEALER.ephemeral_public + _SEALER.key_fingerprint if encrypted else b""
     h = fmt.BlockHeader(flags, b"fuzzfuzz", 3, 1, 0, 0, 0, count, raw_len, 0, ext)
     if stream and payload and payload[0] & 1:
         payload = fmt.encode_chunk(payload, fmt.chunk_seed(h.session, h.seq))

@@ -105,7 +105,10 @@ def test_direct_factory_accepts_bytes_and_key_value(make_handler, log_dir):
 
 
 def test_decode_json_prints_the_event_dict(make_handler, log_dir):
-    """decode --format json prints the event dict of JSON records, and a dict for plain ones."""
+    """decode --format json prints the event dict of JSON records, with the logger name (when
+    the logger has one), pid and calling thread added, and a dict for plain ones."""
+    import threading
+
     from mmaplog.structlog import MmapLoggerFactory
 
     h = make_handler()
@@ -114,7 +117,16 @@ def test_decode_json_prints_the_event_dict(make_handler, log_dir):
         logger_factory=MmapLoggerFactory(h),
     )
     structlog.get_logger().info("placed", order=7)
-    h.write(b"a plain line", time.time(), logging.WARNING)
+    threads = []
+
+    def other_thread() -> None:
+        threads.append(threading.get_ident())
+        structlog.get_logger("orders").info("shipped", order=8, logger="the event's own")
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    h.write(b"a plain line", time.time(), logging.WARNING, logger="plain")
     h.close()
     res = subprocess.run(
         [sys.executable, "-m", "mmaplog", "decode", "--format", "json", log_dir],
@@ -123,10 +135,34 @@ def test_decode_json_prints_the_event_dict(make_handler, log_dir):
         env=ENV,
     )
     assert res.returncode == 0, res.stderr
-    first, second = (json.loads(line) for line in res.stdout.splitlines())
-    assert first == {"event": "placed", "order": 7, "level": "info"}
-    assert second["message"] == "a plain line" and second["level"] == "WARNING"
-    assert {"time", "level", "message"} <= set(second)
+    first, second, third = (json.loads(line) for line in res.stdout.splitlines())
+    me, pid = threading.get_ident(), os.getpid()
+    assert first == {"event": "placed", "order": 7, "level": "info", "logger": None,
+                     "pid": pid, "thread": me}  # fmt: skip
+    # A key of the event's own is kept: the record's fields fill only what is missing.
+    assert second == {"event": "shipped", "order": 8, "logger": "the event's own",
+                      "level": "info", "pid": pid, "thread": threads[0]}  # fmt: skip
+    assert third["message"] == "a plain line" and third["level"] == "WARNING"
+    assert (third["logger"], third["pid"], third["thread"]) == ("plain", pid, me)
+    assert {"time", "level", "message", "session"} <= set(third)
+
+
+def test_named_loggers_carry_their_name(make_handler):
+    """structlog.get_logger(name) stores the name with each record; copies keep it."""
+    import copy
+
+    from mmaplog.structlog import MmapLoggerFactory
+
+    h = make_handler()
+    factory = MmapLoggerFactory(h)
+    named = factory("api")
+    assert named.name == "api" and factory("api") is named and factory().name is None
+    assert copy.deepcopy(named) is named
+    named.info("one")
+    factory().info("two")
+    h.close()
+    got = [(r.text, r.logger) for r in mmaplog.read_records(h.log_dir)]
+    assert got == [("one", "api"), ("two", None)]
 
 
 def test_direct_path_never_raises(make_handler):
