@@ -363,9 +363,9 @@ class Cache:
         w.release = self._release
         w.make_room = self._make_room
         w.seal = sealer.seal if sealer is not None else None
-        # emit(record, limit, timeout) -> status, or NOT_HANDLED: the handler's C path
-        # for records its default formatter renders; None on the pure path.
-        self.native_emit: Callable[[Any, int, float], int] | None = None
+        # emit(record, formatter, limit, timeout): the handler's C path for records an
+        # XlogFormatter renders (see _native.c for what it returns); None on the pure path.
+        self.native_emit: Callable[[Any, Any, int, float], Any] | None = None
         if not isinstance(w, PyWriter):
             self.append = w.append  # type: ignore[method-assign,unused-ignore]
             self.native_emit = w.emit

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import ctypes.util
 import glob
+import importlib.util
 import os
 from typing import Any
 
-__all__ = ["EMIT_PATH", "NATIVE_CODECS", "REASON", "writer_type"]
+__all__ = ["EMIT_PATH", "NATIVE_CODECS", "REASON", "set_formatter", "writer_type"]
 
 NATIVE_CODECS = frozenset((0, 2))
 """The compressions the C path writes (none and zstd; zlib takes the pure path)."""
@@ -43,34 +44,45 @@ def _zstd_candidates() -> list[str]:
 def _load() -> tuple[Any, str]:
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         return None, f"{PURE_ENV} is set"
+    if importlib.util.find_spec(f"{__package__}._native") is None:
+        return None, (
+            "the C extension was not built when mmaplog was installed (a C compiler and "
+            "the Python headers are needed then)"
+        )
     try:
         from . import _native  # type: ignore[attr-defined]
     except ImportError as exc:
-        return None, f"the C extension is not built ({exc})"
+        return None, f"the C extension does not load ({exc})"
     import zstandard
 
     major, minor, patch = zstandard.ZSTD_VERSION[:3]
     want = major * 10000 + minor * 100 + patch
-    tried = []
+    refused = []
     for path in _zstd_candidates():
         try:
-            version = _native.load_zstd(path)
-        except OSError:
+            _native.load_zstd(path, want)
+        except OSError as exc:
+            refused.append(str(exc))
             continue
-        if version == want:
-            return _native.Writer, ""
-        tried.append(f"{os.path.basename(path)} is {version}")
+        return _native, ""
     return None, (
         f"no zstd library of the zstandard package's version ({want}) could be loaded"
-        + (f": {', '.join(tried)}" if tried else "")
+        + (f": {'; '.join(refused)}" if refused else "")
     )
 
 
-_WRITER, REASON = _load()
-EMIT_PATH = "native" if _WRITER is not None else "pure"
+_NATIVE, REASON = _load()
+_WRITER = _NATIVE.Writer if _NATIVE is not None else None
+EMIT_PATH = "native" if _NATIVE is not None else "pure"
 """``"native"`` when records are written by the C extension, else ``"pure"``."""
 
 
 def writer_type() -> Any:
     """The C writer's type, or None on the pure path."""
     return _WRITER
+
+
+def set_formatter(cls: type) -> None:
+    """Tell the C path which formatter class it renders lines for (XlogFormatter)."""
+    if _NATIVE is not None:
+        _NATIVE.set_formatter(cls)

@@ -331,10 +331,11 @@ static int write_chunk(Writer *self, const unsigned char *head, size_t hn, PyObj
     self->pos = end;
     rc = 0;
 free:
-    if (rc < 0 && self->codec == COMP_ZSTD) {
+    if (rc < 0) {
         /* The compressor may have taken this record into its stream while the chunk
          * was not stored: the stream must not go on. The next record seals this block
-         * (its chunks so far are whole) and opens one with a new stream. */
+         * (its chunks so far are whole) and opens one with a new stream (as the pure
+         * path does, whatever the compression). */
         self->limit = self->pos;
     }
     if (scratch) PyMem_Free(scratch);
@@ -457,12 +458,9 @@ static PyObject *writer_append(Writer *self, PyObject *const *args, Py_ssize_t n
 
 /* -- rendering the default xlog line (mmaplog.XlogFormatter) ----------------------------- */
 
-static PyObject *s_msg, *s_args, *s_created, *s_msecs, *s_levelno, *s_process, *s_thread, *s_name, *s_filename,
+static PyObject *s_format, *s_clock, *s_msg, *s_args, *s_created, *s_msecs, *s_levelno, *s_process, *s_thread, *s_name, *s_filename,
     *s_lineno, *s_funcName, *s_getMessage, *s_exc_info, *s_exc_text, *s_stack_info, *s_empty;
 
-static long stamp_second = LONG_MIN;
-static char stamp[64];
-static size_t stamp_len;
 
 static char letter_of(long levelno) {
     switch (levelno) {
@@ -561,22 +559,97 @@ static int is_falsy_attr(PyObject *rec, PyObject *dict, PyObject *name, int *fal
 
 enum { P_PROCESS, P_THREAD, P_NAME, P_FILENAME, P_LINENO, P_FUNC, P_MSG, P_COUNT };
 
+static PyTypeObject *formatter_type; /* mmaplog.XlogFormatter (set_formatter) */
+static PyObject *formatter_format;   /* XlogFormatter.format as the class defines it */
+
+/* The formatter renders as XlogFormatter does: that very class, its own format, not
+ * replaced on the instance or the class. 1, 0, or -1 with an exception. */
+static int plain_formatter(PyObject *f, PyObject **fdict) {
+    *fdict = NULL;
+    if (!formatter_type || !Py_IS_TYPE(f, formatter_type)) return 0;
+    PyObject *current = PyObject_GetAttr((PyObject *)formatter_type, s_format);
+    if (!current) return -1;
+    int same = current == formatter_format;
+    Py_DECREF(current);
+    if (!same) return 0;
+    PyObject *d = PyObject_GenericGetDict(f, NULL);
+    if (!d) return -1;
+    if (PyDict_GetItemWithError(d, s_format) || PyErr_Occurred()) {
+        Py_DECREF(d);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    *fdict = d;
+    return 1;
+}
+
+/* The date part of second, from the formatter's own one-second cache (its _clock,
+ * (second, stamp)), made and stored there when the second changed, as
+ * XlogFormatter.format does: time.strftime("%Y-%m-%d %z %H:%M:%S", localtime(second)).
+ * A new reference to the stamp (str), None if localtime fails, NULL with an exception. */
+static PyObject *date_stamp(PyObject *fdict, long second) {
+    PyObject *clock = PyDict_GetItemWithError(fdict, s_clock);
+    if (!clock && PyErr_Occurred()) return NULL;
+    if (clock && PyTuple_CheckExact(clock) && PyTuple_GET_SIZE(clock) == 2 &&
+        PyLong_CheckExact(PyTuple_GET_ITEM(clock, 0)) &&
+        PyUnicode_CheckExact(PyTuple_GET_ITEM(clock, 1))) {
+        int overflow = 0;
+        long cached = PyLong_AsLongAndOverflow(PyTuple_GET_ITEM(clock, 0), &overflow);
+        if (!overflow && cached == second) {
+            PyObject *stamp = PyTuple_GET_ITEM(clock, 1);
+            Py_INCREF(stamp);
+            return stamp;
+        }
+    }
+    time_t tt = (time_t)second;
+    struct tm local;
+    char buf[64];
+    size_t n;
+    if (!localtime_r(&tt, &local) ||
+        !(n = strftime(buf, sizeof buf, "%Y-%m-%d %z %H:%M:%S", &local)))
+        Py_RETURN_NONE;
+    PyObject *stamp = PyUnicode_DecodeLocaleAndSize(buf, (Py_ssize_t)n, "surrogateescape");
+    if (!stamp) return NULL;
+    PyObject *key = PyLong_FromLong(second);
+    PyObject *fresh = key ? PyTuple_Pack(2, key, stamp) : NULL;
+    Py_XDECREF(key);
+    if (!fresh || PyDict_SetItem(fdict, s_clock, fresh) < 0) {
+        Py_XDECREF(fresh);
+        Py_DECREF(stamp);
+        return NULL;
+    }
+    Py_DECREF(fresh);
+    return stamp;
+}
+
+static PyObject *handed_back(PyObject *msg) {
+    /* (NOT_HANDLED, message): the pure path renders the line with this message. */
+    return Py_BuildValue("(iO)", NOT_HANDLED, msg);
+}
+
 static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
-    /* emit(record, limit, timeout) -> status, or -1: not handled here (a traceback or
-     * stack to render, a text over the limit, text that is not valid UTF-8, ...): the
-     * caller takes the pure path, nothing having been stored or called on the record. */
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "emit(record, limit, timeout)");
+    /* emit(record, formatter, limit, timeout): render the record as the formatter (an
+     * XlogFormatter) would, frame it and append it (Cache.append). Returns:
+     *   APPENDED or DROPPED;
+     *   NOT_HANDLED: the pure path takes the record, nothing having been called on it
+     *   (another formatter, a traceback or stack to render, odd attributes);
+     *   (NOT_HANDLED, message): the same, with the message already made (text over
+     *   `limit` or not valid UTF-8, a logger name the pure path cuts or stores otherwise);
+     *   (OVERSIZE or CLOSED, head, text, time_us): rendered, but no slot could take it. */
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "emit(record, formatter, limit, timeout)");
         return NULL;
     }
     PyObject *rec = args[0];
-    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
     if (limit == -1 && PyErr_Occurred()) return NULL;
-    int falsy;
-    PyObject *dict = NULL, *result = NULL, *text = NULL;
+    PyObject *fdict = NULL, *dict = NULL, *result = NULL, *text = NULL, *msg = NULL;
+    PyObject *stamp = NULL;
     PyObject *part[P_COUNT] = {NULL};
+    int plain = plain_formatter(args[1], &fdict);
+    if (plain <= 0) return plain < 0 ? NULL : PyLong_FromLong(NOT_HANDLED);
+    int falsy;
     if (record_type && Py_IS_TYPE(rec, record_type) && !(dict = PyObject_GenericGetDict(rec, NULL)))
-        return NULL;
+        goto out;
     if (is_falsy_attr(rec, dict, s_exc_info, &falsy) < 0) goto out;
     if (falsy && is_falsy_attr(rec, dict, s_exc_text, &falsy) < 0) goto out;
     if (falsy && is_falsy_attr(rec, dict, s_stack_info, &falsy) < 0) goto out;
@@ -609,33 +682,27 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
         goto out;
     }
 
-    /* Every call into Python first (attributes, getMessage, str()): after them, nothing
-     * below can run Python code or let another thread in until the lock is taken. */
+    /* The parts of the line. Only Python objects this holds are pointed into below, so
+     * Python code run meanwhile (a finalizer at an allocation, say) changes nothing. */
     PyObject *names[P_MSG] = {s_process, s_thread, s_name, s_filename, s_lineno, s_funcName};
     const char *ptr[P_COUNT];
     Py_ssize_t len[P_COUNT];
     char digits[P_COUNT][24];
     unsigned long long thread = 0; /* the head's thread: record.thread if a u64, else 0 */
+    int odd_name = 0;
     for (int i = 0; i < P_MSG; i++) {
         PyObject *v = get(rec, dict, names[i]);
         if (!v) goto out;
-        if (i == P_NAME && !PyUnicode_CheckExact(v)) {
-            /* A logger named by something else than a str: the pure path stores str(name)
-             * (or nothing for None) where the line shows format(name). */
-            Py_DECREF(v);
-            result = PyLong_FromLong(NOT_HANDLED);
-            goto out;
-        }
+        if (i == P_NAME && !PyUnicode_CheckExact(v)) odd_name = 1;
         if (i == P_THREAD && v != Py_None) {
-            if (!PyLong_Check(v)) {
-                Py_DECREF(v);
-                result = PyLong_FromLong(NOT_HANDLED);
-                goto out;
-            }
-            thread = PyLong_AsUnsignedLongLong(v);
-            if (PyErr_Occurred()) { /* negative or past a u64: unknown, as struct refuses it */
-                PyErr_Clear();
-                thread = 0;
+            if (PyLong_Check(v)) {
+                thread = PyLong_AsUnsignedLongLong(v);
+                if (PyErr_Occurred()) { /* negative or past a u64: unknown, as struct refuses */
+                    PyErr_Clear();
+                    thread = 0;
+                }
+            } else {
+                odd_name = 1; /* the pure path asks struct what it makes of it */
             }
         }
         if (PyLong_CheckExact(v)) { /* pid, thread id, line number: no str object made */
@@ -660,39 +727,34 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
         Py_DECREF(v);
         if (!part[i]) goto out;
     }
-    PyObject *msg = get_message(rec, dict);
+    msg = get_message(rec, dict);
     if (!msg) goto out;
+    /* From here on the message is made: a record the pure path takes gets it along, so
+     * that the application's own formatting runs once. */
     part[P_MSG] = as_text(msg);
-    Py_DECREF(msg);
     if (!part[P_MSG]) goto out;
     for (int i = 0; i < P_COUNT; i++) {
         if (!part[i]) continue; /* digits */
         if (!PyUnicode_Check(part[i])) {
-            result = PyLong_FromLong(NOT_HANDLED);
+            result = handed_back(msg);
             goto out;
         }
         ptr[i] = PyUnicode_AsUTF8AndSize(part[i], &len[i]);
         if (!ptr[i]) { /* lone surrogates: the pure path escapes them */
             PyErr_Clear();
-            result = PyLong_FromLong(NOT_HANDLED);
+            result = handed_back(msg);
             goto out;
         }
     }
-    /* The date part, once per second (time.strftime("%Y-%m-%d %z %H:%M:%S", localtime)). */
     long second = (long)created; /* int(record.created) */
-    if (second != stamp_second) {
-        time_t tt = (time_t)second;
-        struct tm local;
-        if (!localtime_r(&tt, &local)) {
-            result = PyLong_FromLong(NOT_HANDLED);
-            goto out;
-        }
-        stamp_len = strftime(stamp, sizeof stamp, "%Y-%m-%d %z %H:%M:%S", &local);
-        if (!stamp_len) {
-            result = PyLong_FromLong(NOT_HANDLED);
-            goto out;
-        }
-        stamp_second = second;
+    stamp = date_stamp(fdict, second);
+    if (!stamp) goto out;
+    Py_ssize_t stamp_len;
+    const char *stamp_utf8 = stamp == Py_None ? NULL : PyUnicode_AsUTF8AndSize(stamp, &stamp_len);
+    if (!stamp_utf8) {
+        PyErr_Clear();
+        result = handed_back(msg);
+        goto out;
     }
     char head4[4] = {'[', letter_of(levelno), ']', '['};
     char millis[24];
@@ -710,10 +772,10 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
     }
     static const char *seps[P_COUNT] = {"][", ", ", "][", "][", ":", ", ", "]["};
     static const size_t sepn[P_COUNT] = {2, 2, 2, 2, 1, 2, 2};
-    size_t n = 4 + stamp_len + (size_t)mn;
+    size_t n = 4 + (size_t)stamp_len + (size_t)mn;
     for (int i = 0; i < P_COUNT; i++) n += sepn[i] + (size_t)len[i];
-    if (n > (size_t)limit || len[P_NAME] > MAX_LOGGER_NAME) { /* the pure path cuts them */
-        result = PyLong_FromLong(NOT_HANDLED);
+    if (n > (size_t)limit || odd_name || len[P_NAME] > MAX_LOGGER_NAME) {
+        result = handed_back(msg); /* the pure path cuts, or names, them */
         goto out;
     }
     text = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
@@ -721,7 +783,7 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
     char *at = PyBytes_AS_STRING(text);
     memcpy(at, head4, 4);
     at += 4;
-    memcpy(at, stamp, stamp_len);
+    memcpy(at, stamp_utf8, (size_t)stamp_len);
     at += stamp_len;
     memcpy(at, millis, (size_t)mn);
     at += mn;
@@ -734,12 +796,35 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
     long long time_us = (long long)(created * 1e6);
     unsigned char head[RECORD_HEAD + MAX_LOGGER_NAME];
     size_t hn = pack_head(head, n, time_us, levelno, 0, ptr[P_NAME], (size_t)len[P_NAME], thread);
-    result = status_or_null(append_framed(self, head, hn, text, time_us, args[2]));
+    long status = append_framed(self, head, hn, text, time_us, args[3]);
+    if (status == OVERSIZE || status == CLOSED)
+        result = Py_BuildValue("(iy#OL)", (int)status, (const char *)head, (Py_ssize_t)hn, text,
+                               time_us);
+    else
+        result = status_or_null(status);
 out:
     for (int i = 0; i < P_COUNT; i++) Py_XDECREF(part[i]);
     Py_XDECREF(text);
+    Py_XDECREF(msg);
+    Py_XDECREF(stamp);
     Py_XDECREF(dict);
+    Py_XDECREF(fdict);
     return result;
+}
+
+static PyObject *py_set_formatter(PyObject *self, PyObject *cls) {
+    /* set_formatter(XlogFormatter): the class whose lines emit() renders. */
+    (void)self;
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "set_formatter(cls): a class");
+        return NULL;
+    }
+    PyObject *f = PyObject_GetAttr(cls, s_format);
+    if (!f) return NULL;
+    Py_INCREF(cls);
+    Py_XSETREF(formatter_type, (PyTypeObject *)cls);
+    Py_XSETREF(formatter_format, f);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef writer_methods[] = {
@@ -750,7 +835,7 @@ static PyMethodDef writer_methods[] = {
     {"append", (PyCFunction)(void (*)(void))writer_append, METH_FASTCALL,
      "append(head, text, time_us, timeout) -> status (Cache.append)."},
     {"emit", (PyCFunction)(void (*)(void))writer_emit, METH_FASTCALL,
-     "emit(record, limit, timeout) -> status, or -1 if the pure path must take it."},
+     "emit(record, formatter, limit, timeout) -> status, or what the pure path needs."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -785,25 +870,48 @@ static PyTypeObject WriterType = {
 
 /* -- module ----------------------------------------------------------------------------- */
 
-static PyObject *load_zstd(PyObject *self, PyObject *arg) {
-    /* load_zstd(path) -> version number of the zstd library at path (dlopen'ed). */
+static PyObject *load_zstd(PyObject *self, PyObject *args) {
+    /* load_zstd(path, version) -> the version number of the zstd library at path,
+     * dlopen'ed; refused unless it is that version (None: any), and once one is loaded. */
     (void)self;
+    PyObject *arg, *want;
+    if (!PyArg_ParseTuple(args, "UO", &arg, &want)) return NULL;
     const char *path = PyUnicode_AsUTF8(arg);
     if (!path) return NULL;
+    if (z_create) { /* writers hold contexts of the library loaded first: keep it */
+        PyErr_SetString(PyExc_RuntimeError, "zstd is already loaded");
+        return NULL;
+    }
     void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!lib) return PyErr_Format(PyExc_OSError, "cannot load %s: %s", path, dlerror());
-    z_create = (ZSTD_CCtx * (*)(void)) dlsym(lib, "ZSTD_createCCtx");
-    z_free = (size_t(*)(ZSTD_CCtx *))dlsym(lib, "ZSTD_freeCCtx");
-    z_set = (size_t(*)(ZSTD_CCtx *, int, int))dlsym(lib, "ZSTD_CCtx_setParameter");
-    z_reset = (size_t(*)(ZSTD_CCtx *, int))dlsym(lib, "ZSTD_CCtx_reset");
-    z_stream = (size_t(*)(ZSTD_CCtx *, ZSTD_outBuffer *, ZSTD_inBuffer *, int))dlsym(
-        lib, "ZSTD_compressStream2");
-    z_is_error = (unsigned (*)(size_t))dlsym(lib, "ZSTD_isError");
-    z_version = (unsigned (*)(void))dlsym(lib, "ZSTD_versionNumber");
-    if (!z_create || !z_free || !z_set || !z_reset || !z_stream || !z_is_error || !z_version) {
-        z_create = NULL;
+    ZSTD_CCtx *(*create)(void) = (ZSTD_CCtx * (*)(void)) dlsym(lib, "ZSTD_createCCtx");
+    size_t (*free_)(ZSTD_CCtx *) = (size_t(*)(ZSTD_CCtx *))dlsym(lib, "ZSTD_freeCCtx");
+    size_t (*set)(ZSTD_CCtx *, int, int) =
+        (size_t(*)(ZSTD_CCtx *, int, int))dlsym(lib, "ZSTD_CCtx_setParameter");
+    size_t (*reset)(ZSTD_CCtx *, int) = (size_t(*)(ZSTD_CCtx *, int))dlsym(lib, "ZSTD_CCtx_reset");
+    size_t (*stream)(ZSTD_CCtx *, ZSTD_outBuffer *, ZSTD_inBuffer *, int) =
+        (size_t(*)(ZSTD_CCtx *, ZSTD_outBuffer *, ZSTD_inBuffer *, int))dlsym(
+            lib, "ZSTD_compressStream2");
+    unsigned (*is_error)(size_t) = (unsigned (*)(size_t))dlsym(lib, "ZSTD_isError");
+    unsigned (*version)(void) = (unsigned (*)(void))dlsym(lib, "ZSTD_versionNumber");
+    if (!create || !free_ || !set || !reset || !stream || !is_error || !version) {
+        dlclose(lib);
         return PyErr_Format(PyExc_OSError, "%s lacks zstd's streaming API", path);
     }
+    unsigned v = version();
+    if (PyLong_Check(want) && PyLong_AsUnsignedLong(want) != v) {
+        dlclose(lib);
+        if (PyErr_Occurred()) return NULL;
+        return PyErr_Format(PyExc_OSError, "%s is zstd %u, not %S", path, v, want);
+    }
+    /* All or nothing: the function pointers change only together, and only once. */
+    z_free = free_;
+    z_set = set;
+    z_reset = reset;
+    z_stream = stream;
+    z_is_error = is_error;
+    z_version = version;
+    z_create = create;
     return PyLong_FromUnsignedLong(z_version());
 }
 
@@ -836,8 +944,11 @@ static PyObject *py_kill_at(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef module_methods[] = {
+    {"set_formatter", py_set_formatter, METH_O,
+     "set_formatter(cls): the formatter class whose lines Writer.emit renders."},
     {"kill_at", py_kill_at, METH_VARARGS, "kill_at(point, after): a fault point, for crash tests."},
-    {"load_zstd", load_zstd, METH_O, "load_zstd(path) -> the zstd version number."},
+    {"load_zstd", load_zstd, METH_VARARGS,
+     "load_zstd(path, version) -> the zstd version number (once; that version only)."},
     {"crc32", py_crc32, METH_VARARGS, "crc32(data, value=0): as zlib.crc32."},
     {NULL, NULL, 0, NULL},
 };
@@ -858,6 +969,8 @@ PyMODINIT_FUNC PyInit__native(void) {
             crc_table[t][i] = crc_table[0][crc_table[t - 1][i] & 0xFF] ^ (crc_table[t - 1][i] >> 8);
 #define INTERN(var, s) \
     if (!(var = PyUnicode_InternFromString(s))) return NULL
+    INTERN(s_format, "format");
+    INTERN(s_clock, "_clock");
     INTERN(s_msg, "msg");
     INTERN(s_args, "args");
     INTERN(s_created, "created");
@@ -879,8 +992,19 @@ PyMODINIT_FUNC PyInit__native(void) {
     record_type = (PyTypeObject *)PyObject_GetAttrString(logging, "LogRecord");
     Py_DECREF(logging);
     if (!record_type) return NULL;
+    /* logging's own getMessage, recognised by where it was defined: one replaced before
+     * this import is not logging's, and is always called. */
     record_get_message = PyObject_GetAttrString((PyObject *)record_type, "getMessage");
     if (!record_get_message) return NULL;
+    PyObject *mod = PyObject_GetAttrString(record_get_message, "__module__");
+    PyObject *qual = mod ? PyObject_GetAttrString(record_get_message, "__qualname__") : NULL;
+    int own = mod && qual && PyUnicode_Check(mod) && PyUnicode_Check(qual) &&
+              PyUnicode_CompareWithASCIIString(mod, "logging") == 0 &&
+              PyUnicode_CompareWithASCIIString(qual, "LogRecord.getMessage") == 0;
+    Py_XDECREF(mod);
+    Py_XDECREF(qual);
+    PyErr_Clear();
+    if (!own) Py_CLEAR(record_get_message);
     if (!PyType_Check(record_type)) {
         Py_CLEAR(record_type);
         PyErr_SetString(PyExc_TypeError, "logging.LogRecord is not a class");

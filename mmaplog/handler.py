@@ -17,8 +17,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, cast, overload
 
+from . import _emitpath
 from . import _format as fmt
 from ._blocks import BlockSession
 from ._cache import (
@@ -84,7 +85,9 @@ class XlogFormatter(logging.Formatter):
         self._clock: tuple[int, str] = (-1, "")
         self._places: dict[tuple[Any, ...], str] = {}
 
-    def format(self, record: logging.LogRecord) -> str:
+    def format(self, record: logging.LogRecord, message: Any = None) -> str:
+        """The record's line. ``message`` is ``record.getMessage()`` when the caller made
+        it already (the C path hands a record over with it), so it is made once."""
         second = int(record.created)
         # One read of one attribute: two attributes could be read between another
         # thread's two writes and give this record that thread's second.
@@ -92,13 +95,13 @@ class XlogFormatter(logging.Formatter):
         if second != cached:
             stamp = time.strftime("%Y-%m-%d %z %H:%M:%S", time.localtime(second))
             self._clock = (second, stamp)
-        msg = record.getMessage()
+        msg = record.getMessage() if message is None else message
         letter = _LETTERS.get(record.levelno) or level_letter(record.levelno)
         key = (
             record.process,
             record.thread,
             record.name,
-            record.pathname,
+            record.filename,
             record.lineno,
             record.funcName,
         )
@@ -125,6 +128,7 @@ class XlogFormatter(logging.Formatter):
 
 _MILLIS = [f"{ms:03d}" for ms in range(1000)]
 _DEFAULT_FORMATTER = XlogFormatter()
+_emitpath.set_formatter(XlogFormatter)
 _MAX_NAMES = 1024  # logger names kept encoded per handler; the dict is emptied past it
 _pack_header = fmt.RECORD_HEADER.pack
 
@@ -392,6 +396,9 @@ class MmapHandler(logging.Handler):
         self._new_locks()
         self._cache: Cache | None = None
         self._fast: Cache | None = None  # the cache while records may take the fast path
+        # The handler renders with its formatter (not a subclass's own format()), so the
+        # C path may render the line in its stead.
+        self._plain_format = type(self).format is MmapHandler.format
         self._flusher: Flusher | None = None
         self._warned: set[str] = set()
         self._quiet_log_error = False
@@ -732,22 +739,30 @@ class MmapHandler(logging.Handler):
         inside.add(ident)
         try:
             cache = self._fast
-            if cache is not None and cache.native_emit is not None:
-                formatter = self.formatter
-                if formatter is None or type(formatter) is XlogFormatter:
-                    # The C path renders the default line and stores it in one call.
-                    status = cache.native_emit(record, self._limit, self._wait)
-                    if status in (APPENDED, DROPPED):
+            message = None
+            if cache is not None and cache.native_emit is not None and self._plain_format:
+                # The C path renders an XlogFormatter line and stores it in one call.
+                status = cache.native_emit(
+                    record, self.formatter or _DEFAULT_FORMATTER, self._limit, self._wait
+                )
+                if status in (APPENDED, DROPPED):  # (a tuple is neither)
+                    return
+                if status != NOT_HANDLED:
+                    if status[0] != NOT_HANDLED:  # rendered, but no slot took it, or closed
+                        self._not_appended(*status)
                         return
-                    if status != NOT_HANDLED:  # no slot could take it, or closed meanwhile
-                        self._not_appended(status, *self._render(record))
-                        return
+                    message = status[1]  # the pure path goes on with the message made
             # The hot path: _render and _frame inlined for mmaplog's own format.
-            text = (
-                (self.formatter or _DEFAULT_FORMATTER)
-                .format(record)
-                .encode("utf-8", "backslashreplace")
-            )
+            if message is not None:
+                # The C path hands a message over only for an XlogFormatter.
+                line = cast(XlogFormatter, self.formatter or _DEFAULT_FORMATTER).format(
+                    record, message
+                )
+            elif self._plain_format:
+                line = (self.formatter or _DEFAULT_FORMATTER).format(record)
+            else:
+                line = self.format(record)  # a subclass's own format()
+            text = line.encode("utf-8", "backslashreplace")
             if self._xlog is not None:  # an xlog line: no record head
                 head, text, time_us = self._frame(
                     text, record.created, record.levelno, fmt.KIND_TEXT, b"", 0
@@ -792,11 +807,7 @@ class MmapHandler(logging.Handler):
 
     def _render(self, record: logging.LogRecord) -> tuple[bytes, bytes, int]:
         """The record's head, text (or xlog line, with no head) and time in µs."""
-        text = (
-            (self.formatter or _DEFAULT_FORMATTER)
-            .format(record)
-            .encode("utf-8", "backslashreplace")
-        )
+        text = self.format(record).encode("utf-8", "backslashreplace")
         return self._frame(
             text,
             record.created,

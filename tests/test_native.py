@@ -340,3 +340,196 @@ def test_a_kill_between_the_c_paths_stores_loses_no_acknowledged_record(
     ]
     assert not damage
     assert after[:300] == acked and after[300:] in ([], ["in flight"])
+
+
+def _handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure: bool, **kw: Any) -> Any:
+    if not pure and mmaplog.EMIT_PATH != "native":
+        pytest.skip("the C path is not active")
+    with monkeypatch.context() as m:
+        if pure:
+            m.setattr(_emitpath, "_WRITER", None)
+        return mmaplog.MmapHandler(tmp_path, "app", **kw)
+
+
+def _messages(folder: Path) -> list[str]:
+    return [r.text.rsplit("][", 1)[1] for r in mmaplog.read_records(str(folder))]
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_a_formatter_whose_format_is_replaced_is_honoured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
+    """An XlogFormatter whose format was replaced on the instance (a redacting wrapper),
+    or on the class, renders the lines, on either path: nothing it would hide is stored."""
+    handler = _handler(tmp_path, monkeypatch, pure)
+    formatter = mmaplog.XlogFormatter()
+    plain = formatter.format
+    formatter.format = lambda r, *a: plain(r, *a).replace("hunter2", "***")  # type: ignore[method-assign]
+    handler.setFormatter(formatter)
+    log = logging.Logger("app")
+    log.addHandler(handler)
+    log.warning("login password=hunter2 ok")
+    with monkeypatch.context() as m:
+        original = mmaplog.XlogFormatter.format
+        m.setattr(
+            mmaplog.XlogFormatter,
+            "format",
+            lambda self, r, *a: original(self, r, *a).replace("s3cret", "***"),
+        )
+        handler.setFormatter(mmaplog.XlogFormatter())
+        log.warning("token=s3cret")
+    handler.close()
+    assert _messages(tmp_path) == ["login password=*** ok", "token=***"]
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_a_handler_subclass_format_is_honoured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
+    """A subclass of MmapHandler that overrides format() renders its records, on either path."""
+
+    class Upper(mmaplog.MmapHandler):
+        def format(self, record: logging.LogRecord) -> str:
+            return super().format(record).upper()
+
+    if not pure and mmaplog.EMIT_PATH != "native":
+        pytest.skip("the C path is not active")
+    with monkeypatch.context() as m:
+        if pure:
+            m.setattr(_emitpath, "_WRITER", None)
+        handler = Upper(tmp_path, "app")
+    log = logging.Logger("app")
+    log.addHandler(handler)
+    log.warning("quiet words")
+    handler.close()
+    assert _messages(tmp_path) == ["QUIET WORDS"]
+
+
+class _Counted:
+    def __init__(self, text: str) -> None:
+        self.text, self.calls = text, 0
+
+    def __str__(self) -> str:
+        self.calls += 1
+        return f"{self.text} (made {self.calls} times)"
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_a_message_is_made_once_whichever_path_stores_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
+    """A message is rendered once even when the C path hands its record to the Python
+    path: lone surrogates, text over max_record_size, a record larger than a slot."""
+    handler = _handler(tmp_path, monkeypatch, pure, max_record_size=5000, buffer_size=16 * 1024)
+    log = logging.Logger("app")
+    log.addHandler(handler)
+    msgs = [
+        _Counted("plain"),
+        _Counted("surrogate \udcff"),
+        _Counted("long " + "x" * 6000),
+    ]
+    for msg in msgs:
+        log.warning(msg)
+    big_msg = _Counted("larger than a slot " + "z" * 20_000)
+    handler2 = _handler(tmp_path / "h2", monkeypatch, pure, buffer_size=16 * 1024)
+    log2 = logging.Logger("app2")
+    log2.addHandler(handler2)
+    log2.warning(big_msg)
+    handler.close()
+    handler2.close()
+    assert [m.calls for m in msgs] == [1, 1, 1] and big_msg.calls == 1
+    assert all("(made 1 times)" in t for t in _messages(tmp_path / "h2"))
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_a_filter_that_rewrites_the_call_site_is_rendered_as_it_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
+    """A filter that changes record.filename changes the line's call site on both paths
+    (the line is rendered from the record, not from a cache keyed on something else)."""
+    handler = _handler(tmp_path, monkeypatch, pure)
+
+    def rename(record: logging.LogRecord) -> bool:
+        if record.getMessage() == "second":
+            record.filename = "renamed.py"
+        return True
+
+    handler.addFilter(rename)
+    log = logging.Logger("app")
+    log.addHandler(handler)
+    for text in ("first", "second", "third"):
+        log.warning(text)
+    handler.close()
+    sites = [r.text.split("][")[4].split(":")[0] for r in mmaplog.read_records(str(tmp_path))]
+    assert sites == ["test_native.py", "renamed.py", "test_native.py"]
+
+
+@pytest.mark.skipif(not hasattr(time, "tzset"), reason="time.tzset is Unix-only")
+@pytest.mark.parametrize("pure", [False, True])
+def test_a_new_formatter_after_a_time_zone_change_renders_the_new_zone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
+    """Within one second: a time zone change and a new XlogFormatter give lines in the new
+    zone on both paths (each formatter keeps its own one-second date cache)."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        handler = _handler(tmp_path, monkeypatch, pure)
+        handler.setFormatter(mmaplog.XlogFormatter())
+        log = logging.Logger("app")
+        log.addHandler(handler)
+        r1 = log.makeRecord("app", logging.WARNING, "f.py", 1, "utc", (), None)
+        handler.handle(r1)
+        monkeypatch.setenv("TZ", "Asia/Shanghai")
+        time.tzset()
+        handler.setFormatter(mmaplog.XlogFormatter())
+        r2 = log.makeRecord("app", logging.WARNING, "f.py", 1, "shanghai", (), None)
+        r2.created, r2.msecs = r1.created, r1.msecs
+        handler.handle(r2)
+        handler.close()
+    finally:
+        monkeypatch.setenv("TZ", "UTC")
+        time.tzset()
+    zones = [r.text.split("][")[1].split()[1] for r in mmaplog.read_records(str(tmp_path))]
+    assert zones == ["+0000", "+0800"]
+
+
+_PATCHED_FIRST = """
+import logging, sys
+def brace_message(self):
+    return str(self.msg).format(*self.args) if self.args else str(self.msg)
+logging.LogRecord.getMessage = brace_message  # before mmaplog is imported
+import mmaplog
+h = mmaplog.MmapHandler(sys.argv[1], "app")
+log = logging.Logger("app")
+log.addHandler(h)
+log.warning("hello {} {}", "brace", "style")
+h.close()
+print(mmaplog.EMIT_PATH)
+"""
+
+
+def test_a_get_message_replaced_before_mmaplog_is_imported_is_called() -> None:
+    """A LogRecord.getMessage replaced before mmaplog is imported (brace-style messages)
+    is the one that makes every message, on either path."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = subprocess.run(
+            [sys.executable, "-c", _PATCHED_FIRST, folder],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0 and not out.stderr, out.stderr
+        assert _messages(Path(folder)) == ["hello brace style"]
+
+
+@native_only
+def test_zstd_is_loaded_once() -> None:
+    """The C path's zstd library is loaded once: a second load is refused, so writers
+    never hold contexts of another library."""
+    from mmaplog import _native  # type: ignore[attr-defined]
+
+    with pytest.raises(RuntimeError, match="already loaded"):
+        _native.load_zstd("libzstd.so.1", None)
