@@ -526,7 +526,8 @@ class Cache:
         need = size + (size >> 7) + _CHUNK_OVERHEAD
         w = self._w
         # acquire/release rather than `with`: this is the hot path, and it is cheaper.
-        self._acquire()
+        if not self._acquire(False):
+            self._lock_contended()
         try:
             # Past the threshold, the slow path seals the block, unless no slot is free
             # to go on in: then records keep filling it, on the fast path.
@@ -543,6 +544,20 @@ class Cache:
         finally:
             self._release()
         return APPENDED
+
+    def _lock_contended(self) -> None:
+        """Take the lock that another thread holds, without ever blocking on it.
+
+        A writer that blocked on the lock would get it while the GIL is released, and
+        then hold it while it waits for the GIL: every other writer would block on it in
+        turn, and the threads would queue on each other for every record (a lock
+        convoy). So the lock is only tried, and the GIL given away in between (as the
+        C path does, see ``_native.c``).
+        """
+        tries = 0
+        while not self._acquire(False):
+            time.sleep(0 if tries < 64 else 50e-6)
+            tries += 1
 
     def _make_room(self, need: int, size: int, time_us: int, timeout: float) -> int:
         """The slow path of append: seal a block past its threshold, open one that can

@@ -18,6 +18,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <dlfcn.h>
+#include <sched.h>
 #include <signal.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -345,6 +346,34 @@ done:
     return rc;
 }
 
+/* Take the cache's lock, only ever while holding the GIL.
+ *
+ * A thread that blocked on the lock with the GIL released would get the lock and then
+ * wait for the GIL while holding it: every other writer would then block on the lock
+ * in turn, and the threads would queue on each other for every record (a lock convoy).
+ * So the lock is only tried; when another thread holds it (the flusher, or a writer
+ * in the slow path, both in Python code), the GIL is given away and the lock tried
+ * again. Signal handlers run meanwhile, as in a blocking acquire. 0, or -1 with an
+ * exception. */
+static int lock_cache(Writer *self) {
+    for (unsigned tries = 0;; tries++) {
+        PyObject *r = PyObject_CallOneArg(self->acquire, Py_False);
+        if (!r) return -1;
+        int got = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (got) return got < 0 ? -1 : 0;
+        Py_BEGIN_ALLOW_THREADS
+        if (tries < 64) {
+            sched_yield();
+        } else { /* held for long (a slow disk under the lock): do not spin */
+            struct timespec pause = {0, 50 * 1000};
+            nanosleep(&pause, NULL);
+        }
+        Py_END_ALLOW_THREADS
+        if (PyErr_CheckSignals() < 0) return -1;
+    }
+}
+
 /* Cache.append for a framed record: the lock, the fast path, else Cache._make_room. */
 static long append_framed(Writer *self, const unsigned char *head, size_t hn, PyObject *text,
                           long long time_us, PyObject *timeout) {
@@ -354,9 +383,8 @@ static long append_framed(Writer *self, const unsigned char *head, size_t hn, Py
         PyErr_SetString(PyExc_ValueError, "the writer is not attached to a cache");
         return -2;
     }
-    PyObject *r = PyObject_CallNoArgs(self->acquire);
-    if (!r) return -2;
-    Py_DECREF(r);
+    if (lock_cache(self) < 0) return -2;
+    PyObject *r;
     long status = APPENDED;
     if (!fits(self, need, (long long)size, time_us)) {
         PyObject *args[4];
