@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -1893,13 +1894,33 @@ def _create_private(
 ) -> IO[str] | None:
     """A new file of mode 0600 for secrets; None (reported) when it exists or cannot be made.
 
-    Even with ``force`` a log or cache file is never replaced: it may be an input, or
-    records not yet recovered.
+    Even with ``force`` only a regular file is replaced (never a device, a FIFO or a
+    socket, whose mode would change for everyone), and never a log or cache file: it may
+    be an input, or records not yet recovered.
     """
-    if force and _is_log_data(path):
-        _err(prog, f"{path}: is a log or cache file; not replaced, even with --force")
+    if path == "-":
+        _err(prog, "-: output goes to a file here, not to standard output; give a file name")
         return None
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if force else os.O_EXCL)
+    if force:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            _err(prog, f"{path}: cannot create: {exc.strerror or exc}")
+            return None
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                _err(
+                    prog,
+                    f"{path}: exists and is not a regular file; not replaced, even with --force",
+                )
+                return None
+            if _is_log_data(path):
+                _err(prog, f"{path}: is a log or cache file; not replaced, even with --force")
+                return None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    flags |= os.O_TRUNC if force else os.O_EXCL
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
@@ -1908,6 +1929,11 @@ def _create_private(
     except OSError as exc:
         _err(prog, f"{path}: cannot create: {exc.strerror or exc}")
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by something else meanwhile
+        os.close(fd)
+        _err(prog, f"{path}: is not a regular file; not written")
+        return None
+    os.set_blocking(fd, True)
     if force:
         os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_TRUNC
     return os.fdopen(fd, "w", encoding="utf-8")

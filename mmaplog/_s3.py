@@ -102,9 +102,19 @@ class Store:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         boto3, config = _import_boto3()
+        import botocore.exceptions  # type: ignore[import-untyped]
+
         self.url = url
         self.retry_for = retry_for
         self._sleep = sleep
+        try:
+            self._client = self._make_client(boto3, config, endpoint_url)
+        except (botocore.exceptions.BotoCoreError, ValueError) as exc:
+            # A profile that does not exist, an endpoint that is not a URL, half of a
+            # pair of credentials: the settings are wrong, trying again will not help.
+            raise ConfigError(f"{url}: the S3 client cannot be set up: {exc}") from None
+
+    def _make_client(self, boto3: Any, config: Any, endpoint_url: str | None) -> Any:
         session = boto3.session.Session()
         endpoint = (
             endpoint_url
@@ -128,7 +138,7 @@ class Store:
         except TypeError:  # botocore before 1.36 has no such option
             del options["request_checksum_calculation"]
             cfg = config.Config(**options)
-        self._client = session.client(
+        return session.client(
             "s3",
             endpoint_url=endpoint or None,
             region_name=session.region_name or "us-east-1",
@@ -138,7 +148,7 @@ class Store:
     # -- errors and retries ----------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[[], _T]) -> _T:
-        import botocore.exceptions  # type: ignore[import-untyped]
+        import botocore.exceptions
 
         deadline = time.monotonic() + self.retry_for
         delay = 0.2
@@ -150,6 +160,13 @@ class Store:
                     f"{self.url}: no credentials (set AWS_ACCESS_KEY_ID and "
                     "AWS_SECRET_ACCESS_KEY, or configure ~/.aws/credentials)"
                 ) from None
+            except (
+                botocore.exceptions.PartialCredentialsError,
+                botocore.exceptions.ProfileNotFound,
+                botocore.exceptions.InvalidConfigError,
+                botocore.exceptions.ParamValidationError,
+            ) as exc:
+                raise ConfigError(f"{self.url}: {what}: the S3 settings are wrong: {exc}") from None
             except botocore.exceptions.ClientError as exc:
                 err = exc.response.get("Error", {})
                 code = str(err.get("Code", ""))

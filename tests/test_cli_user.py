@@ -22,7 +22,7 @@ MMAPLOG = [sys.executable, "-m", "mmaplog"]
 
 
 def run(
-    *args: str, env: dict[str, str] | None = None, encoding: str = "utf-8"
+    *args: str, env: dict[str, str] | None = None, encoding: str = "utf-8", cwd: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*MMAPLOG, *args],
@@ -30,6 +30,7 @@ def run(
         encoding=encoding,
         env={**ENV, **(env or {})},
         timeout=60,
+        cwd=cwd,
     )
 
 
@@ -777,3 +778,47 @@ def test_keygen_on_an_existing_file_suggests_nothing_it_lacks(tmp_path):
     assert run("keygen", "-o", str(key)).returncode == 0
     p = run("keygen", "-o", str(key))
     assert p.returncode == 2 and "--force" not in p.stderr and "another name" in p.stderr
+
+
+def test_force_replaces_only_regular_files(tmp_path):
+    """`-o FILE --force` refuses a device node or a FIFO (its mode untouched, no hang), and
+    keygen refuses `-o -` rather than writing a file named '-'."""
+    log_dir = str(tmp_path / "logs")
+    write_log(log_dir, ["one"])
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    before = os.stat(fifo).st_mode
+    res = run("decode", log_dir, "-o", str(fifo), "--force")
+    assert res.returncode == 2 and "not a regular file" in res.stderr
+    assert os.stat(fifo).st_mode == before
+    res = run("decode", log_dir, "-o", "/dev/null", "--force")
+    assert res.returncode == 2 and "not a regular file" in res.stderr
+    assert os.stat("/dev/null").st_mode & 0o777 == 0o666
+    res = run("keygen", "-o", "-", cwd=str(tmp_path))
+    assert res.returncode == 2 and "give a file name" in res.stderr
+    assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AWS_PROFILE": "no-such-profile"},
+        {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": ""},
+        {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_ENDPOINT_URL": "notaurl"},
+    ],
+)
+def test_wrong_s3_settings_are_one_line_and_exit_2(env):
+    """A missing profile, half a pair of credentials or an endpoint that is not a URL: one
+    line naming the problem, exit status 2, no traceback (decode and ship alike)."""
+    pytest.importorskip("boto3")
+    clean = {k: v for k, v in ENV.items() if not k.startswith("AWS_")}
+    for args in (["decode", "s3://fleet/prod"], ["ship", ".", "s3://fleet/prod"]):
+        res = subprocess.run(
+            [sys.executable, "-m", "mmaplog", *args],
+            capture_output=True,
+            text=True,
+            env={**clean, **env},
+            timeout=120,
+        )
+        assert res.returncode == 2, (args, res.stderr)
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
