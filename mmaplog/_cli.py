@@ -106,7 +106,8 @@ Files named on the command line may be symbolic links (decode only reads).
 
 A progress bar is drawn on stderr when it is a terminal and stdout is not.
 On a terminal, control characters in a record's text (escape sequences,
-carriage returns; everything but tab and newline) are shown as \\xNN: --raw
+carriage returns; everything but tab and newline) are shown as \\xNN, and the
+bidirectional overrides as \\uNNNN (in JSON Lines, as JSON escapes): --raw
 prints them as they are. Characters the output's encoding cannot hold are
 written as backslash escapes.
 
@@ -332,13 +333,29 @@ def _format_text(item: Record | Marker) -> str:
 
 
 # C0 controls but tab and newline, DEL and the C1 controls (CSI is 0x9b): what a
-# terminal acts on. A record's text comes from whoever could get a line logged.
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# terminal acts on; and the bidirectional overrides and isolates, which reorder what
+# the operator reads (Unicode TR#9; CVE-2021-42574). A record's text comes from
+# whoever could get a line logged.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# In JSON, C0 controls are escaped already; these are not.
+_JSON_CONTROLS = re.compile(r"[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def escape_controls(text: str) -> str:
-    """``text`` with the characters a terminal acts on written as ``\\xNN``."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """``text`` with the characters a terminal acts on written as ``\\xNN`` (or
+    ``\\uNNNN`` for the bidirectional controls)."""
+    return _CONTROLS.sub(_escaped, text)
+
+
+def escape_json_controls(line: str) -> str:
+    """A JSON line with DEL, the C1 controls and the bidirectional controls written as
+    JSON escapes (``\\u009b``): the same JSON, harmless on a terminal."""
+    return _JSON_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 _COLOURS = (
@@ -377,6 +394,14 @@ def _text_renderer(out: IO[str], raw: bool) -> Callable[[Record | Marker], str]:
         return f"{code}{text(item)}\x1b[0m" if code else text(item)
 
     return coloured
+
+
+def _json_renderer(out: IO[str], raw: bool) -> Callable[[Record | Marker], str]:
+    """How records are written as JSON Lines to ``out``: on a terminal, with the controls
+    JSON leaves as they are escaped, unless ``raw``."""
+    if raw or not out.isatty():
+        return _format_json
+    return lambda item: escape_json_controls(_format_json(item))
 
 
 def _format_json(item: Record | Marker) -> str:
@@ -797,7 +822,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
             out = stack.enter_context(created)
         else:
             out = sys.stdout
-        render = _format_json if args.format == "json" else _text_renderer(out, args.raw)
+        render = (
+            _json_renderer(out, args.raw)
+            if args.format == "json"
+            else _text_renderer(out, args.raw)
+        )
         shown: set[str] = set()
         # -n N: the last N records, each with the marker (if any) printed before it.
         last: collections.deque[tuple[Marker | None, Record]] | None = None
@@ -964,7 +993,11 @@ def _decode_bucket(
                 if created is None:
                     return EXIT_USAGE
                 out = stack.enter_context(created)
-            plain = _format_json if args.format == "json" else _text_renderer(out, args.raw)
+            plain = (
+                _json_renderer(out, args.raw)
+                if args.format == "json"
+                else _text_renderer(out, args.raw)
+            )
             render = _host_renderer(plain, args.format == "json")
             kept = (r for r in source if filt.keeps(r))
             # -n N: only the last N records (after the filters).

@@ -307,6 +307,19 @@ def test_control_characters_are_escaped_on_a_terminal(log_dir):
     assert piped.stdout.decode().split("\n") == [hostile, "tab\there", ""]
 
 
+def test_bidi_and_c1_controls_are_escaped_on_a_terminal_in_text_and_json(log_dir):
+    """On a terminal, a right-to-left override and C1 controls are escaped in text and in
+    JSON Lines (as JSON escapes, so the line is still the same JSON); --raw keeps them."""
+    hostile = "pay \u202eevil\u202c 10\x9b2J\x7f"
+    write_log(log_dir, [hostile])
+    assert on_terminal("decode", log_dir).splitlines() == ["pay \\u202eevil\\u202c 10\\x9b2J\\x7f"]
+    line = on_terminal("decode", "--format", "json", log_dir).strip()
+    assert "\u202e" not in line and "\x9b" not in line and "\\u202e" in line
+    assert json.loads(line)["message"] == hostile
+    raw = on_terminal("decode", "--format", "json", "--raw", log_dir).strip()
+    assert json.loads(raw)["message"] == hostile and "\u202e" in raw
+
+
 # -- xlog times -------------------------------------------------------------------------
 
 _XLOG_WRITER = textwrap.dedent(
