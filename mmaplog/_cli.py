@@ -240,8 +240,9 @@ _POLL_INTERVAL = 0.2
 
 
 def _err(prog: str, message: str) -> None:
+    # Escaped: a message may name a file, and a file name can hold escape sequences.
     _Progress.clear_current()
-    print(f"{prog}: {message}", file=sys.stderr)
+    print(f"{prog}: {escape_controls(message)}", file=sys.stderr)
 
 
 def _read_key(value: str | None) -> str | bytes | None:
@@ -1578,7 +1579,9 @@ def _print_verify(checks: list[_FileCheck], have_key: bool) -> None:
         if c.mismatched:
             n = c.mismatched
             state += f", {n} block{'s' if n != 1 else ''} the key does not open"
-        out.write(f"{c.path}: {what}{c.blocks} blocks, {c.records} records: {state}\n")
+        out.write(
+            f"{escape_controls(c.path)}: {what}{c.blocks} blocks, {c.records} records: {state}\n"
+        )
         for d in sorted(c.damage, key=lambda d: d.start):
             out.write(f"  bytes {d.start}-{d.end} ({d.end - d.start} bytes): {d.reason}\n")
     ranges = sum(len(c.damage) for c in checks)
@@ -1747,13 +1750,13 @@ def _print_stats(folder: str, stats: list[_FileStats]) -> None:
     if not stats:
         out.write(f"no log files in {folder}\n")
         return
-    name_width = max(len(os.path.basename(s.path)) for s in stats)
+    name_width = max(len(escape_controls(os.path.basename(s.path))) for s in stats)
     out.write(
         f"{'file':<{name_width}}  {'size':>10}  {'blocks':>7}  {'records':>9}  "
         f"{'first record':<29}  last record\n"
     )
     for s in stats:
-        name = os.path.basename(s.path)
+        name = escape_controls(os.path.basename(s.path))
         if s.note:
             out.write(f"{name:<{name_width}}  {_human(s.size):>10}  {s.note}\n")
             continue

@@ -835,3 +835,14 @@ def test_wrong_s3_settings_are_one_line_and_exit_2(env):
         )
         assert res.returncode == 2, (args, res.stderr)
         assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_file_names_with_escape_sequences_are_printed_escaped(tmp_path):
+    """A log file whose name holds an escape sequence is named with it escaped by stats,
+    verify and error messages: a file name cannot repaint the operator's terminal."""
+    log_dir = str(tmp_path / "logs")
+    write_log(log_dir, ["one"], prefix="a\x1b[2Jb")
+    for args in (("stats", log_dir), ("verify", log_dir), ("recover", log_dir + "/nope\x1b[31m")):
+        res = run(*args)
+        assert "\x1b" not in res.stdout + res.stderr, args
+        assert "\\x1b[" in res.stdout + res.stderr, args
