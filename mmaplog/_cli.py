@@ -423,7 +423,7 @@ def _format_json(item: Record | Marker) -> str:
     # carries besides is added under keys the object does not have already.
     if item.kind == fmt.KIND_JSON or item.text[:1] == "{":
         try:
-            obj = json.loads(item.text)
+            obj = json.loads(item.text, parse_constant=_no_constant, object_pairs_hook=_no_dups)
             if isinstance(obj, dict):
                 obj.setdefault("logger", logger)
                 obj.setdefault("pid", item.pid)
@@ -444,6 +444,20 @@ def _format_json(item: Record | Marker) -> str:
         },
         ensure_ascii=False,
     )
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (jq and strict parsers refuse them): such a record is
+    # printed as a text record, its text as it was logged.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_dups(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A key twice: an object would keep only the last value; the text keeps both.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("a key appears twice")
+    return obj
 
 
 # [W][2026-11-25 +0000 19:40:00.123][pid, tid][logger][: xlog's layout (Mars marks the

@@ -846,3 +846,19 @@ def test_file_names_with_escape_sequences_are_printed_escaped(tmp_path):
         res = run(*args)
         assert "\x1b" not in res.stdout + res.stderr, args
         assert "\\x1b[" in res.stdout + res.stderr, args
+
+
+def test_json_lines_stay_strict_json(log_dir):
+    """A record whose text is an object with NaN or a key twice is printed as a text
+    record (its text whole), so every line of --format json is strict JSON."""
+    write_log(log_dir, ['{"n": NaN}', '{"dup": 1, "dup": 2}', '{"ok": 1}'])
+    res = run("decode", "--format", "json", log_dir)
+    lines = [
+        json.loads(line, parse_constant=lambda c: pytest.fail(c))
+        for line in res.stdout.splitlines()
+    ]
+    assert [x.get("message", x.get("ok")) for x in lines] == [
+        '{"n": NaN}',
+        '{"dup": 1, "dup": 2}',
+        1,
+    ]
