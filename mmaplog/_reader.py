@@ -735,10 +735,11 @@ def merge_by_time(
     another; each session (one process) is a run of records in its own order.
     The sessions are merged by record time; a session's order is never changed
     (a record stamped earlier can follow a later one). Records without a session
-    (xlog files) are one run per file. A marker stays before the record that
+    (xlog files) are one run per process of each file, by their pid (a line without
+    xlog's header has its record's). A marker stays before the record that
     followed it. Everything is held in memory: give one day of files at a time.
     """
-    runs: dict[tuple[str, str], list[tuple[Marker | None, Record]]] = {}
+    runs: dict[tuple[str, str, int], list[tuple[Marker | None, Record]]] = {}
     pending: dict[str, Marker] = {}
     for item in items:
         if isinstance(item, Marker):
@@ -746,7 +747,7 @@ def merge_by_time(
             continue
         if keep is not None and not keep(item):
             continue
-        key = (item.session, "" if item.session else item.source)
+        key = (item.session, "", 0) if item.session else ("", item.source, item.pid)
         runs.setdefault(key, []).append((pending.pop(item.source, None), item))
     for marker, record in heapq.merge(*runs.values(), key=_entry_time):
         if marker is not None:

@@ -486,6 +486,39 @@ def test_xlog_lines_without_a_header_take_their_records_time_level_and_pid(tmp_p
     assert [e["time"][:10] for e in events] == [date, date]
 
 
+_XLOG_BUSY_WRITER = textwrap.dedent(
+    """
+    import logging, sys, time
+    import mmaplog
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="m", format="xlog", flush_interval=3600)
+    for i in range(30):
+        h.handle(logging.LogRecord("svc", logging.INFO, "w.py", 7, "%d", (i,), None))
+        time.sleep(0.005)
+    h.close()
+    """
+)
+
+
+def test_an_xlog_folder_of_several_processes_decodes_in_time_order(tmp_path):
+    """Two processes writing one xlog file at once decode merged by time, each in its order."""
+    folder = str(tmp_path)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _XLOG_BUSY_WRITER, folder], env=ENV)
+        for _ in range(2)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    res = run("decode", "--format", "json", folder)
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(events) == 60
+    stamps = [e["time"] for e in events]
+    assert stamps == sorted(stamps)
+    for proc in procs:
+        mine = [int(e["message"].rsplit("][", 1)[1]) for e in events if e["pid"] == proc.pid]
+        assert mine == list(range(30))
+
+
 # -- keys -------------------------------------------------------------------------------
 
 
