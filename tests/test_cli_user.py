@@ -519,6 +519,50 @@ def test_an_xlog_folder_of_several_processes_decodes_in_time_order(tmp_path):
         assert mine == list(range(30))
 
 
+_XLOG_SYNC_WRITER = textwrap.dedent(
+    """
+    import logging, sys
+    import mmaplog
+    key = sys.argv[3] if len(sys.argv) > 3 else None
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="m", format="xlog", mode=sys.argv[2],
+                            xlog_public_key=key)
+    for i in range(3):
+        h.handle(logging.LogRecord("svc", logging.INFO, "w.py", 7, "%d\\nmore", (i,), None))
+    h.close()
+    """
+)
+
+
+def test_verify_and_stats_count_the_blocks_and_lines_of_xlog_files(tmp_path):
+    """verify and stats count an xlog file's blocks and lines (stats leaves out the lines
+    of encrypted blocks and says so)."""
+    folder, sealed = str(tmp_path / "sync"), str(tmp_path / "sealed")
+    subprocess.run(
+        [sys.executable, "-c", _XLOG_SYNC_WRITER, folder, "sync"], env=ENV, check=True, timeout=60
+    )
+    res = run("verify", folder)
+    assert res.returncode == 0, res.stdout
+    assert "xlog file: 3 blocks, 6 records: ok" in res.stdout
+    res = run("stats", folder)
+    assert res.returncode == 0, res.stderr
+    assert "not counted" not in res.stdout
+    assert "total: 1 files" in res.stdout and ", 3 blocks, 6 records" in res.stdout
+    assert "time span: " in res.stdout
+    from mmaplog._xlog import generate_xlog_keypair
+
+    _private, public = generate_xlog_keypair()
+    subprocess.run(
+        [sys.executable, "-c", _XLOG_SYNC_WRITER, sealed, "async", public],
+        env=ENV,
+        check=True,
+        timeout=60,
+    )
+    res = run("stats", sealed)
+    assert res.returncode == 0, res.stderr
+    assert ", 1 blocks, 0 records" in res.stdout
+    assert "the lines of 1 encrypted block are not counted" in res.stdout
+
+
 # -- keys -------------------------------------------------------------------------------
 
 
