@@ -1443,6 +1443,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 check = checks[source] = _FileCheck(source, kind)
                 if kind == "log":
                     _verify_log(reader, data, check, have_key, progress, done)
+                elif kind == "xlog":
+                    for _block, records in reader.iter_xlog_blocks(data, source):
+                        check.blocks += 1
+                        check.records += len(records)
                 else:
                     blocks: set[tuple[str, int]] = set()
                     for item in reader.iter_data(data, source):
@@ -1637,6 +1641,8 @@ class _FileStats:
     note: str = ""
     waiting: bool = False
     """A cache of a dead process: its records are not in the log yet."""
+    sealed_blocks: int = 0
+    """Encrypted xlog blocks: counted, their lines not (stats takes no key)."""
 
 
 def _file_stats(
@@ -1646,7 +1652,11 @@ def _file_stats(
     data = read_file(path) if image is None else image
     try:
         st = _FileStats(path, len(data))
-        if data and data_kind(data) != "log":
+        kind = data_kind(data) if data else "log"
+        if kind == "xlog":
+            _xlog_file_stats(data, st)
+            return st
+        if kind != "log":
             st.note = "not counted (not an mmaplog log file)"
             return st
         for item in fmt.scan_blocks(data):
@@ -1671,6 +1681,26 @@ def _file_stats(
         return st
     finally:
         _close(data)
+
+
+def _xlog_file_stats(data: fmt.Buffer, st: _FileStats) -> None:
+    """An xlog file's blocks and lines (the lines of encrypted blocks are not counted:
+    stats takes no key)."""
+
+    def on_damage(_src: str, d: fmt.Damage) -> None:
+        st.damaged_bytes += d.end - d.start
+
+    reader = Reader(None, on_damage)
+    for block, records in reader.iter_xlog_blocks(data, st.path, skip_sealed=True):
+        st.blocks += 1
+        if block.encrypted:
+            st.sealed_blocks += 1
+            continue
+        st.records += len(records)
+        for r in records:
+            t = round(r.time * 1e6)
+            st.first_us = t if st.first_us is None else min(st.first_us, t)
+            st.last_us = t if st.last_us is None else max(st.last_us, t)
 
 
 def _stamp(time_us: int | None) -> str:
@@ -1806,6 +1836,12 @@ def _print_stats(folder: str, stats: list[_FileStats]) -> None:
             f"recovered: {stream} stream-form blocks, {_human(stream_bytes)} on disk "
             "(counted in blocks and records, not in the ratio: their raw size is not "
             "recorded)\n"
+        )
+    sealed = sum(s.sealed_blocks for s in stats)
+    if sealed:
+        out.write(
+            f"xlog: the lines of {sealed} encrypted block{'s' if sealed != 1 else ''} are not "
+            "counted in records (decode --key reads them)\n"
         )
     waiting = [s for s in stats if s.waiting]
     if waiting:

@@ -31,6 +31,7 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
+    from . import _xlog
     from ._crypto import Opener
 
 _MAX_CHUNK_RAW = fmt.MAX_RECORD_TEXT + fmt.RECORD_HEADER.size + fmt.MAX_LOGGER_NAME
@@ -174,17 +175,66 @@ class Reader:
 
     def _iter_xlog(self, data: fmt.Buffer, source: str) -> Iterator[Record | Marker]:
         """Lines of a Mars xlog file (``.xlog``) or cache (``.mmap3``)."""
+        for _block, records in self.iter_xlog_blocks(data, source):
+            yield from records
+
+    def iter_xlog_blocks(
+        self,
+        data: fmt.Buffer,
+        source: str,
+        *,
+        skip_sealed: bool = False,
+        start_time: float | None = None,
+        pid: int = 0,
+        session: str = "",
+        seq: int = 0,
+    ) -> Iterator[tuple[_xlog.XlogBlock, list[Record]]]:
+        """Each block of an xlog image that decodes, with its lines as records.
+
+        A line with xlog's header (``[I][2026-11-25 +8.0 12:00:00.123][pid, tid]...``)
+        gives its record's time, level and pid. A line without one (a traceback, the
+        next lines of a message, a line another formatter wrote) belongs to the line
+        with a header before it in the same block, as a record's lines are always
+        written in one block; a line with no such line before it has level NOTSET, pid
+        ``pid``, and ``start_time`` or else the block's begin hour on the day the file
+        is named after (``<prefix>_YYYYMMDD.xlog``), an approximation. Damage is
+        reported to ``on_damage``; with ``skip_sealed`` an encrypted block is yielded
+        with no records when there is no key, else :class:`NeedKeyError` is raised.
+        """
         from . import _xlog
 
         def damaged(d: _xlog.XlogDamage) -> None:
             self._damage(source, d.start, d.end, d.reason)
 
-        for line in _xlog.iter_lines(_view(data), self._xlog_key, damaged):
-            when, level = _xlog_time_level(line)
-            yield Record(time=when, level=level, text=line, pid=_xlog_pid(line), source=source)
+        day = _day_of_source(source) if start_time is None else None
+        blocks = _xlog.iter_block_lines(
+            _view(data), self._xlog_key, damaged, skip_sealed=skip_sealed
+        )
+        for block, lines in blocks:
+            when = start_time if start_time is not None else _at_hour(day, block.begin_hour)
+            level, line_pid = logging.NOTSET, pid
+            records = []
+            for line in lines:
+                header = _xlog_header(line)
+                if header is not None:
+                    stamp, level, line_pid = header
+                    when = when if stamp is None else stamp
+                    line_pid = line_pid or pid
+                records.append(
+                    Record(
+                        time=when,
+                        level=level,
+                        text=line,
+                        pid=line_pid,
+                        session=session,
+                        seq=seq,
+                        source=source,
+                    )
+                )
+            yield block, records
 
     def _iter_cache(self, image: bytes, source: str) -> Iterator[Record | Marker]:
-        from ._recovery import RecoveryReport, _slots_of
+        from ._recovery import RecoveryReport, _slots_of, recovered_xlog_block
 
         report = RecoveryReport()
         _info, contents = _slots_of(image, report)
@@ -195,7 +245,28 @@ class Reader:
             else:
                 self._damage(source, 0, 0, problem)
         for c in sorted(contents, key=lambda c: (c.template.session, c.template.seq)):
-            yield from self.iter_block(c.template, c.payload, -1, source)
+            t = c.template
+            if not t.flags & fmt.FLAG_XLOG:
+                yield from self.iter_block(t, c.payload, -1, source)
+                continue
+            if not c.count:
+                continue
+            # The xlog block recovery would append, built the same way, then read as
+            # an xlog file's block is (no key needed to build it).
+            try:
+                block = recovered_xlog_block(c)
+            except CorruptionError as exc:
+                self._damage(source, 0, 0, f"cache block {t.seq}: {exc}")
+                continue
+            for _block, records in self.iter_xlog_blocks(
+                block,
+                source,
+                start_time=t.first_time_us / 1e6,
+                pid=t.pid,
+                session=t.session.hex(),
+                seq=t.seq,
+            ):
+                yield from records
 
     # -- one block -------------------------------------------------------------------
 
@@ -415,22 +486,50 @@ def _xlog_offset(text: str) -> _dt.timedelta:
     return _dt.timedelta(hours=float(text))
 
 
-def _xlog_time_level(line: str) -> tuple[float, int]:
-    """The time and level of an xlog line (``[I][2026-11-23 +8.0 12:00:00.123]...``).
+def _xlog_header(line: str) -> tuple[float | None, int, int] | None:
+    """The time, level and pid of an xlog line's header; None when it has none.
 
-    Mars writes the UTC offset in hours (``+8.0``); mmaplog's ``XlogFormatter``
-    writes it as ``strftime`` does (``+0800``). Both are read.
+    ``[I][2026-11-23 +8.0 12:00:00.123][pid, tid]...``: Mars writes the UTC offset in
+    hours (``+8.0``); mmaplog's ``XlogFormatter`` writes it as ``strftime`` does
+    (``+0800``). Both are read. The time is None when the header has none (or one
+    that is not a date), the pid 0 when it has no ``[pid, tid]`` field.
     """
     m = _XLOG_STAMP.match(line)
     if m is None:
-        return 0.0, 0
+        p = _XLOG_PID.match(line)
+        if p is None:
+            return None
+        return None, _XLOG_LEVELS[line[1]], int(p.group(1))
+    level, pid = _XLOG_LEVELS[m.group(1)], _xlog_pid(line)
     try:
         tz = _dt.timezone(_xlog_offset(m.group(5)))
         y, mo, d, h, mi, s, ms = (int(m.group(i)) for i in (2, 3, 4, 6, 7, 8, 9))
         when = _dt.datetime(y, mo, d, h, mi, s, ms * 1000, tzinfo=tz).timestamp()
     except (ValueError, OverflowError):
-        return 0.0, _XLOG_LEVELS[m.group(1)]
-    return when, _XLOG_LEVELS[m.group(1)]
+        return None, level, pid
+    return when, level, pid
+
+
+def _day_of_source(source: str) -> str | None:
+    """The day (``YYYYMMDD``) a log file is named after; None when its name has none.
+
+    A file read from a bucket is named by the segment before its byte range.
+    """
+    for name in source.rsplit("/", 2)[-2:][::-1]:
+        m = _LOG_NAME.match(name.partition("@")[0])
+        if m is not None:
+            return m.group("day")
+    return None
+
+
+def _at_hour(day: str | None, hour: int) -> float:
+    """Local time ``hour``:00 on ``day`` (``YYYYMMDD``); 0.0 without a day."""
+    if day is None:
+        return 0.0
+    try:
+        return _dt.datetime.strptime(day, "%Y%m%d").replace(hour=min(hour, 23)).timestamp()
+    except (ValueError, OverflowError):
+        return 0.0
 
 
 def _view(data: fmt.Buffer) -> bytes | memoryview:
@@ -636,10 +735,11 @@ def merge_by_time(
     another; each session (one process) is a run of records in its own order.
     The sessions are merged by record time; a session's order is never changed
     (a record stamped earlier can follow a later one). Records without a session
-    (xlog files) are one run per file. A marker stays before the record that
+    (xlog files) are one run per process of each file, by their pid (a line without
+    xlog's header has its record's). A marker stays before the record that
     followed it. Everything is held in memory: give one day of files at a time.
     """
-    runs: dict[tuple[str, str], list[tuple[Marker | None, Record]]] = {}
+    runs: dict[tuple[str, str, int], list[tuple[Marker | None, Record]]] = {}
     pending: dict[str, Marker] = {}
     for item in items:
         if isinstance(item, Marker):
@@ -647,7 +747,7 @@ def merge_by_time(
             continue
         if keep is not None and not keep(item):
             continue
-        key = (item.session, "" if item.session else item.source)
+        key = (item.session, "", 0) if item.session else ("", item.source, item.pid)
         runs.setdefault(key, []).append((pending.pop(item.source, None), item))
     for marker, record in heapq.merge(*runs.values(), key=_entry_time):
         if marker is not None:

@@ -59,6 +59,7 @@ __all__ = [
     "XlogPrivateKey",
     "decode_block",
     "generate_xlog_keypair",
+    "iter_block_lines",
     "iter_blocks",
     "iter_lines",
     "load_xlog_private_key",
@@ -847,8 +848,29 @@ def iter_lines(
     :class:`NeedKeyError` when it meets an encrypted block and no key was given
     (skipping every such block silently would hide most of the log).
     """
+    for _block, lines in iter_block_lines(data, private_key, on_damage):
+        yield from lines
+
+
+def iter_block_lines(
+    data: _BytesLike,
+    private_key: XlogPrivateKey | None = None,
+    on_damage: Callable[[XlogDamage], None] | None = None,
+    *,
+    skip_sealed: bool = False,
+) -> Iterator[tuple[XlogBlock, list[str]]]:
+    """Yield each block of an ``.xlog``/``.mmap3`` image that decodes, with its lines.
+
+    As :func:`iter_lines`, which joins the lines; a reader also needs the block (its
+    hours, and which lines were written together). With ``skip_sealed`` an encrypted
+    block without a key is yielded with no lines instead of raising
+    :class:`NeedKeyError`.
+    """
     report = on_damage if on_damage is not None else _ignore
     for block in iter_blocks(data, report):
+        if skip_sealed and private_key is None and block.encrypted:
+            yield block, []
+            continue
         try:
             text = decode_block(block, private_key)
         except NeedKeyError:
@@ -856,7 +878,7 @@ def iter_lines(
         except MmapLogError as exc:
             report(XlogDamage(block.offset, block.end, str(exc)))
             continue
-        yield from _split_lines(text)
+        yield block, list(_split_lines(text))
 
 
 # --------------------------------------------------------------------------- writing

@@ -368,8 +368,8 @@ _XLOG_PID_WRITER = textwrap.dedent(
 
 
 def test_pid_of_xlog_lines_filters_and_shows_in_json(tmp_path):
-    """--pid keeps the xlog lines of one process, read from their [pid, tid] field; JSON
-    shows it, and null for a line without xlog's header (a message's second line)."""
+    """--pid keeps the xlog lines of one process, read from their [pid, tid] field, with the
+    lines of its messages that have no header of their own; JSON shows it for each line."""
     folder = str(tmp_path)
     pids = {}
     for name in ("a", "b"):
@@ -378,15 +378,203 @@ def test_pid_of_xlog_lines_filters_and_shows_in_json(tmp_path):
         pids[name] = proc.pid
     res = run("decode", "--pid", str(pids["a"]), folder)
     assert res.returncode == 0, res.stderr
-    assert [line.rsplit("][", 1)[1] for line in res.stdout.splitlines()] == ["from a", "two lines"]
+    assert [line.rsplit("][", 1)[-1] for line in res.stdout.splitlines()] == [
+        "from a",
+        "two lines",
+        "second line",
+    ]
     res = run("decode", "--format", "json", folder)
     events = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(events) == 6
-    assert [e["pid"] for e in events if e["message"] == "second line"] == [None, None]
-    by_pid = sorted((e["pid"], e["message"].rsplit("][", 1)[1]) for e in events if e["pid"])
+    by_pid = sorted((e["pid"], e["message"].rsplit("][", 1)[-1]) for e in events)
     assert by_pid == sorted(
-        (pid, text) for name, pid in pids.items() for text in (f"from {name}", "two lines")
+        (pid, text)
+        for name, pid in pids.items()
+        for text in (f"from {name}", "two lines", "second line")
     )
+
+
+_XLOG_KILLED = textwrap.dedent(
+    """
+    import logging, os, signal, sys
+    import mmaplog
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="m", format="xlog", flush_interval=3600)
+    for i in range(5):
+        h.handle(logging.LogRecord("svc", logging.INFO, "w.py", 7, "line %d", (i,), None))
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_an_xlog_cache_left_by_a_kill_reads_intact_and_not_recovered(tmp_path):
+    """After a kill -9 of an xlog writer, decode, tail and verify show its cache's lines,
+    marked as not recovered, and call the cache intact; recover then moves them."""
+    folder = str(tmp_path / "crash")
+    proc = subprocess.Popen([sys.executable, "-c", _XLOG_KILLED, folder], env=ENV)
+    assert proc.wait(timeout=60) == -9
+    cache = os.path.join(folder, "m.mmap")
+    want = [f"line {i}" for i in range(5)]
+    res = run("decode", folder)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith(f"-- not recovered yet: left in {cache} by pid {proc.pid}; ")
+    assert [line.rsplit("][", 1)[1] for line in lines[1:]] == want
+    assert "skipped" not in res.stderr and "5 records of pid" in res.stderr
+    res = run("tail", folder)
+    assert res.returncode == 0, res.stderr
+    assert [line.rsplit("][", 1)[1] for line in res.stdout.splitlines()] == want
+    res = run("verify", folder)
+    assert res.returncode == 0, res.stdout
+    assert f"{cache}: cache file: 1 blocks, 5 records: ok" in res.stdout
+    fixture = os.path.join(ROOT, "tests", "fixtures", "v1", "caches", "crash_xlog_zlib.mmap")
+    res = run("verify", fixture)
+    assert res.returncode == 0 and res.stdout.endswith(" 0 damaged ranges (0 bytes)\n"), res.stdout
+    res = run("decode", "--level", "ERROR", fixture)
+    assert res.returncode == 0 and "ValueError: stock for order 42" in res.stdout, res.stderr
+    assert run("recover", folder).stdout.strip() == "recovered 5 records"
+    res = run("decode", folder)
+    assert res.returncode == 0 and "not recovered" not in res.stdout + res.stderr
+    assert [line.rsplit("][", 1)[1] for line in res.stdout.splitlines()] == want
+
+
+_XLOG_TRACEBACK_WRITER = textwrap.dedent(
+    """
+    import logging, sys
+    import mmaplog
+    log = logging.getLogger("svc")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="app", format="xlog")
+    log.addHandler(h)
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.exception("division failed")
+    log.info("first\\nsecond")
+    h.close()
+    log.removeHandler(h)
+    custom = mmaplog.MmapHandler(sys.argv[2], prefix="app", format="xlog")
+    custom.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log.addHandler(custom)
+    log.error("custom one\\nand two")
+    custom.close()
+    """
+)
+
+
+def test_xlog_lines_without_a_header_take_their_records_time_level_and_pid(tmp_path):
+    """A traceback or a message's second line in an xlog file has its record's time, level
+    and pid; lines another formatter wrote have the file's date, kept by --since/--until."""
+    folder, other = str(tmp_path / "xlog"), str(tmp_path / "custom")
+    proc = subprocess.Popen([sys.executable, "-c", _XLOG_TRACEBACK_WRITER, folder, other], env=ENV)
+    assert proc.wait(timeout=60) == 0
+    res = run("decode", "--level", "ERROR", folder)
+    assert res.returncode == 0, res.stderr
+    errors = res.stdout.splitlines()
+    assert errors[0].endswith("][division failed")
+    assert errors[1] == "Traceback (most recent call last):"
+    assert errors[-1] == "ZeroDivisionError: division by zero"
+    everything = run("decode", folder).stdout.splitlines()
+    assert everything[-2].endswith("][first") and everything[-1] == "second"
+    assert run("decode", "--since", "1h", folder).stdout.splitlines() == everything
+    assert run("tail", "-n", "100", folder).stdout.splitlines() == everything
+    events = [
+        json.loads(line) for line in run("decode", "--format", "json", folder).stdout.splitlines()
+    ]
+    assert {e["pid"] for e in events} == {proc.pid}
+    assert [e["time"] for e in events if e["message"] == "second"] == [
+        e["time"] for e in events if e["message"].endswith("][first")
+    ]
+    assert not any(e["time"].startswith("1970") for e in events)
+    # No xlog header at all: the day the file is named after, at its block's hour.
+    (name,) = [n for n in os.listdir(other) if n.endswith(".xlog")]
+    day = re.search(r"_(\d{4})(\d\d)(\d\d)\.xlog$", name)
+    assert day is not None
+    date = "-".join(day.groups())
+    res = run("decode", "--since", f"{date}T00:00", "--until", f"{date}T23:59:59", other)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["ERROR custom one", "and two"]
+    events = [
+        json.loads(line) for line in run("decode", "--format", "json", other).stdout.splitlines()
+    ]
+    assert [e["time"][:10] for e in events] == [date, date]
+
+
+_XLOG_BUSY_WRITER = textwrap.dedent(
+    """
+    import logging, sys, time
+    import mmaplog
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="m", format="xlog", flush_interval=3600)
+    for i in range(30):
+        h.handle(logging.LogRecord("svc", logging.INFO, "w.py", 7, "%d", (i,), None))
+        time.sleep(0.005)
+    h.close()
+    """
+)
+
+
+def test_an_xlog_folder_of_several_processes_decodes_in_time_order(tmp_path):
+    """Two processes writing one xlog file at once decode merged by time, each in its order."""
+    folder = str(tmp_path)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _XLOG_BUSY_WRITER, folder], env=ENV)
+        for _ in range(2)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    res = run("decode", "--format", "json", folder)
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(events) == 60
+    stamps = [e["time"] for e in events]
+    assert stamps == sorted(stamps)
+    for proc in procs:
+        mine = [int(e["message"].rsplit("][", 1)[1]) for e in events if e["pid"] == proc.pid]
+        assert mine == list(range(30))
+
+
+_XLOG_SYNC_WRITER = textwrap.dedent(
+    """
+    import logging, sys
+    import mmaplog
+    key = sys.argv[3] if len(sys.argv) > 3 else None
+    h = mmaplog.MmapHandler(sys.argv[1], prefix="m", format="xlog", mode=sys.argv[2],
+                            xlog_public_key=key)
+    for i in range(3):
+        h.handle(logging.LogRecord("svc", logging.INFO, "w.py", 7, "%d\\nmore", (i,), None))
+    h.close()
+    """
+)
+
+
+def test_verify_and_stats_count_the_blocks_and_lines_of_xlog_files(tmp_path):
+    """verify and stats count an xlog file's blocks and lines (stats leaves out the lines
+    of encrypted blocks and says so)."""
+    folder, sealed = str(tmp_path / "sync"), str(tmp_path / "sealed")
+    subprocess.run(
+        [sys.executable, "-c", _XLOG_SYNC_WRITER, folder, "sync"], env=ENV, check=True, timeout=60
+    )
+    res = run("verify", folder)
+    assert res.returncode == 0, res.stdout
+    assert "xlog file: 3 blocks, 6 records: ok" in res.stdout
+    res = run("stats", folder)
+    assert res.returncode == 0, res.stderr
+    assert "not counted" not in res.stdout
+    assert "total: 1 files" in res.stdout and ", 3 blocks, 6 records" in res.stdout
+    assert "time span: " in res.stdout
+    from mmaplog._xlog import generate_xlog_keypair
+
+    _private, public = generate_xlog_keypair()
+    subprocess.run(
+        [sys.executable, "-c", _XLOG_SYNC_WRITER, sealed, "async", public],
+        env=ENV,
+        check=True,
+        timeout=60,
+    )
+    res = run("stats", sealed)
+    assert res.returncode == 0, res.stderr
+    assert ", 1 blocks, 0 records" in res.stdout
+    assert "the lines of 1 encrypted block are not counted" in res.stdout
 
 
 # -- keys -------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,21 @@ FIXTURES = Path(__file__).parent / "fixtures" / "v1"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text(encoding="utf-8"))
 LONG_TEXT = 4096  # as in make_fixtures.py
 LOG_NAME = re.compile(r"^(?P<prefix>.+)_\d{8}\.(?:mmlog|xlog)$")
+
+
+@pytest.fixture(autouse=True)
+def utc() -> Iterator[None]:
+    """Read in UTC, the zone the fixtures were written in: an xlog line with no header
+    before it is dated by its block's local hour."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
 
 
 def dump(records: Any) -> list[dict[str, Any]]:

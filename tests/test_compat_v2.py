@@ -21,7 +21,7 @@ import pytest
 
 import mmaplog
 
-from .test_compat import LOG_NAME, dump
+from .test_compat import LOG_NAME, dump, utc  # noqa: F401 (utc: autouse)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v2"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text(encoding="utf-8"))
