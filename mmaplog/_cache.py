@@ -18,6 +18,7 @@ import stat
 import threading
 import time
 import zlib
+from _thread import allocate_lock as _allocate_lock
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,18 +151,22 @@ class PyWriter:
 
     def write(self, head: bytes, text: bytes, time_us: int) -> None:
         """Write one record as a chunk, then its commit store."""
+        try:
+            self._write(head, text, time_us)
+        except BaseException:
+            # The stream may have taken this record while the block has not (a sealer
+            # that failed, a KeyboardInterrupt between two steps): the stream must not
+            # go on. The next record seals this block and opens one with a new stream.
+            self.limit = self.pos
+            raise
+
+    def _write(self, head: bytes, text: bytes, time_us: int) -> None:
         body = self._compress(head + text) + self._flush(self._mode)
         seal = self.seal
         if seal is not None:
             # The nonce (seq, index): seq from the session's one counter, index the
             # chunk's place in the block, so it never repeats (see _blocks).
-            try:
-                body = seal(self.seq, self.count, body, self.aad)
-            except BaseException:
-                # The stream has taken this record, the block has not: the stream must
-                # not go on. The next record seals this block and opens a new one.
-                self.limit = self.pos
-                raise
+            body = seal(self.seq, self.count, body, self.aad)
             # The tags do not count toward sealing: an encrypted block holds as many
             # records as a plain one, so it compresses as well when it is moved.
             self.seal_at += TAG_SIZE
@@ -325,10 +330,13 @@ class Cache:
             self.threshold = max(1, size // 3)
             raw_cap = self._budget = size // NSLOTS
             raw_seal = self.threshold
-        self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
+        # An RLock for its owner, not for re-entry (a thread never takes it twice): after
+        # an interrupt, _relock and append know whether this thread holds it.
+        self.lock = threading.RLock()
         self._acquire = self.lock.acquire
         self._release = self.lock.release
+        self._owned = self.lock._is_owned  # type: ignore[attr-defined]
+        self._waiters: list[Any] = []  # writers waiting for a slot (see _wait)
         self.pid = blocks.pid
         self.closed = False  # set under the lock by shut(): no store into the slots after it
         self.mapped = False
@@ -526,9 +534,9 @@ class Cache:
         need = size + (size >> 7) + _CHUNK_OVERHEAD
         w = self._w
         # acquire/release rather than `with`: this is the hot path, and it is cheaper.
-        if not self._acquire(False):
-            self._lock_contended()
         try:
+            if not self._acquire(False):
+                self._lock_contended()
             # Past the threshold, the slow path seals the block, unless no slot is free
             # to go on in: then records keep filling it, on the fast path.
             if not (
@@ -542,8 +550,56 @@ class Cache:
                     return status
             w.write(head, text, time_us)
         finally:
-            self._release()
+            # Released only if held: an interrupt (KeyboardInterrupt) may have come
+            # before this thread got it, and releasing would free another thread's.
+            if self._owned():
+                self._release()
         return APPENDED
+
+    def _wait(self, timeout: float) -> bool:
+        """Wait for a slot to be freed (``_notify_all``) at most ``timeout`` seconds,
+        the lock released meanwhile; True if woken.
+
+        Unlike ``Condition.wait``, this thread holds the lock again when it returns or
+        raises, even when a signal handler raises (KeyboardInterrupt) while it waits or
+        takes the lock back: ``Condition.wait`` could raise without the lock, and the
+        caller's release then freed another thread's lock (two writers in the block).
+        """
+        waiter = _allocate_lock()
+        waiter.acquire()
+        self._waiters.append(waiter)
+        self._release()
+        woken = False
+        try:
+            woken = waiter.acquire(True, timeout)
+        finally:
+            self._relock()
+            if not woken:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:  # notified just as the wait ended
+                    woken = True
+        return woken
+
+    def _relock(self) -> None:
+        """Take the lock back, whatever is raised meanwhile: an interrupt is raised once
+        the lock is held again (the first one; later ones are dropped)."""
+        pending: BaseException | None = None
+        while not self._owned():
+            try:
+                if not self._acquire(False):
+                    time.sleep(0)
+            except BaseException as exc:
+                if pending is None:
+                    pending = exc
+        if pending is not None:
+            raise pending
+
+    def _notify_all(self) -> None:
+        """Wake every writer waiting in ``_wait`` (under the lock)."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.release()
 
     def _lock_contended(self) -> None:
         """Take the lock that another thread holds, without ever blocking on it.
@@ -616,7 +672,7 @@ class Cache:
             try:
                 if self._free_slot() >= 0:
                     continue
-                timed_out = now >= deadline or not self.cond.wait(deadline - now)
+                timed_out = now >= deadline or not self._wait(deadline - now)
             finally:
                 self._waiting -= 1
             if timed_out and self._active < 0 and self._free_slot() < 0:
@@ -675,7 +731,7 @@ class Cache:
             if not self.closed:
                 self._seal_active()
                 self.closed = True
-            self.cond.notify_all()
+            self._notify_all()
 
     def pending_records(self) -> int:
         """How many records are in blocks not yet moved into the log."""
@@ -724,7 +780,7 @@ class Cache:
         self._starved = False
         if self._waiting:
             with self.lock:
-                self.cond.notify_all()
+                self._notify_all()
 
     def _zero_slot(self, slot: int) -> None:
         base = fmt.CACHE_HEADER_SIZE + slot * self.slot_size

@@ -201,8 +201,11 @@ static PyObject *writer_reset_stream(Writer *self, PyObject *unused) {
 
 /* The record fits the open block on the fast path (Cache.append's condition). */
 static int fits(Writer *self, long long need, long long size, long long time_us) {
-    if (!(self->pos + need <= self->limit && self->raw_len + size <= self->raw_cap &&
-          self->day_start <= time_us && time_us < self->day_end))
+    /* Differences, not sums: no field set from Python can make these overflow. */
+    if (!(self->pos >= 0 && self->limit >= self->pos && need <= self->limit - self->pos &&
+          self->raw_len >= 0 && self->raw_cap >= self->raw_len &&
+          size <= self->raw_cap - self->raw_len && self->day_start <= time_us &&
+          time_us < self->day_end))
         return 0;
     if (self->pos < self->seal_at && self->raw_len < self->raw_seal) return 1;
     /* Past the threshold: go on here only while no slot is free to seal into. */
@@ -210,7 +213,11 @@ static int fits(Writer *self, long long need, long long size, long long time_us)
     if (!states || !PyList_Check(states)) return 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(states); i++) {
         PyObject *s = PyList_GET_ITEM(states, i);
-        if (PyLong_Check(s) && PyLong_AsLong(s) == EMPTY) return 0;
+        if (PyLong_Check(s)) {
+            long v = PyLong_AsLong(s);
+            if (v == -1 && PyErr_Occurred()) PyErr_Clear();
+            if (v == EMPTY) return 0;
+        }
     }
     return 1;
 }
@@ -235,8 +242,9 @@ static int write_chunk(Writer *self, const unsigned char *head, size_t hn, PyObj
     int rc = -1;
     unsigned char *map = (unsigned char *)view.buf;
     long long pos = self->pos;
-    if (pos < 0 || self->limit > (long long)view.len || pos + CHUNK_HEAD > self->limit ||
-        self->commit_at < 0 || self->commit_at + 16 > (long long)view.len) {
+    long long len = (long long)view.len;
+    if (pos < 0 || self->limit > len || self->limit - pos < CHUNK_HEAD || self->commit_at < 0 ||
+        self->commit_at > len - 16) {
         PyErr_SetString(PyExc_ValueError, "the block is outside the mapping");
         goto done;
     }
@@ -764,13 +772,13 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
     for (int i = 0; i < P_COUNT; i++) {
         if (!part[i]) continue; /* digits */
         if (!PyUnicode_Check(part[i])) {
-            result = handed_back(msg);
+            result = handed_back(part[P_MSG]);
             goto out;
         }
         ptr[i] = PyUnicode_AsUTF8AndSize(part[i], &len[i]);
         if (!ptr[i]) { /* lone surrogates: the pure path escapes them */
             PyErr_Clear();
-            result = handed_back(msg);
+            result = handed_back(part[P_MSG]);
             goto out;
         }
     }
@@ -781,7 +789,7 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
     const char *stamp_utf8 = stamp == Py_None ? NULL : PyUnicode_AsUTF8AndSize(stamp, &stamp_len);
     if (!stamp_utf8) {
         PyErr_Clear();
-        result = handed_back(msg);
+        result = handed_back(part[P_MSG]);
         goto out;
     }
     char head4[4] = {'[', letter_of(levelno), ']', '['};
@@ -803,7 +811,7 @@ static PyObject *writer_emit(Writer *self, PyObject *const *args, Py_ssize_t nar
     size_t n = 4 + (size_t)stamp_len + (size_t)mn;
     for (int i = 0; i < P_COUNT; i++) n += sepn[i] + (size_t)len[i];
     if (n > (size_t)limit || odd_name || len[P_NAME] > MAX_LOGGER_NAME) {
-        result = handed_back(msg); /* the pure path cuts, or names, them */
+        result = handed_back(part[P_MSG]); /* the pure path cuts, or names, them */
         goto out;
     }
     text = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
@@ -1018,21 +1026,30 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyObject *logging = PyImport_ImportModule("logging");
     if (!logging) return NULL;
     record_type = (PyTypeObject *)PyObject_GetAttrString(logging, "LogRecord");
-    Py_DECREF(logging);
-    if (!record_type) return NULL;
+    if (!record_type) {
+        Py_DECREF(logging);
+        return NULL;
+    }
     /* logging's own getMessage, recognised by where it was defined: one replaced before
      * this import is not logging's, and is always called. */
     record_get_message = PyObject_GetAttrString((PyObject *)record_type, "getMessage");
     if (!record_get_message) return NULL;
-    PyObject *mod = PyObject_GetAttrString(record_get_message, "__module__");
-    PyObject *qual = mod ? PyObject_GetAttrString(record_get_message, "__qualname__") : NULL;
-    int own = mod && qual && PyUnicode_Check(mod) && PyUnicode_Check(qual) &&
-              PyUnicode_CompareWithASCIIString(mod, "logging") == 0 &&
-              PyUnicode_CompareWithASCIIString(qual, "LogRecord.getMessage") == 0;
-    Py_XDECREF(mod);
-    Py_XDECREF(qual);
+    /* A plain function whose code comes from logging's own file, and no wrapper
+     * (functools.wraps copies a name and a module, not the code). */
+    PyObject *code = PyFunction_Check(record_get_message)
+                         ? PyObject_GetAttrString(record_get_message, "__code__")
+                         : NULL;
+    PyObject *where = code ? PyObject_GetAttrString(code, "co_filename") : NULL;
+    PyObject *file = where ? PyObject_GetAttrString(logging, "__file__") : NULL;
+    int own = where && file && PyUnicode_Check(where) && PyUnicode_Check(file) &&
+              PyUnicode_Compare(where, file) == 0 &&
+              !PyObject_HasAttrString(record_get_message, "__wrapped__");
+    Py_XDECREF(code);
+    Py_XDECREF(where);
+    Py_XDECREF(file);
     PyErr_Clear();
     if (!own) Py_CLEAR(record_get_message);
+    Py_DECREF(logging);
     if (!PyType_Check(record_type)) {
         Py_CLEAR(record_type);
         PyErr_SetString(PyExc_TypeError, "logging.LogRecord is not a class");

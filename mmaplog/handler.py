@@ -105,15 +105,20 @@ class XlogFormatter(logging.Formatter):
             record.lineno,
             record.funcName,
         )
-        place = self._places.get(key)
+        try:
+            place = self._places.get(key)
+            keep = True
+        except TypeError:  # an attribute set to something unhashable: rendered, not kept
+            place, keep = None, False
         if place is None:
             place = (
                 f"][{record.process}, {record.thread}][{record.name}]"
                 f"[{record.filename}:{record.lineno}, {record.funcName}]["
             )
-            if len(self._places) >= self._MAX_PLACES:
-                self._places.clear()
-            self._places[key] = place
+            if keep:
+                if len(self._places) >= self._MAX_PLACES:
+                    self._places.clear()
+                self._places[key] = place
         ms = int(record.msecs)
         millis = _MILLIS[ms] if 0 <= ms < 1000 else f"{ms:03d}"
         s = f"[{letter}][{stamp}.{millis}{place}{msg}"
@@ -733,11 +738,11 @@ class MmapHandler(logging.Handler):
         """Put one record into the cache; on failure, call :meth:`handleError`."""
         ident = _get_ident()
         inside = self._inside
-        if ident in inside:
+        if ident in inside and self._really_inside(ident):
             self._defer(ident, ("emit", record))
             return
-        inside.add(ident)
         try:
+            inside.add(ident)  # inside the try: an interrupt here is undone
             cache = self._fast
             message = None
             if cache is not None and cache.native_emit is not None and self._plain_format:
@@ -781,7 +786,10 @@ class MmapHandler(logging.Handler):
                 levelno = record.levelno
                 if not 0 <= levelno <= 255:
                     levelno = min(max(levelno, 0), 255)
-                entry = self._names.get(record.name)
+                try:
+                    entry = self._names.get(record.name)
+                except TypeError:  # a name set to something unhashable
+                    entry = None
                 if entry is None:
                     entry = self._name_entry(record.name)
                 pack, name = entry
@@ -873,11 +881,11 @@ class MmapHandler(logging.Handler):
         entry = self._names.get(logger)
         name = entry[1] if entry is not None else self._name_of(logger)
         inside = self._inside
-        if ident in inside:
+        if ident in inside and self._really_inside(ident):
             self._defer(ident, ("write", text, created, levelno, kind, name, ident))
             return
-        inside.add(ident)
         try:
+            inside.add(ident)  # inside the try: an interrupt here is undone
             self._store(*self._frame(text, created, levelno, kind, name, ident))
         finally:
             inside.discard(ident)
@@ -895,16 +903,35 @@ class MmapHandler(logging.Handler):
         ident: int,
     ) -> None:
         inside = self._inside
-        if ident in inside:
+        if ident in inside and self._really_inside(ident):
             self._defer(ident, ("write", text, created, levelno, kind, name, thread))
             return
-        inside.add(ident)
         try:
+            inside.add(ident)  # inside the try: an interrupt here is undone
             self._store(*self._frame(text, created, levelno, kind, name, thread))
         finally:
             inside.discard(ident)
             if self._deferred:
                 self._run_deferred(ident)
+
+    def _really_inside(self, ident: int) -> bool:
+        """Whether this thread, marked inside a call of this handler, still is.
+
+        Only the main thread can be left marked by mistake: a signal handler that raises
+        (Ctrl-C's KeyboardInterrupt) can interrupt a log call between two steps of its
+        clean-up. Its mark is then stale: the frames on its stack say whether one of
+        this handler's guarded calls is under way. Other threads' marks are right.
+        """
+        if ident != threading.main_thread().ident:
+            return True
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_code in _GUARDED and frame.f_locals.get("self") is self:
+                return True
+            frame = frame.f_back  # type: ignore[assignment]
+        # Stale: the thread is not inside; what it queued meanwhile is written next.
+        self._inside.discard(ident)
+        return False
 
     def _defer(self, ident: int, item: tuple[Any, ...]) -> None:
         self._deferred.setdefault(ident, []).append(item)
@@ -1025,10 +1052,10 @@ class MmapHandler(logging.Handler):
         """
         ident = _get_ident()
         inside = self._inside
-        if ident in inside:
+        if ident in inside and self._really_inside(ident):
             return
-        inside.add(ident)
         try:
+            inside.add(ident)  # inside the try: an interrupt here is undone
             self._flush()
             if self._cache is not None and not self._forked:
                 self._recover_free_caches(self._cache.path)
@@ -1057,15 +1084,16 @@ class MmapHandler(logging.Handler):
         written directly into the log file, one block each.
         """
         ident = _get_ident()
-        if ident in self._inside:  # from a signal handler inside a log call: right after it
+        # From a signal handler inside a log call: right after it.
+        if ident in self._inside and self._really_inside(ident):
             self._defer(ident, ("close",))
             return
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
-        self._inside.add(ident)
         try:
+            self._inside.add(ident)  # inside the try: an interrupt here is undone
             self._shut()
         except Exception as exc:
             self._warn(f"mmaplog: closing {self.prefix}: {exc}")
@@ -1118,8 +1146,8 @@ class MmapHandler(logging.Handler):
 
     def _finish_shut(self, cache: Cache | None, flusher: Flusher | None) -> None:
         me = _get_ident()
-        self._inside.add(me)
         try:
+            self._inside.add(me)  # inside the try: an interrupt here is undone
             self._finish_shut_inside(cache, flusher)
         except Exception as exc:
             self._warn(f"mmaplog: closing {self.prefix}: {exc}")
@@ -1151,6 +1179,21 @@ class MmapHandler(logging.Handler):
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
         return f"<{type(self).__name__} {self.log_dir}/{self.prefix} ({level})>"
+
+
+_GUARDED = frozenset(
+    f.__code__
+    for f in (
+        MmapHandler.emit,
+        MmapHandler.write,
+        MmapHandler._write,
+        MmapHandler.flush,
+        MmapHandler.close,
+        MmapHandler._finish_shut,
+        MmapHandler._run_deferred,
+    )
+)
+"""The code of the calls that mark a thread inside the handler (see _really_inside)."""
 
 
 def _truncate(text: bytes, limit: int) -> bytes:
