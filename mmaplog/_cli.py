@@ -1941,7 +1941,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
         for problem in r.problems:
             _err(prog, f"{path}: {problem}")
         for dest in r.quarantined:
-            _err(prog, f"{path}: damaged cache moved to {dest}")
+            if dest == path:
+                _err(prog, f"{path}: damaged cache, moved aside already: left as it is")
+            else:
+                _err(prog, f"{path}: damaged cache moved to {dest}")
         if r.problems:
             status = max(status, EXIT_DAMAGED)
     for path, reason in report.newer.items():

@@ -213,7 +213,10 @@ def clear_slots(fd: int, image: bytes) -> None:
 
 
 def quarantine(path: str) -> str:
-    """Move a cache that is not ours aside, never deleting it."""
+    """Move a cache that is not ours aside, never deleting it; one moved aside already
+    (``*.corrupt-<time>``) stays where it is, under its name."""
+    if ".corrupt-" in os.path.basename(path):
+        return path
     stamp = time.strftime("%Y%m%dT%H%M%S")
     dest = f"{path}.corrupt-{stamp}"
     n = 1

@@ -177,6 +177,10 @@ def test_a_cache_cut_short_is_damage_and_recover_never_grows_it(log_dir):
     (aside,) = os.listdir(alone)
     assert aside.startswith("app.mmap.corrupt-")
     assert os.path.getsize(os.path.join(alone, aside)) == fmt.CACHE_HEADER_SIZE  # not grown
+    # Recovering the file moved aside again leaves it under its name.
+    res = run("recover", os.path.join(alone, aside))
+    assert res.returncode == 1 and os.listdir(alone) == [aside], res.stderr
+    assert "moved aside already" in res.stderr
     # Cut inside the first slot: the records whose chunks are whole are recovered, in order.
     partial = os.path.join(log_dir, "app.mmap")
     with open(partial, "wb") as f:
