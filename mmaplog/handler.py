@@ -880,17 +880,7 @@ class MmapHandler(logging.Handler):
         ident = _get_ident()
         entry = self._names.get(logger)
         name = entry[1] if entry is not None else self._name_of(logger)
-        inside = self._inside
-        if ident in inside and self._really_inside(ident):
-            self._defer(ident, ("write", text, created, levelno, kind, name, ident))
-            return
-        try:
-            inside.add(ident)  # inside the try: an interrupt here is undone
-            self._store(*self._frame(text, created, levelno, kind, name, ident))
-        finally:
-            inside.discard(ident)
-            if self._deferred:
-                self._run_deferred(ident)
+        self._write(text, created, levelno, kind, name, ident, ident)
 
     def _write(
         self,
@@ -924,11 +914,14 @@ class MmapHandler(logging.Handler):
         """
         if ident != threading.main_thread().ident:
             return True
-        frame = sys._getframe(2)
+        frame: Any = sys._getframe(1)
+        # The call being made now (emit, or write and _write) is no evidence: skip it.
+        while frame is not None and frame.f_code in _GUARDED and frame.f_locals.get("self") is self:
+            frame = frame.f_back
         while frame is not None:
             if frame.f_code in _GUARDED and frame.f_locals.get("self") is self:
                 return True
-            frame = frame.f_back  # type: ignore[assignment]
+            frame = frame.f_back
         # Stale: the thread is not inside; what it queued meanwhile is written next.
         self._inside.discard(ident)
         return False
