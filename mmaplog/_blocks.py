@@ -58,10 +58,12 @@ def encode_whole_block(
     *,
     level: int | None,
     sealer: Sealer | None,
+    codec: int | None = None,
 ) -> bytes:
     """Return the whole-form block for the records with headers ``heads`` and ``texts``.
 
-    The payload is compressed whole and, with ``sealer``, sealed once under the nonce
+    ``codec`` is the block's compression (``fmt.COMP_*``; None: the template's). The
+    payload is compressed whole and, with ``sealer``, sealed once under the nonce
     ``(template.seq, WHOLE_BLOCK_INDEX)``. Inside the package only
     :meth:`BlockSession.whole_block` calls this, which is what keeps that nonce
     unique; tests call it to build logs of their own.
@@ -69,14 +71,16 @@ def encode_whole_block(
     Compressed blocks hold their records as columns (``FLAG_COLUMNS``): about 10 %
     fewer bytes than the records back to back, for the same raw length.
     """
-    flags = template.flags & ~fmt.FLAG_STREAM
-    columns = fmt.encode_columns(heads, texts) if template.compression != fmt.COMP_NONE else None
+    if codec is None:
+        codec = template.compression
+    flags = (template.flags & ~(fmt.FLAG_STREAM | fmt.FLAG_COMPRESSION_MASK)) | codec
+    columns = fmt.encode_columns(heads, texts) if codec != fmt.COMP_NONE else None
     if columns is not None:
         raw = columns
         flags |= fmt.FLAG_COLUMNS
     else:
         raw = fmt.join_records(heads, texts)
-    payload = compress_whole(template.compression, raw, level)
+    payload = compress_whole(codec, raw, level)
     if sealer is not None:
         aad = fmt.block_aad(template.session, template.seq, flags, template.key_fingerprint)
         payload = sealer.seal(template.seq, WHOLE_BLOCK_INDEX, payload, aad)
@@ -115,7 +119,7 @@ def build_xlog_block(
 class BlockSession:
     """The identity of one writing session's blocks: session id, sequence, sealer, templates.
 
-    ``codec`` is the per-record compression (``fmt.COMP_*``), ``level`` the level of
+    ``codec`` is the log files' compression (``fmt.COMP_*``), ``level`` the level of
     the whole-block compression on the move (None: the codec's default), ``recipient``
     the 32 raw bytes of an X25519 public key (a :class:`Sealer`, and so a new
     ephemeral key, is made for this session), ``xlog`` the xlog writer when the log
@@ -129,12 +133,14 @@ class BlockSession:
     __slots__ = (
         "_flags",
         "_next",
+        "_stream_flags",
         "codec",
         "extension",
         "level",
         "pid",
         "sealer",
         "session",
+        "stream_codec",
         "xlog",
     )
 
@@ -164,6 +170,13 @@ class BlockSession:
             flags |= fmt.FLAG_ENCRYPTED
             ext = self.sealer.ephemeral_public + self.sealer.key_fingerprint
         self._flags = flags
+        # The cache's records are not compressed one by one (xlog's are, as xlog's
+        # format says): each record stays decodable after a crash without a flush of a
+        # compressor, which would cost more than the rest of the record path. The
+        # block is compressed whole when it is moved (whole_block).
+        self.stream_codec = codec if xlog is not None else fmt.COMP_NONE
+        self._stream_flags = (flags & ~fmt.FLAG_COMPRESSION_MASK) | self.stream_codec
+        self._stream_flags |= fmt.FLAG_STREAM
         self.extension = ext
         """The header extension of this session's blocks (the ephemeral public key and
         the recipient key's fingerprint; xlog's client key in an xlog session)."""
@@ -175,7 +188,7 @@ class BlockSession:
     def open_block(self, time_us: int) -> fmt.BlockHeader:
         """Number a new stream block (a cache slot's) and return its template header."""
         return fmt.BlockHeader(
-            flags=self._flags | fmt.FLAG_STREAM,
+            flags=self._stream_flags,
             session=self.session,
             seq=self._next(),
             pid=self.pid,
@@ -203,7 +216,13 @@ class BlockSession:
         if template.session != self.session:
             raise ValueError("a block of another session cannot be sealed by this one")
         return encode_whole_block(
-            template, heads, texts, last_time_us, level=self.level, sealer=self.sealer
+            template,
+            heads,
+            texts,
+            last_time_us,
+            level=self.level,
+            sealer=self.sealer,
+            codec=self.codec,
         )
 
     def direct_block(self, head: bytes, text: bytes, time_us: int) -> bytes:

@@ -27,7 +27,7 @@ from typing import Any
 from . import _emitpath
 from . import _format as fmt
 from ._blocks import BlockSession
-from ._codec import DEFAULT_LEVELS, StreamCompressor, stream_context
+from ._codec import StreamCompressor, stream_context
 from ._crypto import TAG_SIZE
 from ._faults import point
 from ._logfile import day_bounds, open_no_follow
@@ -189,11 +189,12 @@ class PyWriter:
 
 
 def new_writer(codec: int, xlog: XlogBlockWriter | None) -> PyWriter:
-    """The record path for a cache: the C one where it is active and covers ``codec``
-    (mmaplog's own format, zstd or no compression), else :class:`PyWriter`."""
+    """The record path for a cache whose stream is compressed with ``codec``: the C one
+    where it is active and the cache is mmaplog's own format (whose records are not
+    compressed one by one), else :class:`PyWriter`."""
     native = _emitpath.writer_type()
-    if native is not None and xlog is None and codec in _emitpath.NATIVE_CODECS:
-        w: PyWriter = native(codec, DEFAULT_LEVELS[codec])
+    if native is not None and xlog is None and codec == fmt.COMP_NONE:
+        w: PyWriter = native()
         return w
     return PyWriter(codec, xlog)
 
@@ -310,7 +311,7 @@ class Cache:
         self.blocks = blocks
         self.xlog = xlog = blocks.xlog
         self.fd = fd
-        self.codec = blocks.codec
+        self.codec = blocks.stream_codec
         sealer = blocks.sealer
         self._wake = wake
         self._warn = warn

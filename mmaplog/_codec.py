@@ -1,8 +1,9 @@
-"""Compression for mmaplog: per-record stream flushes and whole-block frames.
+"""Compression for mmaplog: whole-block frames, and per-record stream flushes.
 
-Writers use :class:`StreamCompressor` (one stream per block, flushed after every
-record so the cache decodes after any record) and :func:`compress_whole` (the
-flusher re-compresses a full block at once, which compresses far better).
+The flusher compresses a full block at once with :func:`compress_whole`. mmaplog's
+caches hold their records uncompressed; :class:`StreamCompressor` (one stream per
+block, flushed after every record so the block decodes after any record) is the
+stream form that caches and recovered blocks of earlier versions used.
 Readers use :class:`StreamDecompressor` and :func:`decompress_whole`; both bound
 their output, so a crafted block cannot make the reader allocate without limit.
 """
@@ -22,7 +23,7 @@ from ._format import COMP_NONE, COMP_ZLIB, COMP_ZSTD
 from .exceptions import CorruptionError
 
 DEFAULT_LEVELS = {COMP_NONE: 0, COMP_ZLIB: 5, COMP_ZSTD: 1}
-"""Levels of the per-record stream in the cache: the emit path, so fast ones."""
+"""Levels of a :class:`StreamCompressor` (a per-record stream: fast ones)."""
 WHOLE_LEVELS = {COMP_NONE: 0, COMP_ZLIB: 9, COMP_ZSTD: 9}
 """Default levels of the whole-block re-compression on the flusher thread.
 

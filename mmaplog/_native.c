@@ -3,16 +3,13 @@
  * A Writer holds the state of the block being written into a cache slot (the same
  * fields as mmaplog._cache.PyWriter, the pure-Python path, which stays the reference)
  * and does, per record and without releasing the GIL for the small inputs a log
- * record is: render the default xlog line (optionally), frame the record, compress it
- * with one zstd flush, checksum the chunk, copy it into the mapping and store the
- * commit. It produces the same bytes as the pure path; tests/test_native.py compares
+ * record is: render the default xlog line (optionally), frame the record, checksum the
+ * chunk, copy it into the mapping and store the commit. The cache's records are not
+ * compressed one by one (the block is compressed whole when it is moved, in Python).
+ * It produces the same bytes as the pure path; tests/test_native.py compares
  * them. Sealing (encryption) calls back into the Sealer that the block session owns;
  * opening and sealing blocks, waiting for a slot and the cache's lock stay in Python
  * (mmaplog/_cache.py): this calls them.
- *
- * zstd is not linked at build time: mmaplog._native_load picks the library that the
- * zstandard package itself uses (same version, so the same bytes), and hands its path
- * to load_zstd().
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,26 +23,9 @@
 #include <string.h>
 #include <time.h>
 
-/* -- zstd, loaded at run time ------------------------------------------------------ */
-
-typedef struct ZSTD_CCtx_s ZSTD_CCtx;
-typedef struct { const void *src; size_t size; size_t pos; } ZSTD_inBuffer;
-typedef struct { void *dst; size_t size; size_t pos; } ZSTD_outBuffer;
-enum { Z_CONTINUE = 0, Z_FLUSH = 1 };
-enum { Z_LEVEL = 100, Z_CONTENT_SIZE = 200, Z_CHECKSUM = 201, Z_DICT_ID = 202 };
-enum { Z_RESET_SESSION = 1 };
-static ZSTD_CCtx *(*z_create)(void);
-static size_t (*z_free)(ZSTD_CCtx *);
-static size_t (*z_set)(ZSTD_CCtx *, int, int);
-static size_t (*z_reset)(ZSTD_CCtx *, int);
-static size_t (*z_stream)(ZSTD_CCtx *, ZSTD_outBuffer *, ZSTD_inBuffer *, int);
-static unsigned (*z_is_error)(size_t);
-static unsigned (*z_version)(void);
-
 /* -- constants shared with mmaplog/_format.py and mmaplog/_cache.py ------------------ */
 
 enum { APPENDED = 0, DROPPED = 1, OVERSIZE = 2, CLOSED = 3, NOT_HANDLED = -1 };
-enum { COMP_NONE = 0, COMP_ZSTD = 2 };
 #define RECORD_HEAD 24   /* <I q B B H Q>: text_len, time_us, level, kind, name_len, thread */
 #define MAX_LOGGER_NAME 1024 /* the logger name's bytes follow the header (format 2) */
 #define CHUNK_HEAD 8     /* <I I>: body_len, crc32(body, seed) */
@@ -121,37 +101,11 @@ typedef struct {
     long long raw_len, raw_cap, raw_seal; /* uncompressed bytes: so far, at most, sealed past */
     unsigned long long seq;
     unsigned int seed, count;
-    int codec;
-    ZSTD_CCtx *zctx;
 } Writer;
 
 static int writer_init(Writer *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"codec", "level", NULL};
-    int codec, level;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii", kwlist, &codec, &level)) return -1;
-    if (codec != COMP_NONE && codec != COMP_ZSTD) {
-        PyErr_Format(PyExc_ValueError, "codec: expected 0 (none) or 2 (zstd), got %d", codec);
-        return -1;
-    }
-    self->codec = codec;
-    if (codec == COMP_ZSTD) {
-        if (!z_create) {
-            PyErr_SetString(PyExc_RuntimeError, "zstd is not loaded (load_zstd)");
-            return -1;
-        }
-        if (!self->zctx && !(self->zctx = z_create())) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        /* What zstandard.ZstdCompressor(level=level).compressobj() sets. */
-        if (z_is_error(z_set(self->zctx, Z_LEVEL, level)) ||
-            z_is_error(z_set(self->zctx, Z_CONTENT_SIZE, 1)) ||
-            z_is_error(z_set(self->zctx, Z_CHECKSUM, 0)) ||
-            z_is_error(z_set(self->zctx, Z_DICT_ID, 1))) {
-            PyErr_Format(PyExc_ValueError, "zstd refused level %d", level);
-            return -1;
-        }
-    }
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) return -1;
     self->limit = 0;
     return 0;
 }
@@ -185,17 +139,14 @@ static int writer_clear(Writer *self) {
 static void writer_dealloc(Writer *self) {
     PyObject_GC_UnTrack(self);
     writer_clear(self);
-    if (self->zctx) z_free(self->zctx);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *writer_reset_stream(Writer *self, PyObject *unused) {
+    /* A new block: there is no compressor stream to begin (PyWriter's has one only
+     * for xlog caches, which take the pure path). */
+    (void)self;
     (void)unused;
-    /* A new stream for a new block: what compressobj() does to a reused context. */
-    if (self->zctx && z_is_error(z_reset(self->zctx, Z_RESET_SESSION))) {
-        PyErr_SetString(PyExc_RuntimeError, "zstd: cannot reset the stream");
-        return NULL;
-    }
     Py_RETURN_NONE;
 }
 
@@ -254,37 +205,24 @@ static int write_chunk(Writer *self, const unsigned char *head, size_t hn, PyObj
     unsigned char *scratch = NULL;
     PyObject *sealed = NULL;
     int sealing = self->seal && self->seal != Py_None;
-    /* Compressed straight into the mapping, unless it is to be sealed first. */
+    /* Copied straight into the mapping, unless it is to be sealed first. */
     unsigned char *out = chunk + CHUNK_HEAD;
     size_t out_size = room;
     if (sealing) {
-        out_size = raw + (raw >> 7) + 64;
+        out_size = raw;
         out = out_size <= sizeof small ? small : (scratch = PyMem_Malloc(out_size));
         if (!out) {
             PyErr_NoMemory();
             goto done;
         }
     }
-    if (self->codec == COMP_ZSTD) {
-        ZSTD_outBuffer ob = {out, out_size, 0};
-        ZSTD_inBuffer ih = {head, hn, 0};
-        ZSTD_inBuffer it = {tp, tn, 0};
-        size_t r1 = z_stream(self->zctx, &ob, &ih, Z_CONTINUE);
-        size_t r2 = z_is_error(r1) ? r1 : z_stream(self->zctx, &ob, &it, Z_FLUSH);
-        if (z_is_error(r2) || r2 != 0 || ih.pos != hn || it.pos != tn) {
-            PyErr_SetString(PyExc_RuntimeError, "zstd: the record did not compress");
-            goto free;
-        }
-        body_len = ob.pos;
-    } else {
-        if (raw > out_size) {
-            PyErr_SetString(PyExc_ValueError, "the record does not fit the block");
-            goto free;
-        }
-        memcpy(out, head, hn);
-        memcpy(out + hn, tp, tn);
-        body_len = raw;
+    if (raw > out_size) {
+        PyErr_SetString(PyExc_ValueError, "the record does not fit the block");
+        goto free;
     }
+    memcpy(out, head, hn);
+    memcpy(out + hn, tp, tn);
+    body_len = raw;
     body = out;
     if (sealing) {
         /* The nonce (seq, index): seq from the session's one counter, index the chunk's
@@ -885,7 +823,6 @@ static PyMemberDef writer_members[] = {
     NUM(day_end, T_LONGLONG), NUM(last_us, T_LONGLONG), NUM(seq, T_ULONGLONG),
     NUM(seed, T_UINT), NUM(count, T_UINT), NUM(raw_len, T_LONGLONG), NUM(raw_cap, T_LONGLONG),
     NUM(raw_seal, T_LONGLONG),
-    {"codec", T_INT, offsetof(Writer, codec), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -905,51 +842,6 @@ static PyTypeObject WriterType = {
 };
 
 /* -- module ----------------------------------------------------------------------------- */
-
-static PyObject *load_zstd(PyObject *self, PyObject *args) {
-    /* load_zstd(path, version) -> the version number of the zstd library at path,
-     * dlopen'ed; refused unless it is that version (None: any), and once one is loaded. */
-    (void)self;
-    PyObject *arg, *want;
-    if (!PyArg_ParseTuple(args, "UO", &arg, &want)) return NULL;
-    const char *path = PyUnicode_AsUTF8(arg);
-    if (!path) return NULL;
-    if (z_create) { /* writers hold contexts of the library loaded first: keep it */
-        PyErr_SetString(PyExc_RuntimeError, "zstd is already loaded");
-        return NULL;
-    }
-    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) return PyErr_Format(PyExc_OSError, "cannot load %s: %s", path, dlerror());
-    ZSTD_CCtx *(*create)(void) = (ZSTD_CCtx * (*)(void)) dlsym(lib, "ZSTD_createCCtx");
-    size_t (*free_)(ZSTD_CCtx *) = (size_t(*)(ZSTD_CCtx *))dlsym(lib, "ZSTD_freeCCtx");
-    size_t (*set)(ZSTD_CCtx *, int, int) =
-        (size_t(*)(ZSTD_CCtx *, int, int))dlsym(lib, "ZSTD_CCtx_setParameter");
-    size_t (*reset)(ZSTD_CCtx *, int) = (size_t(*)(ZSTD_CCtx *, int))dlsym(lib, "ZSTD_CCtx_reset");
-    size_t (*stream)(ZSTD_CCtx *, ZSTD_outBuffer *, ZSTD_inBuffer *, int) =
-        (size_t(*)(ZSTD_CCtx *, ZSTD_outBuffer *, ZSTD_inBuffer *, int))dlsym(
-            lib, "ZSTD_compressStream2");
-    unsigned (*is_error)(size_t) = (unsigned (*)(size_t))dlsym(lib, "ZSTD_isError");
-    unsigned (*version)(void) = (unsigned (*)(void))dlsym(lib, "ZSTD_versionNumber");
-    if (!create || !free_ || !set || !reset || !stream || !is_error || !version) {
-        dlclose(lib);
-        return PyErr_Format(PyExc_OSError, "%s lacks zstd's streaming API", path);
-    }
-    unsigned v = version();
-    if (PyLong_Check(want) && PyLong_AsUnsignedLong(want) != v) {
-        dlclose(lib);
-        if (PyErr_Occurred()) return NULL;
-        return PyErr_Format(PyExc_OSError, "%s is zstd %u, not %S", path, v, want);
-    }
-    /* All or nothing: the function pointers change only together, and only once. */
-    z_free = free_;
-    z_set = set;
-    z_reset = reset;
-    z_stream = stream;
-    z_is_error = is_error;
-    z_version = version;
-    z_create = create;
-    return PyLong_FromUnsignedLong(z_version());
-}
 
 static PyObject *py_crc32(PyObject *self, PyObject *args) {
     /* crc32(data, value=0): as zlib.crc32 (for tests). */
@@ -983,8 +875,6 @@ static PyMethodDef module_methods[] = {
     {"set_formatter", py_set_formatter, METH_O,
      "set_formatter(cls): the formatter class whose lines Writer.emit renders."},
     {"kill_at", py_kill_at, METH_VARARGS, "kill_at(point, after): a fault point, for crash tests."},
-    {"load_zstd", load_zstd, METH_VARARGS,
-     "load_zstd(path, version) -> the zstd version number (once; that version only)."},
     {"crc32", py_crc32, METH_VARARGS, "crc32(data, value=0): as zlib.crc32."},
     {NULL, NULL, 0, NULL},
 };

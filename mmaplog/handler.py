@@ -260,7 +260,9 @@ class MmapHandler(logging.Handler):
             safest (a cache shrunk underneath is detected at the next block, but a
             record written before that kills the process with SIGBUS).
         buffer_size (int): bytes of cache, split into two block slots; default
-            ``150 * 1024``; from 16 KiB to 64 MiB. With ``format="xlog"`` it is
+            ``512 * 1024``; from 16 KiB to 64 MiB. The cache holds its records
+            uncompressed and moves a block when it reaches a third of this (about 170 KiB
+            by default), compressed whole on the way. With ``format="xlog"`` it is
             xlog's buffer, at most xlog's 150 KiB: a block is moved when its lines
             reach a third of it, uncompressed, and holds at most half of it.
         compression (str | None): per-record and per-block compression: ``"zstd"``
@@ -331,7 +333,7 @@ class MmapHandler(logging.Handler):
         prefix: str = "app",
         *,
         cache_dir: str | os.PathLike[str] | None = None,
-        buffer_size: int = 150 * 1024,
+        buffer_size: int = 512 * 1024,
         compression: str | None = "zstd",
         compress_level: int | None = None,
         mode: str = "async",

@@ -523,3 +523,34 @@ def test_the_logger_names_kept_encoded_are_bounded(make_handler):
         h.handle(logging.makeLogRecord({"msg": "m", "name": f"logger.{i}", "levelno": 20}))
     assert len(h._names) <= handler_module._MAX_NAMES
     h.close()
+
+
+@pytest.mark.parametrize("compression", ["zstd", "zlib", None])
+def test_cache_records_are_uncompressed_and_moved_blocks_compressed_whole(
+    tmp_path: os.PathLike[str], compression: str | None
+) -> None:
+    """The cache holds each record uncompressed (it reads back after a crash with no
+    compressor to flush), and the block moved into the log is compressed whole with
+    the handler's compression."""
+    handler = mmaplog.MmapHandler(tmp_path, "app", compression=compression)
+    logger = make_logger("test.cache.stream", handler)
+    logger.info("first record %d", 1)
+    with open(os.path.join(tmp_path, "app.mmap"), "rb") as f:
+        image = f.read()
+    info = fmt.parse_cache_header(image)
+    slots = [fmt.read_slot(image, info, i) for i in range(info.nslots)]
+    held = [s for s in slots if s is not None and s.count]
+    assert len(held) == 1
+    assert held[0].template.compression == fmt.COMP_NONE and held[0].template.stream
+    assert b"first record 1" in held[0].payload
+    handler.flush()
+    handler.close()
+    codec = {"zstd": fmt.COMP_ZSTD, "zlib": fmt.COMP_ZLIB, None: fmt.COMP_NONE}[compression]
+    (log,) = [p for p in os.listdir(tmp_path) if p.endswith(".mmlog")]
+    with open(os.path.join(tmp_path, log), "rb") as f:
+        data = f.read()
+    blocks = [b for b in fmt.scan_blocks(data) if isinstance(b, fmt.ScannedBlock)]
+    assert blocks and all(b.header.compression == codec for b in blocks)
+    assert all(not b.header.stream for b in blocks)
+    (record,) = mmaplog.read_records(os.path.join(tmp_path, log))
+    assert record.text.endswith("first record 1")

@@ -525,16 +525,6 @@ def test_a_get_message_replaced_before_mmaplog_is_imported_is_called() -> None:
         assert _messages(Path(folder)) == ["hello brace style"]
 
 
-@native_only
-def test_zstd_is_loaded_once() -> None:
-    """The C path's zstd library is loaded once: a second load is refused, so writers
-    never hold contexts of another library."""
-    from mmaplog import _native  # type: ignore[attr-defined]
-
-    with pytest.raises(RuntimeError, match="already loaded"):
-        _native.load_zstd("libzstd.so.1", None)
-
-
 _INTERRUPTED = """
 import logging, os, signal, sys, threading
 import mmaplog
