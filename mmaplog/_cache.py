@@ -74,6 +74,7 @@ class PyWriter:
         "_zctx",
         "aad",
         "acquire",
+        "aead",
         "buf",
         "codec",
         "commit_at",
@@ -105,6 +106,9 @@ class PyWriter:
     release: Callable[[], Any]
     make_room: Callable[[int, int, int, float], int]
     seal: Callable[[int, int, bytes, bytes], bytes] | None
+    aead: Any
+    """The C path seals with this (``Sealer.native_aead``) where it is set; the pure
+    path always calls ``seal``."""
     aad: bytes
     heads: bytearray
     texts: list[bytes]
@@ -372,6 +376,7 @@ class Cache:
         w.release = self._release
         w.make_room = self._make_room
         w.seal = sealer.seal if sealer is not None else None
+        w.aead = sealer.native_aead if sealer is not None else None
         # emit(record, formatter, limit, timeout): the handler's C path for records an
         # XlogFormatter renders (see _native.c for what it returns); None on the pure path.
         self.native_emit: Callable[[Any, Any, int, float], Any] | None = None

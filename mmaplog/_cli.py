@@ -2303,10 +2303,12 @@ def _tolerant_stdout() -> None:
 
 def _version() -> str:
     from . import __version__
-    from ._emitpath import EMIT_PATH, REASON
+    from ._emitpath import EMIT_PATH, REASON, SEAL_IN_C
 
-    path = "native emit path" if EMIT_PATH == "native" else f"pure-Python emit path: {REASON}"
-    return f"{__version__} ({path})"
+    if EMIT_PATH != "native":
+        return f"{__version__} (pure-Python emit path: {REASON})"
+    seal = "sealing with libcrypto" if SEAL_IN_C else "sealing in Python: no usable libcrypto"
+    return f"{__version__} (native emit path; {seal})"
 
 
 def _unknown_top_option(argv: list[str]) -> str | None:

@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from . import _emitpath
 from . import _format as fmt
 from .exceptions import ConfigError, DecryptionError, MmapLogError
 
@@ -288,15 +289,19 @@ def public_key_fingerprint(private: X25519PrivateKey) -> str:
 # AEAD
 
 
-def _derive(shared: bytes, ephemeral_public: bytes, recipient_public: bytes) -> ChaCha20Poly1305:
-    """Derive a session's AEAD from the X25519 shared secret and both public keys."""
-    key = HKDF(
+def _derive_key(shared: bytes, ephemeral_public: bytes, recipient_public: bytes) -> bytes:
+    """Derive a session's AEAD key from the X25519 shared secret and both public keys."""
+    return HKDF(
         algorithm=hashes.SHA256(),
         length=KEY_SIZE,
         salt=ephemeral_public + recipient_public,
         info=_HKDF_INFO,
     ).derive(shared)
-    return ChaCha20Poly1305(key)
+
+
+def _derive(shared: bytes, ephemeral_public: bytes, recipient_public: bytes) -> ChaCha20Poly1305:
+    """Derive a session's AEAD from the X25519 shared secret and both public keys."""
+    return ChaCha20Poly1305(_derive_key(shared, ephemeral_public, recipient_public))
 
 
 def _nonce(seq: int, index: int) -> bytes:
@@ -313,11 +318,22 @@ class Sealer:
     so that cannot happen by mistake either.
     """
 
-    __slots__ = ("__weakref__", "_encrypt", "_pack", "_pid", "ephemeral_public", "key_fingerprint")
+    __slots__ = (
+        "__weakref__",
+        "_encrypt",
+        "_pack",
+        "_pid",
+        "ephemeral_public",
+        "key_fingerprint",
+        "native_aead",
+    )
 
     ephemeral_public: bytes
     key_fingerprint: bytes
     """The recipient public key's fingerprint (:func:`key_fingerprint`)."""
+    native_aead: object | None
+    """The same key for the C record path, which seals with it there (same bytes as
+    :meth:`seal`), or None. Dropped in a forked child, where the C path also refuses it."""
 
     def __init__(self, recipient_public: Buffer) -> None:
         """Make the session's ephemeral key pair and derive its AEAD key.
@@ -348,8 +364,10 @@ class Sealer:
         # Keep only the AEAD: the ephemeral private key goes out of scope here,
         # so this process cannot recompute the key of an earlier session.
         del ephemeral
-        aead = _derive(shared, self.ephemeral_public, recipient)
-        self._encrypt = aead.encrypt
+        key = _derive_key(shared, self.ephemeral_public, recipient)
+        self._encrypt = ChaCha20Poly1305(key).encrypt
+        self.native_aead = _emitpath.native_aead(key)
+        del key
         self._pack = _NONCE.pack
         self._pid = os.getpid()
         _sealers.add(self)
@@ -390,6 +408,7 @@ def _forget_sealers_in_child() -> None:
     for sealer in list(_sealers):
         if sealer._pid != pid:
             sealer._encrypt = _refuse_in_child
+            sealer.native_aead = None
             _sealers.discard(sealer)
 
 

@@ -5,16 +5,23 @@ the Python headers are at hand. Where it was not built, or does not load, or
 ``MMAPLOG_PURE=1`` is set in the environment, the pure path runs. Both write the same
 bytes. :data:`EMIT_PATH` says which path runs, and :data:`REASON` why the pure one.
 
+The C path seals encrypted records with ChaCha20-Poly1305 from the system's OpenSSL
+libcrypto (Linux only: macOS's own libcrypto must not be loaded by applications),
+checked against RFC 8439's test vector when it is loaded; where that fails it calls
+the Sealer, as the pure path does. :data:`SEAL_IN_C` says which.
+
 Imports nothing of mmaplog: the cache asks this module, never the other way round.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib.util
 import os
+import sys
 from typing import Any
 
-__all__ = ["EMIT_PATH", "REASON", "set_formatter", "writer_type"]
+__all__ = ["EMIT_PATH", "REASON", "SEAL_IN_C", "native_aead", "set_formatter", "writer_type"]
 
 PURE_ENV = "MMAPLOG_PURE"
 """Set to 1 to force the pure-Python path (read once, at import)."""
@@ -35,7 +42,22 @@ def _load() -> tuple[Any, str]:
     return _native, ""
 
 
+def _load_crypto(native: Any) -> bool:
+    if native is None or not sys.platform.startswith("linux"):
+        return False
+    found = ctypes.util.find_library("crypto")
+    for name in dict.fromkeys(["libcrypto.so.3", *([found] if found else [])]):
+        try:
+            native.load_crypto(name)
+        except OSError:
+            continue
+        return True
+    return False
+
+
 _NATIVE, REASON = _load()
+SEAL_IN_C = _load_crypto(_NATIVE)
+"""True when the C path seals records itself (libcrypto loaded and checked)."""
 _WRITER = _NATIVE.Writer if _NATIVE is not None else None
 EMIT_PATH = "native" if _NATIVE is not None else "pure"
 """``"native"`` when records are written by the C extension, else ``"pure"``."""
@@ -50,3 +72,9 @@ def set_formatter(cls: type) -> None:
     """Tell the C path which formatter class it renders lines for (XlogFormatter)."""
     if _NATIVE is not None:
         _NATIVE.set_formatter(cls)
+
+
+def native_aead(key: bytes) -> Any:
+    """The C path's ChaCha20-Poly1305 for ``key`` (32 bytes), or None where the C path
+    does not seal (see :data:`SEAL_IN_C`)."""
+    return _NATIVE.ChaCha20Poly1305(key) if SEAL_IN_C else None

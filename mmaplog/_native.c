@@ -7,7 +7,10 @@
  * chunk, copy it into the mapping and store the commit. The cache's records are not
  * compressed one by one (the block is compressed whole when it is moved, in Python).
  * It produces the same bytes as the pure path; tests/test_native.py compares
- * them. Sealing (encryption) calls back into the Sealer that the block session owns;
+ * them. Sealing (encryption) is ChaCha20-Poly1305 from the system's OpenSSL libcrypto,
+ * loaded at run time (load_crypto) and checked against RFC 8439's test vector; where
+ * it is not loaded, or in a forked child, it calls back into the Sealer that the block
+ * session owns;
  * opening and sealing blocks, waiting for a slot and the cache's lock stay in Python
  * (mmaplog/_cache.py): this calls them.
  */
@@ -18,10 +21,125 @@
 #include <sched.h>
 #include <signal.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+
+
+/* -- ChaCha20-Poly1305 (RFC 8439), from the system's libcrypto, loaded at run time ---- */
+
+typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
+typedef struct evp_cipher_st EVP_CIPHER;
+#define EVP_CTRL_AEAD_GET_TAG 0x10 /* openssl/evp.h */
+static EVP_CIPHER_CTX *(*evp_ctx_new)(void);
+static void (*evp_ctx_free)(EVP_CIPHER_CTX *);
+static const EVP_CIPHER *(*evp_chacha20_poly1305)(void);
+static int (*evp_init)(EVP_CIPHER_CTX *, const EVP_CIPHER *, void *, const unsigned char *,
+                       const unsigned char *);
+static int (*evp_update)(EVP_CIPHER_CTX *, unsigned char *, int *, const unsigned char *, int);
+static int (*evp_final)(EVP_CIPHER_CTX *, unsigned char *, int *);
+static int (*evp_ctrl)(EVP_CIPHER_CTX *, int, int, void *);
+
+/* Counts the forks this process came out of (pthread_atfork): a key set before a fork
+ * is never used after it, in the child (it would repeat the parent's nonces). */
+static volatile unsigned long fork_generation;
+static void after_fork_in_child(void) { fork_generation++; }
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *ctx; /* the key set, no nonce yet */
+    unsigned long generation;
+} Aead;
+
+static PyTypeObject AeadType;
+
+/* Seal p1 + p2 under (nonce, aad) into out: ciphertext, then the 16-byte tag.
+ * 0, or -1 (libcrypto refused; nothing else is known). */
+static int aead_seal(Aead *a, const unsigned char nonce[12], const unsigned char *aad, size_t an,
+                     const unsigned char *p1, size_t n1, const unsigned char *p2, size_t n2,
+                     unsigned char *out) {
+    int l = 0;
+    if (an > INT_MAX || n1 > INT_MAX || n2 > INT_MAX) return -1;
+    if (evp_init(a->ctx, NULL, NULL, NULL, nonce) != 1) return -1;
+    if (an && evp_update(a->ctx, NULL, &l, aad, (int)an) != 1) return -1;
+    if (n1 && (evp_update(a->ctx, out, &l, p1, (int)n1) != 1 || (size_t)l != n1)) return -1;
+    if (n2 && (evp_update(a->ctx, out + n1, &l, p2, (int)n2) != 1 || (size_t)l != n2)) return -1;
+    if (evp_final(a->ctx, out + n1 + n2, &l) != 1 || l != 0) return -1;
+    if (evp_ctrl(a->ctx, EVP_CTRL_AEAD_GET_TAG, 16, out + n1 + n2) != 1) return -1;
+    return 0;
+}
+
+static int aead_init(Aead *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"key", NULL};
+    Py_buffer key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*", kwlist, &key)) return -1;
+    int rc = -1;
+    if (!evp_ctx_new) {
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto is not loaded (load_crypto)");
+    } else if (key.len != 32) {
+        PyErr_Format(PyExc_ValueError, "key: expected 32 bytes, got %zd", key.len);
+    } else if (self->ctx) {
+        PyErr_SetString(PyExc_RuntimeError, "the key is set already");
+    } else if (!(self->ctx = evp_ctx_new())) {
+        PyErr_NoMemory();
+    } else if (evp_init(self->ctx, evp_chacha20_poly1305(), NULL, key.buf, NULL) != 1) {
+        evp_ctx_free(self->ctx);
+        self->ctx = NULL;
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto refused the ChaCha20-Poly1305 key");
+    } else {
+        self->generation = fork_generation;
+        rc = 0;
+    }
+    PyBuffer_Release(&key);
+    return rc;
+}
+
+static void aead_dealloc(Aead *self) {
+    if (self->ctx) evp_ctx_free(self->ctx); /* frees and cleanses the key schedule */
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *aead_encrypt(Aead *self, PyObject *args) {
+    /* encrypt(nonce, data, associated_data) -> ciphertext + tag, as
+     * cryptography's ChaCha20Poly1305.encrypt (for tests). */
+    Py_buffer n, d, ad;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &n, &d, &ad)) return NULL;
+    PyObject *out = NULL;
+    if (!self->ctx || self->generation != fork_generation) {
+        PyErr_SetString(PyExc_RuntimeError, "no key (or a key of the parent process)");
+    } else if (n.len != 12) {
+        PyErr_SetString(PyExc_ValueError, "nonce: expected 12 bytes");
+    } else if ((out = PyBytes_FromStringAndSize(NULL, d.len + 16)) &&
+               aead_seal(self, n.buf, ad.buf, (size_t)ad.len, d.buf, (size_t)d.len, NULL, 0,
+                         (unsigned char *)PyBytes_AS_STRING(out)) < 0) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto: ChaCha20-Poly1305 failed");
+    }
+    PyBuffer_Release(&n);
+    PyBuffer_Release(&d);
+    PyBuffer_Release(&ad);
+    return out;
+}
+
+static PyMethodDef aead_methods[] = {
+    {"encrypt", (PyCFunction)aead_encrypt, METH_VARARGS,
+     "encrypt(nonce, data, associated_data) -> ciphertext + 16-byte tag."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject AeadType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mmaplog._native.ChaCha20Poly1305",
+    .tp_doc = "A ChaCha20-Poly1305 key (RFC 8439) for the C path's seals, from libcrypto.",
+    .tp_basicsize = sizeof(Aead),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)aead_init,
+    .tp_dealloc = (destructor)aead_dealloc,
+    .tp_methods = aead_methods,
+};
 
 /* -- constants shared with mmaplog/_format.py and mmaplog/_cache.py ------------------ */
 
@@ -94,6 +212,7 @@ typedef struct {
     PyObject *release;
     PyObject *make_room; /* Cache._make_room(need, size, time_us, timeout) -> status, under the lock */
     PyObject *seal;      /* Sealer.seal(seq, index, body, aad) -> bytes, or None */
+    PyObject *aead;      /* the Sealer's key as a ChaCha20Poly1305 of this module, or None */
     PyObject *aad;       /* the block's associated data (bytes) */
     PyObject *heads;     /* bytearray: the open block's record headers, back to back */
     PyObject *texts;     /* list of bytes: the open block's record texts */
@@ -117,6 +236,7 @@ static int writer_traverse(Writer *self, visitproc visit, void *arg) {
     Py_VISIT(self->release);
     Py_VISIT(self->make_room);
     Py_VISIT(self->seal);
+    Py_VISIT(self->aead);
     Py_VISIT(self->aad);
     Py_VISIT(self->heads);
     Py_VISIT(self->texts);
@@ -130,6 +250,7 @@ static int writer_clear(Writer *self) {
     Py_CLEAR(self->release);
     Py_CLEAR(self->make_room);
     Py_CLEAR(self->seal);
+    Py_CLEAR(self->aead);
     Py_CLEAR(self->aad);
     Py_CLEAR(self->heads);
     Py_CLEAR(self->texts);
@@ -205,6 +326,39 @@ static int write_chunk(Writer *self, const unsigned char *head, size_t hn, PyObj
     unsigned char *scratch = NULL;
     PyObject *sealed = NULL;
     int sealing = self->seal && self->seal != Py_None;
+    /* Sealed here when the Sealer's key is here, and was set in this process. */
+    Aead *aead = sealing && self->aead && Py_IS_TYPE(self->aead, &AeadType) &&
+                         ((Aead *)self->aead)->ctx &&
+                         ((Aead *)self->aead)->generation == fork_generation
+                     ? (Aead *)self->aead
+                     : NULL;
+    if (aead) {
+        /* Straight into the mapping: ciphertext and tag, under the nonce (seq, index):
+         * seq from the session's one counter, index the chunk's place in the block (see
+         * mmaplog/_blocks.py), little-endian as Sealer packs it. */
+        unsigned char nonce[12];
+        put_i64(nonce, (int64_t)self->seq);
+        put_u32(nonce + 8, self->count);
+        if (!self->aad || !PyBytes_Check(self->aad)) {
+            PyErr_SetString(PyExc_TypeError, "aad must be bytes");
+            goto free;
+        }
+        if (raw > room || room - raw < TAG_SIZE) {
+            PyErr_SetString(PyExc_ValueError, "the sealed chunk does not fit the block");
+            goto free;
+        }
+        body = chunk + CHUNK_HEAD;
+        if (aead_seal(aead, nonce, (const unsigned char *)PyBytes_AS_STRING(self->aad),
+                      (size_t)PyBytes_GET_SIZE(self->aad), head, hn, (const unsigned char *)tp,
+                      tn, body) < 0) {
+            PyErr_SetString(PyExc_RuntimeError, "libcrypto: ChaCha20-Poly1305 failed");
+            goto free;
+        }
+        body_len = raw + TAG_SIZE;
+        /* The tags do not count toward sealing the block (as in the pure path). */
+        self->seal_at += TAG_SIZE;
+        goto framed;
+    }
     /* Copied straight into the mapping, unless it is to be sealed first. */
     unsigned char *out = chunk + CHUNK_HEAD;
     size_t out_size = room;
@@ -251,6 +405,7 @@ static int write_chunk(Writer *self, const unsigned char *head, size_t hn, PyObj
         PyErr_SetString(PyExc_ValueError, "the record does not fit the block");
         goto free;
     }
+framed:;
     /* Keep the columns the flusher writes before anything is committed: a failure
      * here leaves the block as it was. */
     Py_ssize_t hlen = PyByteArray_GET_SIZE(self->heads);
@@ -816,7 +971,7 @@ static PyMethodDef writer_methods[] = {
 #define OBJ(name) {#name, T_OBJECT, offsetof(Writer, name), 0, NULL}
 #define NUM(name, type) {#name, type, offsetof(Writer, name), 0, NULL}
 static PyMemberDef writer_members[] = {
-    OBJ(buf), OBJ(states), OBJ(acquire), OBJ(release), OBJ(make_room), OBJ(seal), OBJ(aad),
+    OBJ(buf), OBJ(states), OBJ(acquire), OBJ(release), OBJ(make_room), OBJ(seal), OBJ(aead), OBJ(aad),
     OBJ(heads), OBJ(texts),
     NUM(pos, T_LONGLONG), NUM(limit, T_LONGLONG), NUM(payload_start, T_LONGLONG),
     NUM(commit_at, T_LONGLONG), NUM(seal_at, T_LONGLONG), NUM(day_start, T_LONGLONG),
@@ -842,6 +997,67 @@ static PyTypeObject WriterType = {
 };
 
 /* -- module ----------------------------------------------------------------------------- */
+
+static PyObject *load_crypto(PyObject *self, PyObject *args) {
+    /* load_crypto(path) -> None: dlopen the libcrypto at path for the C path's seals,
+     * once, all or nothing, and only if it seals RFC 8439's AEAD test vector (section
+     * 2.8.2) to the RFC's bytes. OSError when it cannot. */
+    (void)self;
+    PyObject *arg;
+    if (!PyArg_ParseTuple(args, "U", &arg)) return NULL;
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (!path) return NULL;
+    if (evp_ctx_new) Py_RETURN_NONE; /* keys of the library loaded first are alive: keep it */
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return PyErr_Format(PyExc_OSError, "cannot load %s: %s", path, dlerror());
+    void *f[7] = {
+        dlsym(lib, "EVP_CIPHER_CTX_new"),  dlsym(lib, "EVP_CIPHER_CTX_free"),
+        dlsym(lib, "EVP_chacha20_poly1305"), dlsym(lib, "EVP_EncryptInit_ex"),
+        dlsym(lib, "EVP_EncryptUpdate"),   dlsym(lib, "EVP_EncryptFinal_ex"),
+        dlsym(lib, "EVP_CIPHER_CTX_ctrl"),
+    };
+    for (int i = 0; i < 7; i++)
+        if (!f[i]) {
+            dlclose(lib);
+            return PyErr_Format(PyExc_OSError, "%s lacks OpenSSL's ChaCha20-Poly1305 API", path);
+        }
+    evp_ctx_free = (void (*)(EVP_CIPHER_CTX *))f[1];
+    evp_chacha20_poly1305 = (const EVP_CIPHER *(*)(void))f[2];
+    evp_init = (int (*)(EVP_CIPHER_CTX *, const EVP_CIPHER *, void *, const unsigned char *,
+                        const unsigned char *))f[3];
+    evp_update = (int (*)(EVP_CIPHER_CTX *, unsigned char *, int *, const unsigned char *, int))f[4];
+    evp_final = (int (*)(EVP_CIPHER_CTX *, unsigned char *, int *))f[5];
+    evp_ctrl = (int (*)(EVP_CIPHER_CTX *, int, int, void *))f[6];
+    evp_ctx_new = (EVP_CIPHER_CTX * (*)(void)) f[0];
+    /* RFC 8439, 2.8.2: the plaintext in two pieces, as a record's head and text are. */
+    static const char pt[] = "Ladies and Gentlemen of the class of '99: If I could offer you "
+                             "only one tip for the future, sunscreen would be it.";
+    static const unsigned char nonce[12] = {7, 0, 0, 0, 0x40, 0x41, 0x42, 0x43,
+                                            0x44, 0x45, 0x46, 0x47};
+    static const unsigned char aad[12] = {0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1,
+                                          0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7};
+    static const unsigned char head[16] = {0xd3, 0x1a, 0x8d, 0x34, 0x64, 0x8e, 0x60, 0xdb,
+                                           0x7b, 0x86, 0xaf, 0xbc, 0x53, 0xef, 0x7e, 0xc2};
+    static const unsigned char tag[16] = {0x1a, 0xe1, 0x0b, 0x59, 0x4f, 0x09, 0xe2, 0x6a,
+                                          0x7e, 0x90, 0x2e, 0xcb, 0xd0, 0x60, 0x06, 0x91};
+    unsigned char key[32], out[sizeof pt - 1 + 16];
+    for (int i = 0; i < 32; i++) key[i] = (unsigned char)(0x80 + i);
+    Aead probe = {0};
+    int ok = 0;
+    if ((probe.ctx = evp_ctx_new()) &&
+        evp_init(probe.ctx, evp_chacha20_poly1305(), NULL, key, NULL) == 1 &&
+        aead_seal(&probe, nonce, aad, sizeof aad, (const unsigned char *)pt, 5,
+                  (const unsigned char *)pt + 5, sizeof pt - 1 - 5, out) == 0)
+        ok = memcmp(out, head, 16) == 0 && memcmp(out + sizeof pt - 1, tag, 16) == 0;
+    if (probe.ctx) evp_ctx_free(probe.ctx);
+    if (!ok) {
+        evp_ctx_new = NULL;
+        dlclose(lib);
+        return PyErr_Format(PyExc_OSError,
+                            "%s does not seal RFC 8439's ChaCha20-Poly1305 test vector", path);
+    }
+    Py_RETURN_NONE;
+}
 
 static PyObject *py_crc32(PyObject *self, PyObject *args) {
     /* crc32(data, value=0): as zlib.crc32 (for tests). */
@@ -875,6 +1091,8 @@ static PyMethodDef module_methods[] = {
     {"set_formatter", py_set_formatter, METH_O,
      "set_formatter(cls): the formatter class whose lines Writer.emit renders."},
     {"kill_at", py_kill_at, METH_VARARGS, "kill_at(point, after): a fault point, for crash tests."},
+    {"load_crypto", load_crypto, METH_VARARGS,
+     "load_crypto(path): libcrypto for ChaCha20-Poly1305 seals (once; checked)."},
     {"crc32", py_crc32, METH_VARARGS, "crc32(data, value=0): as zlib.crc32."},
     {NULL, NULL, 0, NULL},
 };
@@ -945,9 +1163,19 @@ PyMODINIT_FUNC PyInit__native(void) {
         PyErr_SetString(PyExc_TypeError, "logging.LogRecord is not a class");
         return NULL;
     }
-    if (PyType_Ready(&WriterType) < 0) return NULL;
+    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&AeadType) < 0) return NULL;
+    if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
+    Py_INCREF(&AeadType);
+    if (PyModule_AddObject(m, "ChaCha20Poly1305", (PyObject *)&AeadType) < 0) {
+        Py_DECREF(&AeadType);
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&WriterType);
     if (PyModule_AddObject(m, "Writer", (PyObject *)&WriterType) < 0) {
         Py_DECREF(&WriterType);

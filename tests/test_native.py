@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import mmaplog
-from mmaplog import _cache, _emitpath
+from mmaplog import _cache, _crypto, _emitpath
 from mmaplog._reader import read_records
 
 native_only = pytest.mark.skipif(
@@ -94,6 +95,17 @@ def _records(base: float = 1_764_480_000.0) -> Iterator[logging.LogRecord]:
             yield r
 
 
+class _FixedEphemeral:
+    """X25519PrivateKey with a fixed ``generate()``: the same session key on both paths."""
+
+    @staticmethod
+    def generate() -> Any:
+        return X25519PrivateKey.from_private_bytes(bytes(range(32)))
+
+
+_PRIVATE, _PUBLIC = mmaplog.generate_keypair()
+
+
 def _write(
     folder: Path,
     *,
@@ -109,11 +121,14 @@ def _write(
         if pure:
             m.setattr(_emitpath, "_WRITER", None)
         m.setattr(os, "urandom", lambda k: bytes(range(1, k + 1)))
+        m.setattr(_crypto, "X25519PrivateKey", _FixedEphemeral)
         handler = mmaplog.MmapHandler(
             folder, "same", flush_interval=3600, buffer_size=64 * 1024, **kw
         )
     assert handler._cache is not None
     assert (handler._cache.native_emit is None) == pure
+    if not pure and _emitpath.SEAL_IN_C and "public_key" in kw:
+        assert handler._cache._w.aead is not None  # sealed in C, not by the Sealer
     if formatter is not None:
         handler.setFormatter(formatter)
     for r in _records(base):
@@ -129,14 +144,17 @@ def _logs(folder: Path) -> dict[str, bytes]:
 
 
 @native_only
-@pytest.mark.parametrize("compression", ["zstd", None])
+@pytest.mark.parametrize("compression", ["zstd", None, "encrypted"])
 @pytest.mark.parametrize("formatter", [None, mmaplog.XlogFormatter(), _Fixed()])
 def test_both_paths_write_byte_identical_caches_and_log_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str | None, formatter: Any
 ) -> None:
     """The same records through the C path and the pure path give the same cache bytes
-    and the same log files, for every record shape and formatter."""
+    and the same log files, for every record shape and formatter, encrypted too (where
+    the C path seals with libcrypto and the pure path with the Sealer)."""
     kw: dict[str, Any] = {"compression": compression}
+    if compression == "encrypted":
+        kw = {"public_key": _PUBLIC}
     if formatter is not None:
         kw["formatter"] = formatter
     native = _write(tmp_path / "native", pure=False, monkeypatch=monkeypatch, **dict(kw))
@@ -144,7 +162,7 @@ def test_both_paths_write_byte_identical_caches_and_log_files(
     assert native == pure
     native_logs, pure_logs = _logs(tmp_path / "native"), _logs(tmp_path / "pure")
     assert native_logs and native_logs == pure_logs
-    records = list(read_records(str(tmp_path / "native")))
+    records = list(read_records(str(tmp_path / "native"), key=_PRIVATE))
     assert len(records) == len(list(_records()))
 
 
@@ -197,6 +215,7 @@ def test_a_record_whose_seal_fails_does_not_spoil_the_next(
         return real(seq, index, body, aad)
 
     w.seal = flaky
+    w.aead = None  # the C path calls the Sealer, not its own seal
     errors: list[str] = []
     monkeypatch.setattr(handler, "handleError", lambda r: errors.append(r.getMessage()))
     log = logging.Logger("seal")
@@ -241,6 +260,8 @@ def test_the_emit_path_is_reported(tmp_path: Path) -> None:
         [sys.executable, "-m", "mmaplog", "--version"], capture_output=True, text=True, check=True
     ).stdout
     assert mmaplog.EMIT_PATH in out
+    if mmaplog.EMIT_PATH == "native":
+        assert ("sealing with libcrypto" in out) == _emitpath.SEAL_IN_C
 
 
 def test_mmaplog_pure_forces_the_pure_path() -> None:
@@ -619,3 +640,57 @@ def test_interrupts_inside_log_calls_lose_and_spoil_nothing(
         assert len(numbers) == len(set(numbers)), f"{name}: a record twice"
         assert set(acked[name]) <= set(numbers), f"{name}: acknowledged records missing"
     assert len(acked["main"]) > 1000  # the storm let the main thread log too
+
+
+needs_c_seal = pytest.mark.skipif(
+    not _emitpath.SEAL_IN_C, reason="the C path does not seal here (no usable libcrypto)"
+)
+
+
+@needs_c_seal
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 63, 64, 65, 150, 4096, 70_001])
+def test_the_c_seal_gives_the_sealers_bytes(size: int) -> None:
+    """The C path's ChaCha20-Poly1305 seals a record of any size to the bytes the
+    Sealer (pyca cryptography) gives, under the same nonce and associated data."""
+    _, public = mmaplog.generate_keypair()
+    sealer = _crypto.Sealer(_crypto.load_public_key(public))
+    body, aad = os.urandom(size), os.urandom(41)
+    for seq, index in ((0, 0), (7, 3), (2**64 - 1, 2**32 - 1)):
+        nonce = _crypto._NONCE.pack(seq, index)
+        assert sealer.native_aead.encrypt(nonce, body, aad) == sealer.seal(seq, index, body, aad)
+
+
+@needs_c_seal
+def test_a_forked_child_never_seals_with_the_parents_key(tmp_path: Path) -> None:
+    """In a forked child the Sealer drops its C key, and the C key itself (still held
+    by an inherited writer) refuses to seal: only a session of the child's own seals."""
+    _, public = mmaplog.generate_keypair()
+    sealer = _crypto.Sealer(_crypto.load_public_key(public))
+    aead = sealer.native_aead
+    assert aead is not None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 0
+        try:
+            if sealer.native_aead is not None:
+                code |= 1
+            try:
+                aead.encrypt(bytes(12), b"record", b"aad")
+                code |= 2
+            except RuntimeError:
+                pass
+            try:
+                sealer.seal(0, 0, b"record", b"aad")
+                code |= 4
+            except mmaplog.MmapLogError:
+                pass
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(0)
+    os.close(write)
+    got = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert got == b"\x00"
+    assert len(aead.encrypt(bytes(12), b"record", b"aad")) == 6 + 16  # the parent's still seals
