@@ -338,30 +338,27 @@ def targets(res: dict[str, Any], tm: dict[str, dict[str, float]]) -> list[list[s
 
 
 def path_lines(res: dict[str, Any], tm: dict[str, dict[str, float]]) -> list[str]:
-    """The two record paths side by side: what the C path saves, and what it still pays."""
+    """The two record paths side by side, and what the C path still pays."""
     native, pure = tm.get("mmap", {}).get("own_us"), tm.get("mmap_py", {}).get("own_us")
     file_own = tm.get("file_xlog", {}).get("own_us")
     if not (native and pure and file_own):
         return []
     floor = res.get("floor") or {}
     msg_us = floor.get("message")
-    c = floor.get("zstd_flush_c") if isinstance(floor.get("zstd_flush_c"), dict) else {}
     lines = [
         "**The two record paths.** Every MmapHandler contender runs twice: on the C record "
         "path (the default where the extension is built) and on the pure-Python path "
         f'("pure Python" in the tables). Own cost per record, default configuration: '
         f"C path {_f(native, 2)} µs, pure Python {_f(pure, 2)} µs, FileHandler writing the "
-        f"same text {_f(file_own, 2)} µs."
+        f"same text {_f(file_own, 2)} µs. Neither path compresses a record: the cache holds "
+        "records as they are (each decodes after a crash with no compressor to flush), and "
+        "the flusher compresses each block whole when it moves it."
     ]
-    if msg_us is not None and "us" in c:
-        paid = msg_us + c["us"]
+    if msg_us is not None:
         lines[0] += (
-            " Of the C path's cost, two parts are not its own to cut: the application's "
-            f"`%`-formatting in `record.getMessage()` ({_f(msg_us, 2)} µs) and zstd's "
-            f"per-record flush timed in C with no Python around it ({_f(c['us'], 2)} µs), "
-            f"{_f(paid, 2)} µs together, {_f(paid / file_own, 2)} × FileHandler's own cost. "
-            "The flush rebuilds zstd's entropy tables for each block it ends, whatever the "
-            "level: it is the price of a cache that decodes after every record."
+            " Of the C path's cost, the application's `%`-formatting in "
+            f"`record.getMessage()` is {_f(msg_us, 2)} µs ({_f(msg_us / native, 2)} of it; "
+            "FileHandler pays it too, inside its formatter)."
         )
     return [*lines, ""]
 
@@ -371,80 +368,36 @@ def _pure_beside(v: float | None) -> str:
 
 
 def floor_lines(floor: dict[str, Any], file_own: float) -> list[str]:
-    """Why the cost targets are or are not within reach: the parts no emit path avoids."""
-    fmt_us, z_us, seal_us = floor["format"], floor["zstd_flush"], floor["seal"]
-    plain = fmt_us + z_us
+    """The parts of a record's cost timed alone, and handle() without a logger."""
+    fmt_us, msg_us, seal_us = floor["format"], floor["message"], floor["seal"]
+    seal_c = floor.get("seal_c")
     lines = [
-        "**What the cost targets leave room for.** Timed alone in this run, on the same "
-        f"records: rendering the xlog line takes {_f(fmt_us, 2)} µs (FileHandler, xlog text, "
-        "runs the same formatter), the per-record zstd flush that keeps the cache decodable "
-        f"after every record {_f(z_us, 2)} µs, and sealing that chunk when encrypted "
-        f"{_f(seal_us, 2)} µs. FileHandler's own cost in the time phase was "
-        f"{_f(file_own, 2)} µs, so the 0.5 × target allows {_f(0.5 * file_own, 2)} µs in all; "
-        f"format + flush alone are {_f(plain, 2)} µs ({_f(plain / file_own, 2)} × FileHandler's "
-        f"own cost), {_f(plain + seal_us, 2)} µs with the seal "
-        f"({_f((plain + seal_us) / file_own, 2)} ×, against a 0.6 × target), before the "
-        "record is framed, checksummed, copied into the mapping, committed and locked, and "
-        "before the handler is even called. Where these parts alone pass the target, no "
-        "Python code around them can meet it.",
-        "",
-    ]
-    msg_us = floor.get("message")
-    c = floor.get("zstd_flush_c")
-    if msg_us is None or not isinstance(c, dict):
-        return lines
-    if "us" not in c:
-        lines += [f"*The per-record flush in C was not timed: {c.get('skipped', '?')}.*", ""]
-        return lines
-    native = msg_us + c["us"]
-    lines += [
-        "**Nor native code.** A handler written in C would still pay two things for each "
-        f"record: `record.getMessage()`, the application's own `%`-formatting, "
-        f"{_f(msg_us, 2)} µs here (FileHandler pays it too, inside its formatter), and "
-        "zstd's per-record flush, which `bench/zstd_flush.c` times in C on the same "
-        f"records with no Python around it: {_f(c['us'], 2)} µs (libzstd {c['version']}, "
-        f"the cache's level, a new stream every 700 records; python-zstandard's "
-        f"{_f(z_us, 2)} µs is that plus the cost of the calls). Together "
-        f"{_f(native, 2)} µs, {_f(native / file_own, 2)} × FileHandler's own cost, with "
-        "nothing yet for rendering the rest of the line, framing, the checksum, the copy, "
-        "the commit or the lock.",
-        "",
-    ]
-    sk = floor.get("native")
-    if not isinstance(sk, dict):
-        return lines
-    if "file" not in sk:
-        lines += [f"*The C sketch was not timed: {sk.get('skipped', '?')}.*", ""]
-        return lines
-    f_us = sk["file"]
-    zr, nr, mr = sk["c_zstd"] / f_us, sk["c_none"] / f_us, sk["mmap"] / f_us
-    lines += [
-        "`bench/native_emit.c` goes further: a C extension that does what the cache's emit "
-        "does for a record (renders the same xlog line, checked against XlogFormatter on "
-        "every record; the record head, header and logger name; the per-record zstd flush; "
-        "the CRC-32, the chunk header, the copy into a buffer and a commit store), but takes "
-        "no lock and handles no block boundary. Called as `handle(record)` on the same "
-        "records, interleaved, "
-        f"medians: FileHandler {_f(f_us, 2)} µs, MmapHandler {_f(sk['mmap'], 2)} µs "
-        f"({_f(mr, 2)} ×), the C sketch with zstd {_f(sk['c_zstd'], 2)} µs ({_f(zr, 2)} ×), "
-        f"the C sketch without compression {_f(sk['c_none'], 2)} µs ({_f(nr, 2)} ×). "
+        "**The parts, timed alone** in this run on the same records: rendering the xlog "
+        f"line with `XlogFormatter` takes {_f(fmt_us, 2)} µs in Python (FileHandler, xlog "
+        "text, runs that formatter; the C path renders the same line in C), of which "
+        f"`getMessage` is {_f(msg_us, 2)} µs. Sealing a record when encrypted takes "
+        f"{_f(seal_us, 2)} µs through the `Sealer` (pyca `cryptography`, from Python)"
         + (
-            "So on this machine the 0.5 × target"
-            + (
-                " (and the 0.6 × one with encryption, which seals each chunk on top)"
-                if zr > 0.6
-                else ""
-            )
-            + " is out of reach of any handler that flushes zstd after every record, as "
-            "the crash guarantee requires, in whatever language it is written; "
-            "without the per-record compression a native emit would "
-            + ("reach it." if nr <= 0.5 else "still miss it.")
-            if zr > 0.5
-            else "So on this machine a native emit with the per-record zstd flush would "
-            "meet the 0.5 × target; the Python one does not."
-        ),
+            f" and {_f(seal_c, 2)} µs through the C path's libcrypto key, called from Python "
+            "here (the C path calls it from C, without the call's cost)"
+            if seal_c is not None
+            else "; the C path seals through the `Sealer` too on this machine"
+        )
+        + f". FileHandler's own cost in the time phase was {_f(file_own, 2)} µs.",
         "",
     ]
+    handle = floor.get("handle")
+    if isinstance(handle, dict) and handle.get("file"):
+        f_us = handle["file"]
+        parts = [f"FileHandler {_f(f_us, 2)} µs"]
+        for key, label in (("mmap", "MmapHandler, C path"), ("mmap_py", "pure Python")):
+            if key in handle:
+                parts.append(f"{label} {_f(handle[key], 2)} µs ({_f(handle[key] / f_us, 2)} ×)")
+        lines += [
+            "`handler.handle(record)` alone on the same records, with no logger around it, "
+            "interleaved, medians: " + ", ".join(parts) + ".",
+            "",
+        ]
     return lines
 
 
@@ -615,7 +568,7 @@ def _markdown(
         "`mmaplog.structlog.MmapLogger(handler)` (zstd, async), skipping the stdlib "
         "machinery (`bench/contenders.py`; older mmaplog versions without that module get "
         "a ten-line adapter calling `MmapHandler.write()`). "
-        "MmapHandler runs with its defaults (150 KiB cache, flush_interval 5 s) in a fresh "
+        "MmapHandler runs with its defaults (512 KiB cache, flush_interval 5 s) in a fresh "
         "folder each time."
     )
     add("")
@@ -696,10 +649,11 @@ def _markdown(
     if comp:
         add(
             "What this text allows: the bytes FileHandler wrote in the first round, "
-            "compressed here with zstd per record (each record flushed, as the cache must "
-            "be), in blocks (50 KiB is about where MmapHandler seals a block with the default "
-            "150 KiB cache; 150 KiB is the whole cache), and as one whole file. Ratios of "
-            "text bytes to compressed bytes; headers and checksums not counted."
+            "compressed here with zstd per record (each record flushed: what a cache that "
+            "compressed its records would hold), in blocks (170 KiB is about where "
+            "MmapHandler moves a block with the default 512 KiB cache), and as one whole "
+            "file. Ratios of text bytes to compressed bytes; headers and checksums not "
+            "counted."
         )
         add("")
         names = list(next(iter(comp.values()))["ratios"])
@@ -727,9 +681,9 @@ def _markdown(
                 best = max(have.values())
                 add(
                     f"- {_label(mk)}: {got:.2f}× fewer bytes than FileHandler; the same text "
-                    f"gives {have.get('50 KiB blocks, zstd-6', float('nan')):.2f}× in 50 KiB "
-                    f"blocks at zstd-6, {have.get('150 KiB blocks, zstd-3', float('nan')):.2f}× "
-                    f"in 150 KiB blocks at zstd-3, and at best {best:.2f}× (whole file, "
+                    f"gives {have.get('170 KiB blocks, zstd-6', float('nan')):.2f}× in 170 KiB "
+                    f"blocks at zstd-6, {have.get('512 KiB blocks, zstd-3', float('nan')):.2f}× "
+                    f"in 512 KiB blocks at zstd-3, and at best {best:.2f}× (whole file, "
                     "zstd-19)."
                 )
         add("")
@@ -773,8 +727,9 @@ def _markdown(
                 "records are slow. "
             )
         add(
-            "Where MmapHandler's tail comes from: the writer and the flusher share the GIL, and "
-            "the writer lets go of it twice per record (zstd compresses without it). Each time "
+            "Where MmapHandler's tail comes from: the writer and the flusher share the GIL (the "
+            "writer never lets go of it inside a record, but the interpreter takes it away "
+            "every few milliseconds when another thread asks for it). Each time "
             "the flusher needs the GIL back (woken for a sealed block, after the whole-block "
             "compression, after the `write()`) the record being written waits for the "
             "flusher's step and for the OS to wake it again: three slow records per block. "

@@ -46,11 +46,6 @@ ACK = struct.Struct("<I")
 _REC = re.compile(r"rec=(\d+) ")
 
 
-def _c_compiler() -> str | None:
-    """The C compiler that builds bench/zstd_flush.c and bench/native_emit.c, if any."""
-    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-
-
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -527,7 +522,7 @@ class Bench:
             }
             log(f"  decode {key}: {out[key]}")
         log("recovery of a full cache")
-        fills = [self.full_cache_recovery(150 * 1024)]
+        fills = [self.full_cache_recovery(512 * 1024)]
         if not self.args.quick:
             fills.append(self.full_cache_recovery(4 * 1024 * 1024))
         for f in fills:
@@ -552,21 +547,17 @@ class Bench:
     # -- profile -------------------------------------------------------------------------
 
     def phase_floor(self) -> None:
-        """What every MmapHandler record pays before any of mmaplog's own steps.
-
-        In this process, on the benchmark's records: rendering the xlog line (the same
-        formatter FileHandler gets in the *xlog text* comparison), the per-record zstd
-        flush that keeps the cache decodable after every record, and sealing that
-        chunk when encrypted. Their sum, against half of FileHandler's own cost from
-        the time phase, says how much is left for everything else.
+        """What a record costs in parts, timed alone in this process on the benchmark's
+        records: rendering the xlog line (the same formatter FileHandler gets in the
+        *xlog text* comparison), the application's ``getMessage``, sealing a record
+        when encrypted (by the Sealer, and by the C path's libcrypto where it seals),
+        and ``handle(record)`` alone for FileHandler and MmapHandler on each path.
         """
         import mmaplog
-        import zstandard
-        from mmaplog import _codec
         from mmaplog import _format as F
         from mmaplog._crypto import Sealer, load_public_key
 
-        log("floor: formatter, per-record zstd flush, chunk seal (timed alone)")
+        log("floor: formatter, getMessage, record seal, handle() alone")
         lg = logging.Logger("bench.floor")
         records = [
             lg.makeRecord("bench.floor", logging.INFO, __file__, 52, t, a, None, "_feed")
@@ -574,152 +565,78 @@ class Bench:
         ]
         formatter = mmaplog.XlogFormatter()
         texts = [formatter.format(r).encode() for r in records]
-        raws = [F.encode_record(1, 20, 0, t) for t in texts]
-        ctx = zstandard.ZstdCompressor(level=_codec.DEFAULT_LEVELS[F.COMP_ZSTD])
-        mode = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+        bodies = [F.encode_record(1, 20, 0, t) for t in texts]  # what the cache seals
         sealer = Sealer(load_public_key(self.public_key))
+        aead = sealer.native_aead
+        nonces = [struct.pack("<QI", 1, i) for i in range(len(bodies))]
 
         def fmt_all() -> None:
             for r in records:
                 formatter.format(r)
 
-        def zstd_all() -> None:
-            for i in range(0, len(raws), 700):  # a new stream per block, as the cache does
-                obj = ctx.compressobj()
-                for raw in raws[i : i + 700]:
-                    obj.compress(raw) + obj.flush(mode)
-
-        bodies = [raw[: len(raw) // 3] for raw in raws]  # about a compressed chunk's size
-
         def seal_all() -> None:
             for i, body in enumerate(bodies):
                 sealer.seal(1, i, body, b"aad")
+
+        def seal_c_all() -> None:
+            encrypt = aead.encrypt
+            for nonce, body in zip(nonces, bodies, strict=True):
+                encrypt(nonce, body, b"aad")
 
         def message_all() -> None:
             for r in records:
                 r.getMessage()
 
-        out: dict[str, Any] = {}
-        for name, fn in (
+        parts: list[tuple[str, Any]] = [
             ("format", fmt_all),
             ("message", message_all),
-            ("zstd_flush", zstd_all),
             ("seal", seal_all),
-        ):
+        ]
+        if aead is not None:
+            parts.append(("seal_c", seal_c_all))
+        out: dict[str, Any] = {}
+        for name, fn in parts:
             times = []
             for _ in range(7):
                 t0 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t0)
             out[name] = statistics.median(times) / len(records) * 1e6
-        out["zstd_flush_c"] = self.zstd_flush_in_c(raws, _codec.DEFAULT_LEVELS[F.COMP_ZSTD])
-        out["native"] = self.native_sketch(records, formatter, _codec.DEFAULT_LEVELS[F.COMP_ZSTD])
+        out["handle"] = self.handle_alone(records)
         self.results["floor"] = out
         log(f"  floor µs/record: {out}")
 
-    def zstd_flush_in_c(self, raws: list[bytes], level: int) -> dict[str, Any]:
-        """The same per-record flushes timed in C (bench/zstd_flush.c), where it builds."""
-        cc = _c_compiler()
-        if cc is None:
-            return {"skipped": "no C compiler"}
-        work = tempfile.mkdtemp(prefix="mmaplog-zstd-c-")
-        try:
-            exe = os.path.join(work, "zstd_flush")
-            built = subprocess.run(
-                [cc, "-O2", "-o", exe, os.path.join(HERE, "zstd_flush.c"), "-ldl"],
-                capture_output=True,
-                text=True,
-            )
-            if built.returncode != 0:
-                return {"skipped": "bench/zstd_flush.c does not build: " + built.stderr[-200:]}
-            data = os.path.join(work, "records")
-            with open(data, "wb") as f:
-                for raw in raws:
-                    f.write(ACK.pack(len(raw)) + raw)
-            ran = subprocess.run(
-                [exe, data, str(level), "700", "7"], capture_output=True, text=True, timeout=300
-            )
-            if ran.returncode != 0:
-                return {"skipped": ran.stderr.strip() or f"exit status {ran.returncode}"}
-            version, us, ratio = ran.stdout.split()
-            return {"version": version, "us": float(us), "ratio": float(ratio)}
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    def native_sketch(
-        self, records: list[logging.LogRecord], formatter: logging.Formatter, level: int
-    ) -> dict[str, Any]:
-        """``handle(record)`` timed for FileHandler, MmapHandler and bench/native_emit.c.
-
-        The C sketch renders the same xlog line (checked on every record), compresses it
-        with a per-record zstd flush (or not at all), checksums it and copies it into a
-        buffer: what an emit written in C could not avoid. Interleaved rounds, medians.
-        """
-        import importlib.util
-        import sysconfig
-
+    def handle_alone(self, records: list[logging.LogRecord]) -> dict[str, float]:
+        """``handle(record)`` timed for FileHandler (xlog text) and MmapHandler on the C
+        and the pure path: no logger, no NullHandler floor. Interleaved rounds, medians."""
         import mmaplog
+        from mmaplog import _emitpath
 
-        cc = _c_compiler()
-        include = sysconfig.get_paths().get("include")
-        if cc is None or not include or not os.path.exists(os.path.join(include, "Python.h")):
-            return {"skipped": "no C compiler or no Python headers"}
-        work = tempfile.mkdtemp(prefix="mmaplog-native-")
+        work = tempfile.mkdtemp(prefix="mmaplog-handle-")
         try:
-            suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-            lib = os.path.join(work, "native_emit" + suffix)
-            flags = ["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else []
-            source = os.path.join(HERE, "native_emit.c")
-            built = subprocess.run(
-                [cc, "-O2", "-shared", "-fPIC", f"-I{include}", *flags, source, "-o", lib, "-ldl"],
-                capture_output=True,
-                text=True,
-            )
-            if built.returncode != 0:
-                return {"skipped": "bench/native_emit.c does not build: " + built.stderr[-200:]}
-            spec = importlib.util.spec_from_file_location("native_emit", lib)
-            assert spec is not None and spec.loader is not None
-            native: Any = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(native)
-            try:
-                native.setup(True, level)
-            except OSError as exc:
-                return {"skipped": str(exc)}
-            wrong = sum(native.line(r) != formatter.format(r).encode() for r in records)
-            if wrong:
-                return {"skipped": f"the C sketch renders {wrong} lines unlike XlogFormatter"}
-
             file_handler = logging.FileHandler(os.path.join(work, "file.log"))
             file_handler.setFormatter(mmaplog.XlogFormatter())
-            mmap_handler = mmaplog.MmapHandler(os.path.join(work, "mmap"), "bench")
-
-            def run(handle: Any) -> None:
-                for r in records:
-                    handle(r)
-
-            def c_zstd() -> None:
-                native.setup(True, level)
-                run(native.emit)
-
-            def c_none() -> None:
-                native.setup(False, 0)
-                run(native.emit)
-
-            ways = {
-                "file": lambda: run(file_handler.handle),
-                "mmap": lambda: run(mmap_handler.handle),
-                "c_zstd": c_zstd,
-                "c_none": c_none,
-            }
-            times: dict[str, list[float]] = {k: [] for k in ways}
+            handlers: dict[str, Any] = {"file": file_handler}
+            if _emitpath.EMIT_PATH == "native":
+                handlers["mmap"] = mmaplog.MmapHandler(os.path.join(work, "c"), "bench")
+            writer = _emitpath._WRITER
+            _emitpath._WRITER = None  # the next handler takes the pure path
+            try:
+                handlers["mmap_py"] = mmaplog.MmapHandler(os.path.join(work, "py"), "bench")
+            finally:
+                _emitpath._WRITER = writer
+            times: dict[str, list[float]] = {k: [] for k in handlers}
             for _ in range(7):
-                for key, fn in ways.items():
+                for key, h in handlers.items():
+                    handle = h.handle
                     gc.collect()
                     t0 = time.perf_counter()
-                    fn()
+                    for r in records:
+                        handle(r)
                     times[key].append((time.perf_counter() - t0) / len(records) * 1e6)
-            mmap_handler.close()
-            file_handler.close()
+                    h.flush()
+            for h in handlers.values():
+                h.close()
             return {k: statistics.median(v) for k, v in times.items()}
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -822,7 +739,7 @@ def compression_study(text: bytes) -> dict[str, Any]:
             for line in lines
         )
         out["ratios"][f"per record (flushed), zstd-{level}"] = len(text) / size
-    for chunk in (50 * 1024, 150 * 1024, len(text)):
+    for chunk in (170 * 1024, 512 * 1024, len(text)):
         for level in (3, 6, 19):
             cctx = zstandard.ZstdCompressor(level=level)
             size = sum(len(cctx.compress(text[i : i + chunk])) for i in range(0, len(text), chunk))

@@ -643,7 +643,7 @@ def test_interrupts_inside_log_calls_lose_and_spoil_nothing(
 
 
 needs_c_seal = pytest.mark.skipif(
-    not _emitpath.SEAL_IN_C, reason="the C path does not seal here (no usable libcrypto)"
+    not _emitpath.SEAL_IN_C, reason="no C seal here (the pure path, or no usable libcrypto)"
 )
 
 
