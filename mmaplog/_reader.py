@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import pairwise, repeat
+from itertools import islice, pairwise, repeat
 from operator import attrgetter, truediv
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -171,7 +171,27 @@ class Reader:
             if isinstance(item, fmt.Damage):
                 self._damage(source, item.start, item.end, item.reason)
                 continue
-            yield from self.iter_block(item.header, item.payload, item.offset, source)
+            yield from self.block_items(item.header, item.payload, item.offset, source)
+
+    def record_batches(self, data: fmt.Buffer, source: str = "<data>") -> Iterator[list[Record]]:
+        """The records of :meth:`iter_data` without its markers, in lists (a block's
+        records at a time in a log file): a reader of millions of records pays no
+        generator step per record here."""
+        if data[:4] != fmt.BLOCK_MAGIC:  # a cache, an xlog file, or damage first
+            items = self.iter_data(data, source)
+            while True:
+                chunk = list(islice(items, 4096))
+                if not chunk:
+                    return
+                yield [r for r in chunk if isinstance(r, Record)]
+        for item in fmt.scan_blocks(data):
+            if isinstance(item, fmt.Damage):
+                self._damage(source, item.start, item.end, item.reason)
+                continue
+            records = self.block_items(item.header, item.payload, item.offset, source)
+            if records and not isinstance(records[0], Record):
+                del records[0]  # the marker of a recovered block, only ever first
+            yield records  # type: ignore[misc]  # (records only, now)
 
     def _iter_xlog(self, data: fmt.Buffer, source: str) -> Iterator[Record | Marker]:
         """Lines of a Mars xlog file (``.xlog``) or cache (``.mmap3``)."""
@@ -274,6 +294,14 @@ class Reader:
         self, h: fmt.BlockHeader, payload: bytes, offset: int, source: str
     ) -> Iterator[Record | Marker]:
         """Yield the records of one block whose checksums already hold."""
+        return iter(self.block_items(h, payload, offset, source))
+
+    def block_items(
+        self, h: fmt.BlockHeader, payload: bytes, offset: int, source: str
+    ) -> list[Record | Marker]:
+        """The records of one block whose checksums already hold, as a list: after a
+        crash, first the marker that says so (only ever first)."""
+        out: list[Record | Marker] = []
         where = f"block at offset {offset}" if offset >= 0 else f"cache block {h.seq}"
         if h.encrypted and self._opener is None:
             raise NeedKeyError(
@@ -283,7 +311,7 @@ class Reader:
             key = (source, h.session)
             if self._last_recovered != key:
                 self._last_recovered = key
-                yield Marker(f"-- recovered after a crash of pid {h.pid} --", source)
+                out.append(Marker(f"-- recovered after a crash of pid {h.pid} --", source))
         elif not h.recovered:
             self._last_recovered = None
         session = h.session.hex()
@@ -294,7 +322,7 @@ class Reader:
                 # The same bytes again: a block written a second time because an fsync
                 # failed after its write. Nothing is lost or changed: skip it quietly.
                 self.repeated_blocks += 1
-                return
+                return out
             self._damage(
                 source,
                 offset,
@@ -302,12 +330,15 @@ class Reader:
                 f"{where}: block {h.seq} of session {session} appears twice with other "
                 "contents; the second is skipped",
             )
-            return
+            return out
         self._seen_blocks[ident] = (h.payload_len, h.payload_crc)
         try:
             if h.flags & fmt.FLAG_COLUMNS:
-                yield from self._column_records(h, payload, where, session, source)
-                return
+                records = self._column_records(h, payload, where, session, source)
+                if not out:
+                    return records  # type: ignore[return-value]  # (list is invariant)
+                out.extend(records)
+                return out
             raws = (
                 self._stream_records(h, payload, offset, source, where)
                 if h.stream
@@ -316,22 +347,25 @@ class Reader:
             pid, seq, recovered = h.pid, h.seq, h.recovered
             v1 = h.version == 1
             new = tuple.__new__  # cheaper than Record(...) for a named tuple, per record
+            append = out.append
             for time_us, level, kind, text, name, thread in raws:
-                yield new(
-                    Record,
-                    (
-                        time_us / 1e6,
-                        level,
-                        text.decode("utf-8", "replace"),
-                        kind,
-                        pid,
-                        session,
-                        seq,
-                        recovered,
-                        source,
-                        None if v1 else name.decode("utf-8", "replace") or None,
-                        None if v1 else thread or None,
-                    ),
+                append(
+                    new(
+                        Record,
+                        (
+                            time_us / 1e6,
+                            level,
+                            text.decode("utf-8", "replace"),
+                            kind,
+                            pid,
+                            session,
+                            seq,
+                            recovered,
+                            source,
+                            None if v1 else name.decode("utf-8", "replace") or None,
+                            None if v1 else thread or None,
+                        ),
+                    )
                 )
         except KeyMismatchError as exc:
             self.key_mismatch = True
@@ -339,13 +373,14 @@ class Reader:
             self.mismatched_keys.setdefault(source, set()).add(h.key_fingerprint)
             if not self.each_mismatch:
                 self.damaged = True
-                return
+                return out
             self._damage(
                 source, max(offset, 0), max(offset, 0) + h.header_len + h.payload_len, str(exc)
             )
         except (CorruptionError, DecryptionError) as exc:
             start = max(offset, 0)
             self._damage(source, start, start + h.header_len + h.payload_len, str(exc))
+        return out
 
     def _open(self, h: fmt.BlockHeader, index: int, data: bytes, where: str) -> bytes:
         assert self._opener is not None
@@ -392,11 +427,21 @@ class Reader:
         threads: Iterable[int | None] = repeat(None)
         if h.version != 1:
             names, at = c.names, c.name_starts
-            slices = [names[a:b] for a, b in pairwise(at)]
-            # A block's records come from few loggers: each name is decoded once.
-            decoded = {n: n.decode("utf-8", "replace") or None for n in set(slices)}
-            loggers = map(decoded.__getitem__, slices)
-            threads = [t or None for t in c.threads]
+            size = at[1] if len(at) > 1 else 0
+            first = names[:size]
+            if names == first * h.count and at == list(range(0, size * h.count + 1, size or 1)):
+                # Every record from one logger (the common case): decoded once, no slices.
+                loggers = repeat(first.decode("utf-8", "replace") or None)
+            else:
+                slices = [names[a:b] for a, b in pairwise(at)]
+                # A block's records come from few loggers: each name is decoded once.
+                decoded = {n: n.decode("utf-8", "replace") or None for n in set(slices)}
+                loggers = map(decoded.__getitem__, slices)
+            ids = c.threads
+            if ids and ids.count(ids[0]) == len(ids):  # one thread wrote the block
+                threads = repeat(ids[0] or None)
+            else:
+                threads = [t or None for t in ids]
         # tuple.__new__ over zipped columns: no Python-level step per record.
         return list(
             map(
@@ -602,9 +647,8 @@ def read_records(
         except OSError as exc:
             raise MmapLogError(f"{path}: cannot read: {exc.strerror or exc}") from None
         try:
-            for item in reader.iter_data(data, path):
-                if isinstance(item, Record):
-                    yield item
+            for records in reader.record_batches(data, path):
+                yield from records
         finally:
             if isinstance(data, mmap.mmap):
                 data.close()
