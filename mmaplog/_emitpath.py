@@ -21,7 +21,15 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["EMIT_PATH", "REASON", "SEAL_IN_C", "native_aead", "set_formatter", "writer_type"]
+__all__ = [
+    "EMIT_PATH",
+    "REASON",
+    "SEAL_IN_C",
+    "column_records",
+    "native_aead",
+    "set_formatter",
+    "writer_type",
+]
 
 PURE_ENV = "MMAPLOG_PURE"
 """Set to 1 to force the pure-Python path (read once, at import)."""
@@ -78,3 +86,9 @@ def native_aead(key: bytes) -> Any:
     """The C path's ChaCha20-Poly1305 for ``key`` (32 bytes), or None where the C path
     does not seal (see :data:`SEAL_IN_C`)."""
     return _NATIVE.ChaCha20Poly1305(key) if SEAL_IN_C else None
+
+
+def column_records() -> Any:
+    """The reader's C builder of a column-form block's records (the tuples that
+    ``mmaplog._reader`` builds in Python), or None on the pure path."""
+    return _NATIVE.column_records if _NATIVE is not None else None

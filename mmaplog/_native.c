@@ -1059,6 +1059,88 @@ static PyObject *load_crypto(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* -- reading: a column-form block's records --------------------------------------- */
+
+static PyObject *column_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* column_records(Record, times_us, levels, kinds, starts, texts, pid, session, seq,
+     *                recovered, source, loggers, threads) -> list of Record
+     *
+     * What mmaplog._reader builds from a column-form block that split_columns has
+     * checked (the same tuples): times_us a list of ints, levels and kinds bytes,
+     * starts a list of n + 1 offsets into texts (a str when all ASCII, else bytes
+     * decoded as UTF-8 with "replace"), loggers and threads a list of n items or one
+     * value for every record. Anything inconsistent is a ValueError, never a read out
+     * of bounds. */
+    (void)self;
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "column_records takes 13 arguments");
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)args[0];
+    PyObject *times = args[1], *levels = args[2], *kinds = args[3], *starts = args[4];
+    PyObject *texts = args[5], *loggers = args[11], *threads = args[12];
+    if (!PyType_Check(args[0]) || !PyType_IsSubtype(type, &PyTuple_Type) ||
+        !PyList_Check(times) || !PyBytes_Check(levels) || !PyBytes_Check(kinds) ||
+        !PyList_Check(starts) || !(PyUnicode_Check(texts) || PyBytes_Check(texts))) {
+        PyErr_SetString(PyExc_TypeError, "column_records: wrong argument types");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(times);
+    int ascii = PyUnicode_Check(texts);
+    if (ascii && (PyUnicode_READY(texts) < 0 || !PyUnicode_IS_ASCII(texts))) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "texts: not ASCII");
+        return NULL;
+    }
+    Py_ssize_t tlen = ascii ? PyUnicode_GET_LENGTH(texts) : PyBytes_GET_SIZE(texts);
+    int many_loggers = PyList_Check(loggers), many_threads = PyList_Check(threads);
+    if (PyBytes_GET_SIZE(levels) != n || PyBytes_GET_SIZE(kinds) != n ||
+        PyList_GET_SIZE(starts) != n + 1 || (many_loggers && PyList_GET_SIZE(loggers) != n) ||
+        (many_threads && PyList_GET_SIZE(threads) != n)) {
+        PyErr_SetString(PyExc_ValueError, "column_records: columns of different lengths");
+        return NULL;
+    }
+    const unsigned char *lv = (const unsigned char *)PyBytes_AS_STRING(levels);
+    const unsigned char *kd = (const unsigned char *)PyBytes_AS_STRING(kinds);
+    const char *raw = ascii ? NULL : PyBytes_AS_STRING(texts);
+    PyObject *out = PyList_New(n);
+    if (!out) return NULL;
+    Py_ssize_t prev = PyLong_AsSsize_t(PyList_GET_ITEM(starts, 0));
+    if (prev == -1 && PyErr_Occurred()) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t end = PyLong_AsSsize_t(PyList_GET_ITEM(starts, i + 1));
+        if (end == -1 && PyErr_Occurred()) goto fail;
+        if (prev < 0 || end < prev || end > tlen) {
+            PyErr_SetString(PyExc_ValueError, "column_records: a text outside the texts");
+            goto fail;
+        }
+        long long us = PyLong_AsLongLong(PyList_GET_ITEM(times, i));
+        if (us == -1 && PyErr_Occurred()) goto fail;
+        PyObject *rec = type->tp_alloc(type, 11);
+        if (!rec) goto fail;
+        PyList_SET_ITEM(out, i, rec); /* filled below; freed with the list on failure */
+        PyObject *text = ascii ? PyUnicode_Substring(texts, prev, end)
+                               : PyUnicode_DecodeUTF8(raw + prev, end - prev, "replace");
+        PyObject *t = PyFloat_FromDouble((double)us / 1e6);
+        PyObject *level = PyLong_FromLong(lv[i]);
+        PyObject *kind = PyLong_FromLong(kd[i]);
+        PyObject *logger = many_loggers ? PyList_GET_ITEM(loggers, i) : loggers;
+        PyObject *thread = many_threads ? PyList_GET_ITEM(threads, i) : threads;
+        PyObject *items[11] = {t,       level,   text,    kind,   args[6], args[7],
+                               args[8], args[9], args[10], logger, thread};
+        for (int k = 0; k < 11; k++) {
+            if (k < 4 && !items[k]) continue; /* a failed allocation: reported below */
+            if (k >= 4) Py_INCREF(items[k]);
+            PyTuple_SET_ITEM(rec, k, items[k]);
+        }
+        if (!text || !t || !level || !kind) goto fail;
+        prev = end;
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyObject *py_crc32(PyObject *self, PyObject *args) {
     /* crc32(data, value=0): as zlib.crc32 (for tests). */
     (void)self;
@@ -1094,6 +1176,8 @@ static PyMethodDef module_methods[] = {
     {"load_crypto", load_crypto, METH_VARARGS,
      "load_crypto(path): libcrypto for ChaCha20-Poly1305 seals (once; checked)."},
     {"crc32", py_crc32, METH_VARARGS, "crc32(data, value=0): as zlib.crc32."},
+    {"column_records", (PyCFunction)(void (*)(void))column_records, METH_FASTCALL,
+     "column_records(Record, ...) -> the records of a checked column-form block."},
     {NULL, NULL, 0, NULL},
 };
 

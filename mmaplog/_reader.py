@@ -19,6 +19,7 @@ from itertools import islice, pairwise, repeat
 from operator import attrgetter, truediv
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from . import _emitpath
 from . import _format as fmt
 from ._codec import StreamDecompressor, decompress_whole
 from .exceptions import (
@@ -413,8 +414,46 @@ class Reader:
             payload = self._open(h, fmt.WHOLE_BLOCK_INDEX, payload, where)
         raw = decompress_whole(h.compression, payload, h.raw_len, where=where)
         c = fmt.split_columns(raw, h.count, where=where, version=h.version)
+        ascii_texts = c.texts.isascii()
+        # Each column is one value for every record, or a list of one per record.
+        loggers: str | list[str | None] | None = None
+        threads: int | list[int | None] | None = None
+        if h.version != 1:
+            names, at = c.names, c.name_starts
+            size = at[1] if len(at) > 1 else 0
+            first = names[:size]
+            if names == first * h.count and at == list(range(0, size * h.count + 1, size or 1)):
+                # Every record from one logger (the common case): decoded once, no slices.
+                loggers = first.decode("utf-8", "replace") or None
+            else:
+                slices = [names[a:b] for a, b in pairwise(at)]
+                # A block's records come from few loggers: each name is decoded once.
+                decoded = {n: n.decode("utf-8", "replace") or None for n in set(slices)}
+                loggers = list(map(decoded.__getitem__, slices))
+            ids = c.threads
+            if ids and ids.count(ids[0]) == len(ids):  # one thread wrote the block
+                threads = ids[0] or None
+            else:
+                threads = [t or None for t in ids]
+        build = _emitpath.column_records()
+        if build is not None:  # the same tuples, built in C
+            return build(  # type: ignore[no-any-return]
+                Record,
+                c.times_us,
+                c.levels,
+                c.kinds,
+                c.starts,
+                c.texts.decode("ascii") if ascii_texts else c.texts,
+                h.pid,
+                session,
+                h.seq,
+                h.recovered,
+                source,
+                loggers,
+                threads,
+            )
         starts, ends = c.starts, c.starts[1:]
-        if c.texts.isascii():
+        if ascii_texts:
             # Byte offsets are character offsets: decode once, then slice.
             whole = c.texts.decode("ascii")
             texts = [whole[a:b] for a, b in zip(starts, ends, strict=False)]
@@ -423,25 +462,6 @@ class Reader:
             texts = [
                 data[a:b].decode("utf-8", "replace") for a, b in zip(starts, ends, strict=False)
             ]
-        loggers: Iterable[str | None] = repeat(None)
-        threads: Iterable[int | None] = repeat(None)
-        if h.version != 1:
-            names, at = c.names, c.name_starts
-            size = at[1] if len(at) > 1 else 0
-            first = names[:size]
-            if names == first * h.count and at == list(range(0, size * h.count + 1, size or 1)):
-                # Every record from one logger (the common case): decoded once, no slices.
-                loggers = repeat(first.decode("utf-8", "replace") or None)
-            else:
-                slices = [names[a:b] for a, b in pairwise(at)]
-                # A block's records come from few loggers: each name is decoded once.
-                decoded = {n: n.decode("utf-8", "replace") or None for n in set(slices)}
-                loggers = map(decoded.__getitem__, slices)
-            ids = c.threads
-            if ids and ids.count(ids[0]) == len(ids):  # one thread wrote the block
-                threads = repeat(ids[0] or None)
-            else:
-                threads = [t or None for t in ids]
         # tuple.__new__ over zipped columns: no Python-level step per record.
         return list(
             map(
@@ -457,8 +477,8 @@ class Reader:
                     repeat(h.seq),
                     repeat(h.recovered),
                     repeat(source),
-                    loggers,
-                    threads,
+                    loggers if isinstance(loggers, list) else repeat(loggers),
+                    threads if isinstance(threads, list) else repeat(threads),
                     strict=False,
                 ),
             )

@@ -18,10 +18,16 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mmaplog
 from mmaplog import _cache, _crypto, _emitpath
-from mmaplog._reader import read_records
+from mmaplog import _format as fmt
+from mmaplog._blocks import encode_whole_block
+from mmaplog._reader import Record, read_records
+
+from .strategies import decode, template
 
 native_only = pytest.mark.skipif(
     mmaplog.EMIT_PATH != "native", reason=f"the C path is not active: {_emitpath.REASON}"
@@ -694,3 +700,46 @@ def test_a_forked_child_never_seals_with_the_parents_key(tmp_path: Path) -> None
     os.waitpid(pid, 0)
     assert got == b"\x00"
     assert len(aead.encrypt(bytes(12), b"record", b"aad")) == 6 + 16  # the parent's still seals
+
+
+_records_st = st.lists(
+    st.tuples(
+        st.integers(-(2**62), 2**62),  # time_us
+        st.integers(0, 255),  # level
+        st.sampled_from([fmt.KIND_TEXT, fmt.KIND_JSON, fmt.KIND_NOTE]),
+        st.one_of(
+            st.binary(max_size=60),  # any bytes, invalid UTF-8 included
+            st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        ),
+        st.sampled_from([b"", b"app", b"app.db", "名字".encode(), b"\xff bad"]),
+        st.sampled_from([0, 1, 140_000_123, 2**64 - 1]),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@native_only
+@settings(max_examples=300, deadline=None)
+@given(records=_records_st, one_logger=st.booleans(), one_thread=st.booleans())
+def test_the_c_reader_builds_the_records_python_builds(
+    records: list[tuple[int, int, int, bytes, bytes, int]], one_logger: bool, one_thread: bool
+) -> None:
+    """A column-form block's records built in C equal, field for field and type for
+    type, those built in Python: any times, levels, kinds, texts (invalid UTF-8 too),
+    logger names and thread ids, from one logger and thread or from many."""
+    if one_logger:
+        records = [(*r[:4], records[0][4], r[5]) for r in records]
+    if one_thread:
+        records = [(*r[:5], records[0][5]) for r in records]
+    raws = [fmt.encode_record(t, lv, k, text, name, th) for t, lv, k, text, name, th in records]
+    t = template(0, codec=fmt.COMP_ZSTD, session=b"c-reader", seq=3)
+    whole = encode_whole_block(t, *fmt.split_records(raws), 0, level=None, sealer=None)
+    in_c, damages = decode(whole)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_emitpath, "column_records", lambda: None)
+        in_python, damages_python = decode(whole)
+    assert damages == damages_python == []
+    assert in_c == in_python
+    assert [tuple(map(type, r)) for r in in_c] == [tuple(map(type, r)) for r in in_python]
+    assert all(type(r) is Record for r in in_c)
