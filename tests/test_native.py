@@ -666,42 +666,6 @@ def test_the_c_seal_gives_the_sealers_bytes(size: int) -> None:
         assert sealer.native_aead.encrypt(nonce, body, aad) == sealer.seal(seq, index, body, aad)
 
 
-@needs_c_seal
-def test_a_forked_child_never_seals_with_the_parents_key(tmp_path: Path) -> None:
-    """In a forked child the Sealer drops its C key, and the C key itself (still held
-    by an inherited writer) refuses to seal: only a session of the child's own seals."""
-    _, public = mmaplog.generate_keypair()
-    sealer = _crypto.Sealer(_crypto.load_public_key(public))
-    aead = sealer.native_aead
-    assert aead is not None
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        code = 0
-        try:
-            if sealer.native_aead is not None:
-                code |= 1
-            try:
-                aead.encrypt(bytes(12), b"record", b"aad")
-                code |= 2
-            except RuntimeError:
-                pass
-            try:
-                sealer.seal(0, 0, b"record", b"aad")
-                code |= 4
-            except mmaplog.MmapLogError:
-                pass
-        finally:
-            os.write(write, bytes([code]))
-            os._exit(0)
-    os.close(write)
-    got = os.read(read, 1)
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert got == b"\x00"
-    assert len(aead.encrypt(bytes(12), b"record", b"aad")) == 6 + 16  # the parent's still seals
-
-
 _records_st = st.lists(
     st.tuples(
         st.integers(-(2**62), 2**62),  # time_us

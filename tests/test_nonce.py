@@ -153,27 +153,39 @@ def test_a_killed_writer_and_its_recovery_seal_each_nonce_once(tmp_path):
 
 
 def test_a_sealer_refuses_to_seal_in_a_forked_child():
-    """A Sealer inherited through fork raises instead of reusing the parent's key and nonces."""
+    """A Sealer inherited through fork raises instead of reusing the parent's key and
+    nonces; the C path's copy of its key is dropped, and refuses to seal where an
+    inherited writer still holds it."""
     from mmaplog._crypto import load_public_key
 
     sealer = Sealer(load_public_key(PUBLIC))
     sealer.seal(0, 0, b"parent", b"")
+    aead = sealer.native_aead  # None where the C path does not seal
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
+            answer = b"dropped" if sealer.native_aead is None else b"kept"
+            if aead is not None:
+                try:
+                    aead.encrypt(bytes(12), b"child", b"")
+                    answer += b" sealed in C"
+                except RuntimeError:
+                    answer += b" refused in C"
             sealer.seal(1, 0, b"child", b"")
-            os.write(w, b"sealed")
+            os.write(w, answer + b" sealed")
         except MmapLogError:
-            os.write(w, b"refused")
+            os.write(w, answer + b" refused")
         finally:
             os._exit(0)
     os.close(w)
-    answer = os.read(r, 16)
+    answer = os.read(r, 64)
     os.close(r)
     os.waitpid(pid, 0)
-    assert answer == b"refused"
+    assert answer == (b"dropped refused" if aead is None else b"dropped refused in C refused")
     sealer.seal(1, 0, b"parent again", b"")  # the parent's own sealer still works
+    if aead is not None:  # and its C key too
+        assert len(aead.encrypt(bytes(12), b"parent", b"")) == 6 + 16
 
 
 class RecordingSealer(Sealer):
