@@ -431,7 +431,7 @@ def _format_json(item: Record | Marker) -> str:
                 return json.dumps(obj, ensure_ascii=False)
         except ValueError:
             pass
-    stamp = _local(item.time).isoformat(timespec="milliseconds")
+    stamp = _iso_time(item.time)
     return json.dumps(
         {
             "time": stamp,
@@ -506,10 +506,22 @@ _UTC = False
 
 
 def _local(when: float) -> _dt.datetime:
-    """``when`` as an aware datetime in the zone times are shown in (local, or UTC)."""
+    """``when`` as an aware datetime in the zone times are shown in (local, or UTC).
+
+    Raises ``ValueError``, ``OverflowError`` or ``OSError`` for a time outside what a
+    datetime holds (years 1 to 9999): a record time can be any 64-bit count of µs.
+    """
     if _UTC:
         return _dt.datetime.fromtimestamp(when, _dt.timezone.utc)
     return _dt.datetime.fromtimestamp(when).astimezone()
+
+
+def _iso_time(when: float) -> str:
+    """``when`` in ISO 8601 (ms), or as seconds since the epoch when no date can hold it."""
+    try:
+        return _local(when).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError, OSError):
+        return f"{when:.6f}"
 
 
 _AGO_WORDS = re.compile(
@@ -1706,7 +1718,10 @@ def _xlog_file_stats(data: fmt.Buffer, st: _FileStats) -> None:
 def _stamp(time_us: int | None) -> str:
     if time_us is None:
         return "-"
-    when = _local(time_us / 1e6)
+    try:
+        when = _local(time_us / 1e6)
+    except (ValueError, OverflowError, OSError):
+        return f"{time_us} µs since the epoch"
     return (
         when.strftime("%Y-%m-%d %H:%M:%S.")
         + f"{when.microsecond // 1000:03d}"

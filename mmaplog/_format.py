@@ -12,8 +12,9 @@ Layers, innermost first::
     block    64-byte header [+ extension] + payload
     cache    4096-byte cache header + N slots, each: commit area + block header + chunks
 
-A block's payload is either in *stream form* (a sequence of chunks, each the
-per-record flush of one compressor stream, as written into the cache) or in
+A block's payload is either in *stream form* (a sequence of chunks, one per
+record, as written into the cache: mmaplog writes them uncompressed; caches of
+earlier versions hold the per-record flushes of one compressor stream) or in
 *whole form* (all records of the block compressed at once, as the flusher
 writes them into the log file). A whole-form block with ``FLAG_COLUMNS`` holds
 its records as columns (times, lengths, levels, kinds, then the texts), which
@@ -545,6 +546,9 @@ class Columns(NamedTuple):
     """Version 2: the logger names back to back."""
 
 
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
 def split_columns(
     data: bytes, count: int, *, where: str = "records", version: int = FORMAT_VERSION
 ) -> Columns:
@@ -589,9 +593,15 @@ def split_columns(
             f"{len(data) - fixed} there",
             fixed,
         )
+    times = list(accumulate(steps))
+    if n and (max(times) > _I64_MAX or min(times) < _I64_MIN):
+        bad = next(i for i, t in enumerate(times) if not _I64_MIN <= t <= _I64_MAX)
+        raise CorruptionError(
+            f"{where}: record {bad}: time {times[bad]} µs is outside a 64-bit count", 0
+        )
     texts_at = fixed + names_len
     return Columns(
-        list(accumulate(steps)),
+        times,
         levels,
         kinds,
         list(accumulate(lengths, initial=0)),

@@ -437,21 +437,24 @@ class Reader:
                 threads = [t or None for t in ids]
         build = _emitpath.column_records()
         if build is not None:  # the same tuples, built in C
-            return build(  # type: ignore[no-any-return]
-                Record,
-                c.times_us,
-                c.levels,
-                c.kinds,
-                c.starts,
-                c.texts.decode("ascii") if ascii_texts else c.texts,
-                h.pid,
-                session,
-                h.seq,
-                h.recovered,
-                source,
-                loggers,
-                threads,
-            )
+            try:
+                return build(  # type: ignore[no-any-return]
+                    Record,
+                    c.times_us,
+                    c.levels,
+                    c.kinds,
+                    c.starts,
+                    c.texts.decode("ascii") if ascii_texts else c.texts,
+                    h.pid,
+                    session,
+                    h.seq,
+                    h.recovered,
+                    source,
+                    loggers,
+                    threads,
+                )
+            except (ValueError, OverflowError) as exc:  # what split_columns let through
+                raise CorruptionError(f"{where}: {exc}") from None
         starts, ends = c.starts, c.starts[1:]
         if ascii_texts:
             # Byte offsets are character offsets: decode once, then slice.

@@ -1054,3 +1054,21 @@ def test_json_lines_stay_strict_json(log_dir):
         '{"dup": 1, "dup": 2}',
         1,
     ]
+
+
+def test_records_at_times_no_date_can_show_print_without_a_traceback(tmp_path: Path) -> None:
+    """A record at a time outside years 1-9999 (a 64-bit count of µs can hold one) is
+    printed by decode (text and JSON, the time then as seconds since the epoch), and
+    counted by stats and verify, without a traceback."""
+    from .test_format import _column_block_of
+
+    path = tmp_path / "app_20261130.mmlog"
+    path.write_bytes(_column_block_of([2**63 - 1], [b"far future"]))
+    text = run("decode", str(path))
+    assert text.returncode == 0 and text.stdout == "far future\n", text.stderr
+    js = run("decode", "--format", "json", str(path))
+    assert js.returncode == 0, js.stderr
+    assert json.loads(js.stdout)["time"] == f"{(2**63 - 1) / 1e6:.6f}"
+    for command, where in (("stats", tmp_path), ("verify", path)):
+        res = run(command, str(where))
+        assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr

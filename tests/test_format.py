@@ -1113,3 +1113,57 @@ def test_whole_block_compression_is_shared_and_safe_across_threads() -> None:
         assert decompress_whole(fmt.COMP_ZSTD, payload, len(blocks[i]), where="t") == blocks[i]
     assert set(_codec._whole_contexts) <= {None, *range(1, 23)}
     assert None in _codec._whole_contexts
+
+
+def _column_block_of(steps: list[int], texts: list[bytes]) -> bytes:
+    """A column-form block whose time column holds ``steps`` as they are (any i64s),
+    checksums right: what a crafted or damaged file can hold."""
+    n = len(texts)
+
+    def planes(code: str, values: list[int]) -> bytes:
+        width = struct.calcsize(code)
+        return fmt._planes(struct.pack(f"<{n}{code}", *values), width, 0, width)
+
+    raw = (
+        planes("q", steps)
+        + planes("I", [len(t) for t in texts])
+        + bytes([20] * n)
+        + bytes(n)
+        + planes("H", [1] * n)
+        + planes("Q", [7] * n)
+        + b"x" * n
+        + b"".join(texts)
+    )
+    import zstandard
+
+    payload = zstandard.ZstdCompressor().compress(raw)
+    h = fmt.BlockHeader(
+        flags=fmt.COMP_ZSTD | fmt.FLAG_COLUMNS,
+        session=b"S" * 8,
+        seq=0,
+        pid=1234,
+        payload_len=0,
+        first_time_us=0,
+        last_time_us=0,
+        count=n,
+        raw_len=len(raw),
+        payload_crc=0,
+    )
+    return fmt.encode_block(h, payload)
+
+
+@pytest.mark.parametrize("step", [2**63 - 1, -(2**63)])
+def test_a_column_block_whose_times_leave_64_bits_is_damage(step: int) -> None:
+    """Time steps that add up past a 64-bit count of µs make the block damage (its
+    records are not shown), on the C reader as on the pure one; never an exception."""
+    got, damages = decode(_column_block_of([step, step], [b"hello", b"world"]))
+    assert got == []
+    assert len(damages) == 1 and "outside a 64-bit count" in damages[0].reason
+
+
+def test_a_record_at_the_last_64_bit_time_decodes() -> None:
+    """A record at the largest time a record can hold reads back (no date can show it,
+    but the reader does not fail on it)."""
+    got, damages = decode(_column_block_of([2**63 - 1], [b"far"]))
+    assert damages == [] and [r.text for r in got] == ["far"]
+    assert got[0].time == (2**63 - 1) / 1e6
