@@ -661,6 +661,9 @@ class MmapHandler(logging.Handler):
         # what they logged meanwhile from a signal handler, finalizer or formatter.
         self._inside: set[int] = set()
         self._deferred: dict[int, list[tuple[Any, ...]]] = {}
+        # Threads storing a record logged inside another record's call (see
+        # _may_store_nested): one level only, deeper ones are queued.
+        self._nested: set[int] = set()
 
     def _become_child(self) -> None:
         """In a forked child, at once: nothing of the parent's is used again.
@@ -732,19 +735,29 @@ class MmapHandler(logging.Handler):
 
     # Re-entry. A log call can be re-entered on its own thread: a signal handler, a
     # finalizer run by the garbage collector, a formatter or filter that logs. The
-    # locks are never taken twice by one thread: a thread already inside a log call
-    # (or a flush, a close, or the flusher's move) queues what it logs, and the outer
-    # call writes it as soon as it is done, right after its own record.
+    # locks are never taken twice by one thread. A record logged while the outer call
+    # is only formatting its own record (a message's __str__, a formatter that logs, a
+    # finalizer or signal handler run then) is stored at once, before the outer one,
+    # so that its call returns with it in the cache, as any call does. Anywhere else
+    # (the outer call in the cache's steps or holding its lock, a flush, a close, the
+    # flusher's move, or a record logged by one logged this way) the record is queued,
+    # and the outer call writes it as soon as it is done, right after its own record.
 
     def emit(self, record: logging.LogRecord) -> None:
         """Put one record into the cache; on failure, call :meth:`handleError`."""
         ident = _get_ident()
         inside = self._inside
+        nested = False
         if ident in inside and self._really_inside(ident):
-            self._defer(ident, ("emit", record))
-            return
+            if not self._may_store_nested(ident):
+                self._defer(ident, ("emit", record))
+                return
+            nested = True  # stored now, inside the outer call (see _may_store_nested)
         try:
-            inside.add(ident)  # inside the try: an interrupt here is undone
+            if nested:
+                self._nested.add(ident)
+            else:
+                inside.add(ident)  # inside the try: an interrupt here is undone
             cache = self._fast
             message = None
             if cache is not None and cache.native_emit is not None and self._plain_format:
@@ -811,9 +824,12 @@ class MmapHandler(logging.Handler):
         except Exception:
             self.handleError(record)
         finally:
-            inside.discard(ident)
-            if self._deferred:
-                self._run_deferred(ident)
+            if nested:
+                self._nested.discard(ident)
+            else:
+                inside.discard(ident)
+                if self._deferred:
+                    self._run_deferred(ident)
 
     def _render(self, record: logging.LogRecord) -> tuple[bytes, bytes, int]:
         """The record's head, text (or xlog line, with no head) and time in µs."""
@@ -895,16 +911,25 @@ class MmapHandler(logging.Handler):
         ident: int,
     ) -> None:
         inside = self._inside
+        nested = False
         if ident in inside and self._really_inside(ident):
-            self._defer(ident, ("write", text, created, levelno, kind, name, thread))
-            return
+            if not self._may_store_nested(ident):
+                self._defer(ident, ("write", text, created, levelno, kind, name, thread))
+                return
+            nested = True  # stored now, inside the outer call (see _may_store_nested)
         try:
-            inside.add(ident)  # inside the try: an interrupt here is undone
+            if nested:
+                self._nested.add(ident)
+            else:
+                inside.add(ident)  # inside the try: an interrupt here is undone
             self._store(*self._frame(text, created, levelno, kind, name, thread))
         finally:
-            inside.discard(ident)
-            if self._deferred:
-                self._run_deferred(ident)
+            if nested:
+                self._nested.discard(ident)
+            else:
+                inside.discard(ident)
+                if self._deferred:
+                    self._run_deferred(ident)
 
     def _really_inside(self, ident: int) -> bool:
         """Whether this thread, marked inside a call of this handler, still is.
@@ -926,6 +951,38 @@ class MmapHandler(logging.Handler):
             frame = frame.f_back
         # Stale: the thread is not inside; what it queued meanwhile is written next.
         self._inside.discard(ident)
+        return False
+
+    def _may_store_nested(self, ident: int) -> bool:
+        """Whether a record logged on a thread inside a call of this handler can be
+        stored now, rather than queued until the outer call ends (where a kill of the
+        process would lose it although its own call had returned).
+
+        Only when the outer call is a record's (``emit``, ``write``) and is formatting
+        its record: between it and this call the stack holds no step of mmaplog's but
+        the formatter's (a message's ``__str__``, a filter or formatter that logs, a
+        finalizer or signal handler run meanwhile), so no lock of the handler or of the
+        cache is held and no block is half written; and only one level deep.
+        """
+        if ident in self._nested:
+            return False
+        cache = self._fast
+        if cache is None or cache._owned():
+            return False
+        frame: Any = sys._getframe(2)  # past this and the call being made (emit, _write)
+        while frame is not None and frame.f_code in _GUARDED and frame.f_locals.get("self") is self:
+            frame = frame.f_back  # write() calls _write()
+        while frame is not None:
+            code = frame.f_code
+            if code in _GUARDED and frame.f_locals.get("self") is self:
+                return code in _RECORD_CALLS
+            if (
+                code.co_filename.startswith(_PACKAGE_DIR)
+                and code not in _FORMATTING
+                and code.co_filename != _STRUCTLOG_FILE  # a structured record's way in
+            ):
+                return False
+            frame = frame.f_back
         return False
 
     def _defer(self, ident: int, item: tuple[Any, ...]) -> None:
@@ -1189,6 +1246,17 @@ _GUARDED = frozenset(
     )
 )
 """The code of the calls that mark a thread inside the handler (see _really_inside)."""
+_RECORD_CALLS = frozenset(f.__code__ for f in (MmapHandler.emit, MmapHandler.write))
+"""The guarded calls of a record, inside which another record may be stored at once."""
+_FORMATTING = frozenset(
+    f.__code__
+    for f in (MmapHandler.handle, MmapHandler.format, *vars(XlogFormatter).values())
+    if hasattr(f, "__code__")
+)
+"""mmaplog's steps that hold no lock and write nothing (a record's way in, formatting):
+a record logged inside them is stored at once (see _may_store_nested)."""
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_STRUCTLOG_FILE = _PACKAGE_DIR + "structlog.py"
 
 
 def _truncate(text: bytes, limit: int) -> bytes:

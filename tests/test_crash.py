@@ -43,6 +43,8 @@ def kill_and_check(
     sizes: tuple[int, int] = (1, 4096),
     encrypted: bool = False,
     recover_with_handler: bool = False,
+    nested_every: int = 0,
+    nested_kill: int = 0,
 ) -> dict[str, int]:
     key = _PRIVATE if encrypted else None
     config = {
@@ -50,6 +52,8 @@ def kill_and_check(
         "handler": keyed({"buffer_size": 64 * 1024, **(handler or {})}, encrypted),
         "threads": threads,
         "sizes": list(sizes),
+        "nested_every": nested_every,
+        "nested_kill": nested_kill,
     }
     acked, status = harness.run_writer(config, kill_after=delay)
     assert status == -9, "the writer should have been killed, not have exited"
@@ -166,3 +170,100 @@ def test_recovered_blocks_are_marked_in_the_decoded_output(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "-- recovered after a crash of pid " in out.stdout
+
+
+@ENCRYPTION
+@pytest.mark.parametrize("nth", [0, 1, 40, 700])
+def test_kill_while_records_are_logged_inside_others(tmp_path, nth, encrypted):
+    """Two threads whose every third record logs one of its own while it is formatted
+    (acknowledged when that call returns): a SIGKILL at a random time (nth 0), or right
+    after the nth such record is acknowledged, before the outer record is stored,
+    loses none of either."""
+    counts = kill_and_check(
+        str(tmp_path),
+        delay=RANDOM_DELAYS[nth % len(RANDOM_DELAYS)] if not nth else 30.0,
+        threads=2,
+        nested_every=3,
+        nested_kill=nth,
+        encrypted=encrypted,
+    )
+    assert counts["acknowledged"] > 0
+
+
+_NESTED_THEN_KILLED = """
+import gc, logging, os, signal, sys
+import mmaplog
+log_dir, how, pure, key = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+if pure:
+    from mmaplog import _emitpath
+    _emitpath._WRITER = None
+h = mmaplog.MmapHandler(log_dir, public_key=key or None)
+log = logging.getLogger("nested")
+log.addHandler(h)
+log.setLevel(logging.INFO)
+log.info("before")
+
+def done():
+    print("inner returned", flush=True)  # the inner call returned: its record is safe
+    os.kill(os.getpid(), signal.SIGKILL)
+
+class Finalized:
+    def __del__(self):
+        log.info("inner record")
+
+class Arg:
+    def __str__(self):
+        if how == "str":
+            log.info("inner record")
+        elif how == "finalizer":
+            a = Finalized(); a.cycle = a; del a
+            gc.collect()
+        elif how == "signal":
+            signal.signal(signal.SIGUSR1, lambda *_: log.info("inner record"))
+            signal.raise_signal(signal.SIGUSR1)
+        done()
+        return "x"
+
+class Logging(mmaplog.XlogFormatter):
+    def format(self, record):
+        if record.msg == "outer %s":
+            log.info("inner record")
+            done()
+        return super().format(record)
+
+if how == "formatter":
+    h.setFormatter(Logging())
+log.info("outer %s", Arg() if how != "formatter" else "y")
+"""
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["c-path", "pure"])
+@pytest.mark.parametrize("how", ["str", "finalizer", "signal", "formatter"])
+@ENCRYPTION
+def test_a_record_logged_inside_another_survives_a_kill_before_the_outer_ends(
+    tmp_path, how, pure, encrypted
+):
+    """A record logged while another record is formatted (by a message's __str__, a
+    finalizer, a signal handler or a formatter) is in the log after a SIGKILL that
+    comes once its own call returned, before the outer call ended."""
+    if not pure and mmaplog.EMIT_PATH != "native":
+        pytest.skip("the C path is not active")
+    log_dir = str(tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _NESTED_THEN_KILLED,
+            log_dir,
+            how,
+            "1" if pure else "0",
+            _PUBLIC if encrypted else "",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -9 and "inner returned" in proc.stdout, proc.stderr
+    mmaplog.recover(log_dir)
+    texts = [t.rsplit("][", 1)[1] for t in decoded(log_dir, _PRIVATE if encrypted else None)]
+    assert texts == ["before", "inner record"]

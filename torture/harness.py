@@ -9,10 +9,12 @@ are armed with ``mmaplog._faults.crash_at`` (config key ``crash_at``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import random
+import signal
 import struct
 import sys
 import threading
@@ -23,6 +25,8 @@ from mmaplog._faults import crash_at
 
 ACK = struct.Struct("<HI")
 """What the writer sends per acknowledged record: thread number, record number."""
+NESTED_BASE = 1000
+"""Added to a thread's number for the records logged inside its records' formatting."""
 
 
 def record_text(thread: int, n: int, size: int) -> str:
@@ -75,16 +79,42 @@ def writer_main(config: dict[str, object], ack_fd: int) -> None:
     lo, hi = int(sizes[0]), int(sizes[1])
     threads = int(config.get("threads", 1))  # type: ignore[call-overload]
     flush_every = int(config.get("flush_every", 0))  # type: ignore[call-overload]
+    # Every nested_every-th record's message logs a record of its own while it is
+    # formatted (thread number + NESTED_BASE), acknowledged as soon as that call returns.
+    nested_every = int(config.get("nested_every", 0))  # type: ignore[call-overload]
+    # SIGKILL right after the nested_kill-th of those is acknowledged, before the record
+    # being formatted is stored: a kill in the one window where only the inner is done.
+    nested_kill = int(config.get("nested_kill", 0))  # type: ignore[call-overload]
+    nested_done = itertools.count(1).__next__
     ack_lock = threading.Lock()
+
+    def ack(t: int, n: int) -> None:
+        with ack_lock:
+            os.write(ack_fd, ACK.pack(t, n))
+
+    class Nested:
+        def __init__(self, text: str, t: int, n: int) -> None:
+            self.text, self.t, self.n = text, t, n
+
+        def __str__(self) -> str:
+            logger.info("%s", record_text(self.t, self.n, 40 + self.n % 60))
+            ack(self.t, self.n)
+            if nested_kill and nested_done() == nested_kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return self.text
 
     def run(t: int) -> None:
         rnd = random.Random(t)
-        n = 0
+        n = inner = 0
         while not count or n < count:
             n += 1
-            logger.info("%s", record_text(t, n, rnd.randint(lo, hi)))
-            with ack_lock:
-                os.write(ack_fd, ACK.pack(t, n))
+            text = record_text(t, n, rnd.randint(lo, hi))
+            if nested_every and n % nested_every == 0:
+                inner += 1
+                logger.info("%s", Nested(text, t + NESTED_BASE, inner))
+            else:
+                logger.info("%s", text)
+            ack(t, n)
             if flush_every and n % flush_every == 0:
                 handler.flush()
 

@@ -235,6 +235,8 @@ def run_round(
         cfg["handler"].pop("max_file_size", None)
     # --extended: a separate stream of choices, so the plain rounds of a seed stay the same.
     ext = random.Random(f"{seed}:{index}:extended") if extended else None
+    # Records logged inside others' formatting: a stream of its own too, for the same reason.
+    nest = random.Random(f"{seed}:{index}:nested")
     cache_dir = log_dir
     if ext is not None and ext.random() < 0.25:
         cache_dir = os.path.join(log_dir, "cache")  # the cache apart from the logs
@@ -262,6 +264,13 @@ def run_round(
         else:
             mode = "time"
             kill_after = rng.uniform(0.05, 1.3)
+        if nest.random() < 0.3 and cfg.get("via") != "structlog":
+            config["nested_every"] = nest.choice([1, 3, 10])
+            if mode == "time" and nest.random() < 0.4:
+                # Killed right after a nested record is acknowledged, its outer one not stored.
+                mode = "nested"
+                config["nested_kill"] = nest.randint(1, 300)
+                kill_after = 6.0
         t_life = time.monotonic()
         if ext is not None and ext.random() < 0.2:
             # A second writer on the same folder at the same time (it takes <prefix>.1.mmap).
