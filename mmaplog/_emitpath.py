@@ -40,8 +40,9 @@ def _load() -> tuple[Any, str]:
         return None, f"{PURE_ENV} is set"
     if importlib.util.find_spec(f"{__package__}._native") is None:
         return None, (
-            "the C extension was not built when mmaplog was installed (a C compiler and "
-            "the Python headers are needed then)"
+            f"the C extension is not in {os.path.dirname(os.path.abspath(__file__))}: it "
+            "is built when mmaplog is installed, where a C compiler and the Python headers "
+            "are at hand (a source checkout first on sys.path also hides an installed one)"
         )
     try:
         from . import _native  # type: ignore[attr-defined]
