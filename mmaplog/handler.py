@@ -664,6 +664,10 @@ class MmapHandler(logging.Handler):
         # Threads storing a record logged inside another record's call (see
         # _may_store_nested): one level only, deeper ones are queued.
         self._nested: set[int] = set()
+        # Threads writing what they queued: what they log meanwhile is queued behind it;
+        # and threads writing one of those records now (it is not queued again).
+        self._replaying: set[int] = set()
+        self._replaying_one: dict[int, object] = {}
 
     def _become_child(self) -> None:
         """In a forked child, at once: nothing of the parent's is used again.
@@ -753,6 +757,8 @@ class MmapHandler(logging.Handler):
                 self._defer(ident, ("emit", record))
                 return
             nested = True  # stored now, inside the outer call (see _may_store_nested)
+        elif self._deferred and self._queued_first(ident, ("emit", record)):
+            return
         try:
             if nested:
                 self._nested.add(ident)
@@ -917,6 +923,10 @@ class MmapHandler(logging.Handler):
                 self._defer(ident, ("write", text, created, levelno, kind, name, thread))
                 return
             nested = True  # stored now, inside the outer call (see _may_store_nested)
+        elif self._deferred and self._queued_first(
+            ident, ("write", text, created, levelno, kind, name, thread)
+        ):
+            return
         try:
             if nested:
                 self._nested.add(ident)
@@ -962,12 +972,13 @@ class MmapHandler(logging.Handler):
         its record: between it and this call the stack holds no step of mmaplog's but
         the formatter's (a message's ``__str__``, a filter or formatter that logs, a
         finalizer or signal handler run meanwhile), so no lock of the handler or of the
-        cache is held and no block is half written; and only one level deep.
+        cache is held and no block is half written; only one level deep; and not while
+        the thread has records queued, or writes them (they were logged first).
         """
-        if ident in self._nested:
-            return False
-        cache = self._fast
-        if cache is None or cache._owned():
+        if ident in self._nested or ident in self._replaying or self._deferred.get(ident):
+            return False  # behind what it queued before: the records keep their order
+        cache = self._cache
+        if cache is not None and cache._owned():
             return False
         frame: Any = sys._getframe(2)  # past this and the call being made (emit, _write)
         while frame is not None and frame.f_code in _GUARDED and frame.f_locals.get("self") is self:
@@ -985,6 +996,21 @@ class MmapHandler(logging.Handler):
             frame = frame.f_back
         return False
 
+    def _queued_first(self, ident: int, item: tuple[Any, ...]) -> bool:
+        """Before a record of a thread that has records queued (a signal handler that
+        logs between the end of a log call and the writing of what it queued): those
+        were logged first, so they are written first; or, while this thread writes
+        them, ``item`` is queued behind them. True if ``item`` was queued."""
+        if ident in self._replaying:
+            if self._replaying_one.get(ident) is item[1]:  # the queued record itself
+                del self._replaying_one[ident]
+                return False
+            self._defer(ident, item)
+            return True
+        if self._deferred.get(ident):
+            self._run_deferred(ident)
+        return False
+
     def _defer(self, ident: int, item: tuple[Any, ...]) -> None:
         self._deferred.setdefault(ident, []).append(item)
 
@@ -995,41 +1021,74 @@ class MmapHandler(logging.Handler):
         the cache if a slot has room now, else as a block of its own (the flusher must
         not wait for a slot only it can free).
         """
-        while True:
-            items = self._deferred.pop(ident, None)
-            if not items:
+        if not direct:
+            # What this thread logs while these are written is queued behind them, in
+            # the order the calls were made (see _may_store_nested).
+            if ident in self._replaying:
                 return
-            for item in items:
-                what = item[0]
-                if what == "close":
-                    inside = direct and ident in self._inside
+            self._replaying.add(ident)
+            try:
+                self._replay(ident, direct)
+            finally:
+                self._replaying.discard(ident)
+            return
+        self._replay(ident, direct)
+
+    def _replay(self, ident: int, direct: bool) -> None:
+        written = 0
+        while True:
+            items = self._deferred.get(ident)
+            if not items:
+                self._deferred.pop(ident, None)
+                return
+            if written > _MAX_REPLAYED:
+                # Each record written queued another: a formatter or filter that logs
+                # every record it sees (the stdlib's handlers end such a chain with a
+                # RecursionError in the application). Ended here, and said once.
+                self._warn(
+                    "mmaplog: a formatter, filter or finalizer logs every record it "
+                    "handles; the records it kept logging were dropped"
+                )
+                self._deferred.pop(ident, None)
+                return
+            written += 1
+            # One at a time, taken off first (a failure does not write it twice): the
+            # rest stay queued, so what this thread logs meanwhile goes behind them.
+            item = items.pop(0)
+            what = item[0]
+            if what == "close":
+                inside = direct and ident in self._inside
+                if inside:
+                    self._inside.discard(ident)
+                try:
+                    self.close()
+                finally:
                     if inside:
-                        self._inside.discard(ident)
-                    try:
-                        self.close()
-                    finally:
-                        if inside:
-                            self._inside.add(ident)
-                    continue
-                if not direct:
+                        self._inside.add(ident)
+                continue
+            if not direct:
+                self._replaying_one[ident] = item[1]  # its call is not queued again
+                try:
                     if what == "emit":
                         self.emit(item[1])
                     else:
                         self._write_safely(*item[1:])
-                    continue
-                try:
-                    if what == "emit":
-                        head, text, time_us = self._render(item[1])
-                    else:
-                        head, text, time_us = self._frame(*item[1:])
-                    cache = self._fast
-                    if cache is None or cache.append(head, text, time_us, -1.0) != APPENDED:
-                        self._direct(head, text, time_us)
-                except Exception:
-                    if what == "emit":
-                        self.handleError(item[1])
-                    else:
-                        self._warn("mmaplog: a record logged during a move was lost")
+                finally:
+                    self._replaying_one.pop(ident, None)
+                continue
+            try:
+                if what == "emit":
+                    head, text, time_us = self._render(item[1])
+                else:
+                    head, text, time_us = self._frame(*item[1:])
+                cache = self._fast
+                if cache is None or cache.append(head, text, time_us, -1.0) != APPENDED:
+                    self._direct(head, text, time_us)
+            except Exception:
+                if what == "emit":
+                    self.handleError(item[1])
+                else:
+                    self._warn("mmaplog: a record logged during a move was lost")
 
     def _write_safely(
         self, text: bytes, created: float, levelno: int, kind: int, name: bytes, thread: int
@@ -1246,6 +1305,8 @@ _GUARDED = frozenset(
     )
 )
 """The code of the calls that mark a thread inside the handler (see _really_inside)."""
+_MAX_REPLAYED = 1000
+"""Records one thread writes from its queue in one go (see _replay)."""
 _RECORD_CALLS = frozenset(f.__code__ for f in (MmapHandler.emit, MmapHandler.write))
 """The guarded calls of a record, inside which another record may be stored at once."""
 _FORMATTING = frozenset(

@@ -6,6 +6,7 @@ Each test runs the scenario in a child process with a watchdog: a hang is a fail
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -167,6 +168,71 @@ def test_a_formatter_that_logs_does_not_hang(tmp_path):
     all_texts = texts(str(tmp_path))
     assert all_texts[:4] == ["inner for outer 0", "outer 0", "inner for outer 1", "outer 1"]
     assert len(all_texts) == 200
+
+
+def test_a_formatter_that_logs_every_record_it_formats_neither_raises_nor_hangs(tmp_path):
+    """A formatter that logs for every record it formats (each record it logs is one
+    more to format): every call returns, nothing is raised into the application, the
+    chain is cut after a bounded number of records, and stderr says so once."""
+    code = """
+    h = mmaplog.MmapHandler(d)
+    class Chatty(logging.Formatter):
+        def format(self, record):
+            log.info("said while formatting %s", record.getMessage()[:24])
+            return super().format(record)
+    h.setFormatter(Chatty("%(message)s"))
+    log.addHandler(h)
+    for i in range(5):
+        log.info("call %d", i)
+    h.close()
+    print("returned")
+    """
+    proc = run_child(code, str(tmp_path))
+    assert proc.returncode == 0 and proc.stdout.strip() == "returned", proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr
+    assert proc.stderr.count("logs every record it handles") == 1
+    all_texts = texts(str(tmp_path))
+    assert [t for t in all_texts if t.startswith("call")] == [f"call {i}" for i in range(5)]
+    assert len(all_texts) < 5 * 1100
+
+
+def test_records_logged_inside_others_keep_the_order_of_their_calls(tmp_path):
+    """With a signal handler logging every 0.1 ms while the main thread logs
+    (records stored at once inside others, or queued), no record is in the log before
+    one whose call had returned before its own call began, and each is there once."""
+    code = """
+    import itertools, json
+    h = mmaplog.MmapHandler(d, buffer_size=16 * 1024)
+    log.addHandler(h)
+    tick = itertools.count().__next__
+    span = {}
+    def on_signal(*_):
+        b = tick(); log.info("SIG %d", b); span["SIG %d" % b] = (b, tick())
+    signal.alarm(0)  # SIGALRM is the storm's here (the subprocess timeout stays)
+    signal.signal(signal.SIGALRM, on_signal)
+    signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.0001)
+    class Arg:
+        def __str__(self):
+            return "m"
+    for _ in range(30000):
+        b = tick(); log.info("MAIN %d %s", b, Arg()); span["MAIN %d m" % b] = (b, tick())
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    h.close()
+    print(json.dumps(span))
+    """
+    proc = run_child(code, str(tmp_path))
+    assert_clean(proc)
+    span = json.loads(proc.stdout.strip().splitlines()[-1])
+    order = [t.rsplit("][", 1)[-1] for t in texts(str(tmp_path))]
+    assert sorted(order) == sorted(span)
+    assert any(t.startswith("SIG") for t in order)
+    # Walking back from the end: a record whose call began after the earliest end of
+    # the records after it is out of order.
+    earliest_end = float("inf")
+    for text in reversed(order):
+        begin, end = span[text]
+        assert earliest_end > begin, f"{text} is after a record logged once its call ended"
+        earliest_end = min(earliest_end, end)
 
 
 def test_structlog_direct_path_survives_a_signal_storm(tmp_path):
