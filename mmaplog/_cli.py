@@ -164,7 +164,8 @@ ratio, and listed on their own line.
 
 exit status:
   0  success
-  1  damage was found in a log file (run `mmaplog verify` for the ranges)
+  1  damage was found in a log file: a block whose header or checksum fails (what
+     is inside a block is checked by `mmaplog verify`, which also gives the ranges)
   2  bad usage, or a folder that is missing or cannot be read
 """
 
@@ -505,15 +506,19 @@ _UTC = False
 """``--utc``: times are shown, and naive times given are read, in UTC."""
 
 
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
 def _local(when: float) -> _dt.datetime:
     """``when`` as an aware datetime in the zone times are shown in (local, or UTC).
 
     Raises ``ValueError``, ``OverflowError`` or ``OSError`` for a time outside what a
     datetime holds (years 1 to 9999): a record time can be any 64-bit count of µs.
     """
-    if _UTC:
-        return _dt.datetime.fromtimestamp(when, _dt.timezone.utc)
-    return _dt.datetime.fromtimestamp(when).astimezone()
+    # From the epoch by a timedelta (rounded to the µs as fromtimestamp rounds), not
+    # through the C library's time_t, which cannot reach years 1 and 9999 everywhere.
+    utc = _EPOCH + _dt.timedelta(seconds=when)
+    return utc if _UTC else utc.astimezone()
 
 
 def _iso_time(when: float) -> str:
