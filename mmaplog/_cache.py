@@ -355,6 +355,7 @@ class Cache:
         # pops without it (deque appends and pops are thread-safe): a flusher that
         # waited for the lock the writer holds would cost the writer a GIL hand-over.
         self._sealed: deque[SealedBlock] = deque()
+        self._moving: SealedBlock | None = None  # taken by the flusher, not yet released
         self._active = -1
         self.dropped = 0  # dropped since the last note in the log
         self.dropped_total = 0  # dropped over the cache's life, for the report at close
@@ -757,17 +758,35 @@ class Cache:
         tells an EMPTY slot from the others.
         """
         try:
-            block = self._sealed.popleft()
+            block = self._sealed[0]
         except IndexError:
             return None
+        # Known before it leaves the queue: an interrupt at any step here leaves it
+        # either queued or findable by give_back_moving.
+        self._moving = block
         self._states[block.slot] = MOVING
+        self._sealed.popleft()
         return block
 
     def give_back(self, block: SealedBlock) -> None:
-        """Return a block the flusher could not write; it is retried first next time."""
+        """Return a block the flusher could not write; it is retried first next time.
+
+        Only while its slot is still being moved: a move interrupted after the slot was
+        released (by a KeyboardInterrupt) has nothing to give back.
+        """
         with self.lock:
+            if self._states[block.slot] != MOVING:
+                return
             self._states[block.slot] = SEALED
-            self._sealed.appendleft(block)
+            if not (self._sealed and self._sealed[0] is block):
+                self._sealed.appendleft(block)
+            self._moving = None
+
+    def give_back_moving(self) -> None:
+        """Give back the block being moved, if any (a move ended by an interrupt)."""
+        block = self._moving
+        if block is not None:
+            self.give_back(block)
 
     def release(self, block: SealedBlock) -> None:
         """Free the slot of a block that is now safely in the log file.
@@ -783,6 +802,7 @@ class Cache:
         self.check_file()
         self._zero_slot(block.slot)
         self._states[block.slot] = EMPTY
+        self._moving = None
         self._starved = False
         if self._waiting:
             with self.lock:

@@ -37,7 +37,7 @@ class Flusher:
         *,
         interval: float,
         on_error: Callable[[str], None],
-        file_lock: threading.Lock,
+        file_lock: threading.RLock,
         inside: set[int],
         after_round: Callable[[int], None],
         daily: Callable[[], object] | None = None,
@@ -149,9 +149,12 @@ class Flusher:
     def drain(self, timeout: float = -1) -> bool:
         """Move every sealed block, oldest first; False if a write failed, or if another
         thread's move held the log files for longer than ``timeout`` seconds (-1: wait)."""
-        if not self._move_lock.acquire(timeout=timeout):
-            return False
+        lock = self._move_lock
         try:
+            # Inside the try, and released only if held: an interrupt (KeyboardInterrupt
+            # from a signal handler, in a flush() on the main thread) may come anywhere.
+            if not lock.acquire(timeout=timeout):
+                return False
             while True:
                 block = self.cache.take_sealed()
                 if block is None:
@@ -163,8 +166,14 @@ class Flusher:
                     self.cache.give_back(block)
                     self._set_failing(exc)
                     return False
+        except BaseException:
+            # Interrupted: the block being moved goes back, to be moved again (its
+            # bytes, if written already, are written again and read once).
+            self.cache.give_back_moving()
+            raise
         finally:
-            self._move_lock.release()
+            if lock._is_owned():  # type: ignore[attr-defined]
+                lock.release()
 
     def _move(self, block: SealedBlock) -> None:
         data = block.data

@@ -655,7 +655,8 @@ class MmapHandler(logging.Handler):
     def _new_locks(self) -> None:
         """The handler's own locks and re-entry state (at start, and in a forked child)."""
         # The one lock of the log files: the flusher's moves and the direct writes.
-        self._file_lock = threading.Lock()
+        # An RLock for its owner (see Flusher.drain), not for re-entry.
+        self._file_lock = threading.RLock()
         self._close_lock = threading.Lock()
         # Threads inside a log call (or a flush, close or move) of this handler, and
         # what they logged meanwhile from a signal handler, finalizer or formatter.
@@ -753,7 +754,7 @@ class MmapHandler(logging.Handler):
         inside = self._inside
         nested = False
         if ident in inside and self._really_inside(ident):
-            if not self._may_store_nested(ident):
+            if not self._store_nested_now(ident, record):
                 self._defer(ident, ("emit", record))
                 return
             nested = True  # stored now, inside the outer call (see _may_store_nested)
@@ -919,7 +920,7 @@ class MmapHandler(logging.Handler):
         inside = self._inside
         nested = False
         if ident in inside and self._really_inside(ident):
-            if not self._may_store_nested(ident):
+            if not self._store_nested_now(ident, text):
                 self._defer(ident, ("write", text, created, levelno, kind, name, thread))
                 return
             nested = True  # stored now, inside the outer call (see _may_store_nested)
@@ -973,10 +974,10 @@ class MmapHandler(logging.Handler):
         the formatter's (a message's ``__str__``, a filter or formatter that logs, a
         finalizer or signal handler run meanwhile), so no lock of the handler or of the
         cache is held and no block is half written; only one level deep; and not while
-        the thread has records queued, or writes them (they were logged first).
+        the thread writes records it queued (they were logged first).
         """
-        if ident in self._nested or ident in self._replaying or self._deferred.get(ident):
-            return False  # behind what it queued before: the records keep their order
+        if ident in self._nested or ident in self._replaying:
+            return False
         cache = self._cache
         if cache is not None and cache._owned():
             return False
@@ -995,6 +996,24 @@ class MmapHandler(logging.Handler):
                 return False
             frame = frame.f_back
         return False
+
+    def _store_nested_now(self, ident: int, key: object) -> bool:
+        """Whether the record ``key`` (a LogRecord, or a structured record's text),
+        logged on a thread inside a call of this handler, is stored now: a record it
+        had queued and writes now, or one that _may_store_nested allows, after what the
+        thread queued before (written first, here, as those were logged first)."""
+        if self._replaying_one.get(ident) is key:
+            del self._replaying_one[ident]
+            return True
+        if not self._may_store_nested(ident):
+            return False
+        pending = self._deferred.get(ident)
+        if pending:
+            if any(item[0] == "close" for item in pending):
+                return False  # a close() waits for the outer call: behind it
+            self._run_deferred(ident)
+            return not self._deferred.get(ident)
+        return True
 
     def _queued_first(self, ident: int, item: tuple[Any, ...]) -> bool:
         """Before a record of a thread that has records queued (a signal handler that
@@ -1026,22 +1045,27 @@ class MmapHandler(logging.Handler):
             # the order the calls were made (see _may_store_nested).
             if ident in self._replaying:
                 return
-            self._replaying.add(ident)
             try:
+                self._replaying.add(ident)  # inside the try: an interrupt here is undone
                 self._replay(ident, direct)
             finally:
                 self._replaying.discard(ident)
+                if not self._deferred.get(ident, True):  # emptied, not removed (interrupted)
+                    del self._deferred[ident]
             return
         self._replay(ident, direct)
 
     def _replay(self, ident: int, direct: bool) -> None:
+        # Every record queued before this began is written; of those queued meanwhile
+        # (by the ones being written), at most _MAX_REPLAYED.
+        budget = len(self._deferred.get(ident) or ()) + _MAX_REPLAYED
         written = 0
         while True:
             items = self._deferred.get(ident)
             if not items:
                 self._deferred.pop(ident, None)
                 return
-            if written > _MAX_REPLAYED:
+            if written >= budget:
                 # Each record written queued another: a formatter or filter that logs
                 # every record it sees (the stdlib's handlers end such a chain with a
                 # RecursionError in the application). Ended here, and said once.
@@ -1067,8 +1091,8 @@ class MmapHandler(logging.Handler):
                         self._inside.add(ident)
                 continue
             if not direct:
-                self._replaying_one[ident] = item[1]  # its call is not queued again
                 try:
+                    self._replaying_one[ident] = item[1]  # its call is not queued again
                     if what == "emit":
                         self.emit(item[1])
                     else:

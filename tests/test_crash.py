@@ -211,9 +211,17 @@ class Finalized:
     def __del__(self):
         log.info("inner record")
 
+class Deeper:
+    def __str__(self):
+        log.info("two levels deep")
+        return "d"
+
 class Arg:
     def __str__(self):
         if how in ("str", "durable", "closed", "forked"):
+            log.info("inner record")
+        elif how == "after-queued":  # one queued first (two levels deep), then this one
+            log.info("queued %s", Deeper())
             log.info("inner record")
         elif how == "finalizer":
             a = Finalized(); a.cycle = a; del a
@@ -247,7 +255,8 @@ log.info("outer %s", Arg() if how != "formatter" else "y")
 
 @pytest.mark.parametrize("pure", [False, True], ids=["c-path", "pure"])
 @pytest.mark.parametrize(
-    "how", ["str", "finalizer", "signal", "formatter", "durable", "closed", "forked"]
+    "how",
+    ["str", "finalizer", "signal", "formatter", "durable", "closed", "forked", "after-queued"],
 )
 @ENCRYPTION
 def test_a_record_logged_inside_another_survives_a_kill_before_the_outer_ends(
@@ -277,5 +286,8 @@ def test_a_record_logged_inside_another_survives_a_kill_before_the_outer_ends(
     assert proc.returncode == -9 and "inner returned" in proc.stdout, proc.stderr
     mmaplog.recover(log_dir)
     texts = [t.rsplit("][", 1)[1] for t in decoded(log_dir, _PRIVATE if encrypted else None)]
+    if how == "after-queued":  # the queued ones are written before it, in order
+        assert texts == ["before", "queued d", "two levels deep", "inner record"]
+        return
     # A forked child's records are in a cache (and session) of its own: any order.
     assert (sorted(texts) if how == "forked" else texts) == ["before", "inner record"]

@@ -554,3 +554,62 @@ def test_cache_records_are_uncompressed_and_moved_blocks_compressed_whole(
     assert all(not b.header.stream for b in blocks)
     (record,) = mmaplog.read_records(os.path.join(tmp_path, log))
     assert record.text.endswith("first record 1")
+
+
+def test_a_keyboard_interrupt_in_a_move_gives_the_block_back(tmp_path, monkeypatch):
+    """A KeyboardInterrupt in the middle of moving a block (a signal handler's, during
+    flush() on the main thread) ends the flush only: the block is moved later, and
+    records logged afterwards are written."""
+    from mmaplog import _flusher
+
+    handler = mmaplog.MmapHandler(tmp_path, "app", flush_interval=3600)
+    logger = make_logger("test.ki.move", handler)
+    logger.info("before")
+    real = _flusher.Flusher._move
+    calls = {"n": 0}
+
+    def interrupted(self, block):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return real(self, block)
+
+    monkeypatch.setattr(_flusher.Flusher, "_move", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        handler.flush()
+    assert not handler._file_lock._is_owned()
+    for i in range(3):
+        logger.info("after %d", i)
+    handler.close()
+    texts = [r.text.rsplit("][", 1)[-1] for r in mmaplog.read_records(str(tmp_path))]
+    assert texts == ["before", "after 0", "after 1", "after 2"]
+
+
+def test_a_keyboard_interrupt_while_queued_records_are_written_stops_nothing(tmp_path):
+    """A KeyboardInterrupt while a thread writes the records it queued (raised by one
+    of them) leaves the thread neither marked as writing them nor queuing: the records
+    after it are written."""
+    handler = mmaplog.MmapHandler(tmp_path, "app")
+    logger = make_logger("test.ki.replay", handler)
+
+    class Raises:
+        def __str__(self):
+            raise KeyboardInterrupt
+
+    class Deep:
+        def __str__(self):
+            logger.info("queued %s", Raises())  # two levels deep: queued, then raises
+            return "d"
+
+    class Outer:
+        def __str__(self):
+            logger.info("inner %s", Deep())
+            return "o"
+
+    with pytest.raises(KeyboardInterrupt):
+        logger.info("outer %s", Outer())
+    assert not handler._replaying and not handler._deferred
+    logger.info("after")
+    handler.close()
+    texts = [r.text.rsplit("][", 1)[-1] for r in mmaplog.read_records(str(tmp_path))]
+    assert texts[-1] == "after"

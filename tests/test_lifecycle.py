@@ -196,6 +196,29 @@ def test_a_formatter_that_logs_every_record_it_formats_neither_raises_nor_hangs(
     assert len(all_texts) < 5 * 1100
 
 
+def test_a_burst_logged_inside_a_record_inside_another_is_all_written(tmp_path):
+    """1,500 records logged in one __str__ two levels deep (queued, not a chain that
+    never ends) are all written."""
+    code = """
+    h = mmaplog.MmapHandler(d)
+    log.addHandler(h)
+    class Many:
+        def __str__(self):
+            for k in range(1500):
+                log.info("burst %d", k)
+            return "many"
+    class Inner:
+        def __str__(self):
+            log.info("inner %s", Many())
+            return "inner"
+    log.info("outer %s", Inner())
+    h.close()
+    """
+    proc = run_child(code, str(tmp_path))
+    assert_clean(proc)
+    assert sorted(numbered(texts(str(tmp_path)), "burst")) == list(range(1500))
+
+
 def test_records_logged_inside_others_keep_the_order_of_their_calls(tmp_path):
     """With a signal handler logging every 0.1 ms while the main thread logs
     (records stored at once inside others, or queued), no record is in the log before
