@@ -139,19 +139,26 @@ def test_kill_at_each_step_of_a_block_move(tmp_path, step, nth, encrypted):
 @ENCRYPTION
 def test_kill_during_recovery_then_recover_again(tmp_path, encrypted):
     """Recovery killed after writing a block, then run again, still gives every record once."""
-    log_dir = str(tmp_path)
     handler = keyed({"buffer_size": 64 * 1024, "flush_interval": 3600}, encrypted)
-    config = {"log_dir": log_dir, "handler": handler}
-    acked, status = harness.run_writer(config, kill_after=0.8)
-    assert status == -9
     code = (
         "import sys; from mmaplog import _faults, recover\n"
         "_faults.crash_at('recover_after_append', 1)\n"
         "recover(sys.argv[1])\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = subprocess.run([sys.executable, "-c", code, log_dir], env=env)
-    assert res.returncode == -9
+    for attempt in range(3):
+        log_dir = str(tmp_path / f"attempt-{attempt}")
+        acked, status = harness.run_writer({"log_dir": log_dir, "handler": handler}, kill_after=0.8)
+        assert status == -9
+        res = subprocess.run([sys.executable, "-c", code, log_dir], env=env)
+        if res.returncode == -9:
+            break
+        # The kill can leave nothing to recover (an empty open block beside one already
+        # moved): recovery then appends nothing and ends normally. Try another kill.
+        assert res.returncode == 0
+        harness.check_exactly_once(decoded(log_dir, _PRIVATE if encrypted else None), acked)
+    else:
+        pytest.fail("three kills in a row left nothing in the cache to recover")
     mmaplog.recover(log_dir)
     harness.check_exactly_once(decoded(log_dir, _PRIVATE if encrypted else None), acked)
 
