@@ -466,10 +466,10 @@ def test_stats_counts_files_records_span_and_ratio(log_dir):
 def test_stats_lists_recovered_blocks_apart(tmp_path):
     """Blocks moved by recovery count as records but are listed apart from the ratio."""
     log_dir = str(tmp_path)
-    harness.run_writer(
-        {"log_dir": log_dir, "handler": {"flush_interval": 3600}, "sizes": [10, 100]},
-        kill_after=0.5,
-    )
+    # A cache too large to fill in the half second: no block is moved, so the kill
+    # cannot tear a write (stats would report those bytes, exit status 1).
+    handler = {"flush_interval": 3600, "buffer_size": 32 * 1024 * 1024}
+    harness.run_writer({"log_dir": log_dir, "handler": handler, "sizes": [10, 100]}, kill_after=0.5)
     assert run("recover", log_dir).returncode == 0
     res = run("stats", log_dir)
     assert res.returncode == 0, res.stderr

@@ -166,7 +166,10 @@ def test_kill_during_recovery_then_recover_again(tmp_path, encrypted):
 def test_recovered_blocks_are_marked_in_the_decoded_output(tmp_path):
     """decode prints where a process died: a line naming the crashed pid before its records."""
     log_dir = str(tmp_path)
-    config = {"log_dir": log_dir, "handler": {"flush_interval": 3600}, "sizes": [10, 50]}
+    # A cache too large to fill in the half second: no block is moved, so the kill
+    # cannot tear a write (decode would report those bytes) and every record is recovered.
+    handler = {"flush_interval": 3600, "buffer_size": 32 * 1024 * 1024}
+    config = {"log_dir": log_dir, "handler": handler, "sizes": [10, 50]}
     _acked, _ = harness.run_writer(config, kill_after=0.5)
     assert mmaplog.recover(log_dir) > 0
     out = subprocess.run(

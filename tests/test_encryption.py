@@ -168,10 +168,10 @@ def test_tampered_recovered_block_loses_only_later_records(tmp_path, keys):
 
     private, public = keys
     log_dir = str(tmp_path)
-    harness.run_writer(
-        {"log_dir": log_dir, "handler": {"public_key": public, "flush_interval": 3600}},
-        kill_after=0.5,
-    )
+    # A cache too large to fill in the half second: no block is moved, so the kill
+    # cannot tear a write (one more damage report than the tampering's).
+    handler = {"public_key": public, "flush_interval": 3600, "buffer_size": 32 * 1024 * 1024}
+    harness.run_writer({"log_dir": log_dir, "handler": handler}, kill_after=0.5)
     mmaplog.recover(log_dir)
     (name,) = [n for n in os.listdir(log_dir) if n.endswith(".mmlog")]
     path = os.path.join(log_dir, name)
