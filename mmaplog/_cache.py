@@ -27,7 +27,6 @@ from typing import Any
 from . import _emitpath
 from . import _format as fmt
 from ._blocks import BlockSession
-from ._codec import StreamCompressor, stream_context
 from ._crypto import TAG_SIZE
 from ._faults import point
 from ._logfile import day_bounds, open_no_follow
@@ -71,12 +70,10 @@ class PyWriter:
         "_flush",
         "_mode",
         "_xlog",
-        "_zctx",
         "aad",
         "acquire",
         "aead",
         "buf",
-        "codec",
         "commit_at",
         "count",
         "day_end",
@@ -131,17 +128,15 @@ class PyWriter:
     raw_seal: int
     """Past this many uncompressed bytes, the block is sealed (as past ``seal_at``)."""
 
-    def __init__(self, codec: int, xlog: XlogBlockWriter | None) -> None:
-        self.codec = codec
+    def __init__(self, xlog: XlogBlockWriter | None) -> None:
         self._xlog = xlog
-        self._zctx = stream_context(codec, None)
         self._compress: Callable[[bytes], bytes] = bytes
         self._flush: Callable[[Any], bytes] = _no_flush
         self._mode: Any = None
         self.raw = []
 
     def reset_stream(self) -> None:
-        """Begin the compressor stream of a new block."""
+        """Begin the block's stream: xlog's compressed lines, or records as they are."""
         if self._xlog is not None:
             self._compress, self._flush, self._mode = (
                 self._xlog.line_stream().chunk,
@@ -149,8 +144,7 @@ class PyWriter:
                 None,
             )
         else:
-            stream = StreamCompressor(self.codec, None, context=self._zctx)
-            self._compress, self._flush, self._mode = stream.steps()
+            self._compress, self._flush, self._mode = bytes, _no_flush, None
         self.raw = []
 
     def write(self, head: bytes, text: bytes, time_us: int) -> None:
@@ -192,15 +186,14 @@ class PyWriter:
             self.texts.append(text)
 
 
-def new_writer(codec: int, xlog: XlogBlockWriter | None) -> PyWriter:
-    """The record path for a cache whose stream is compressed with ``codec``: the C one
-    where it is active and the cache is mmaplog's own format (whose records are not
-    compressed one by one), else :class:`PyWriter`."""
+def new_writer(xlog: XlogBlockWriter | None) -> PyWriter:
+    """The record path for a cache: the C one where it is active and the cache is
+    mmaplog's own format (records as they are), else :class:`PyWriter`."""
     native = _emitpath.writer_type()
-    if native is not None and xlog is None and codec == fmt.COMP_NONE:
+    if native is not None and xlog is None:
         w: PyWriter = native()
         return w
-    return PyWriter(codec, xlog)
+    return PyWriter(xlog)
 
 
 def _no_flush(_mode: Any = None) -> bytes:
@@ -315,7 +308,6 @@ class Cache:
         self.blocks = blocks
         self.xlog = xlog = blocks.xlog
         self.fd = fd
-        self.codec = blocks.stream_codec
         sealer = blocks.sealer
         self._wake = wake
         self._warn = warn
@@ -369,7 +361,7 @@ class Cache:
         # The state of the block being written, and the record path: in C where it is
         # built (the same bytes), else in Python. It writes under this cache's lock, and
         # calls _make_room for what is not its fast path.
-        w = self._w = new_writer(self.codec, xlog)
+        w = self._w = new_writer(xlog)
         w.buf = self._buf
         w.raw_cap, w.raw_seal = raw_cap, raw_seal
         w.states = self._states

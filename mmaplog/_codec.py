@@ -96,13 +96,6 @@ def _empty(_mode: int | None = None) -> bytes:
     return b""
 
 
-def stream_context(codec: int, level: int | None = None) -> zstandard.ZstdCompressor | None:
-    """A zstd context for one writer's successive :class:`StreamCompressor` streams."""
-    if codec != COMP_ZSTD:
-        return None
-    return zstandard.ZstdCompressor(level=DEFAULT_LEVELS[codec] if level is None else level)
-
-
 # Whole-block compression contexts, one per level (None: the tuned default), shared by
 # every thread under one lock. A context holds megabytes of tables: one per thread
 # that ever moved a block (an application thread calling flush(), say) would keep

@@ -320,22 +320,42 @@ static int write_chunk(Writer *self, const unsigned char *head, size_t hn, PyObj
         PyErr_SetString(PyExc_ValueError, "the block is outside the mapping");
         goto done;
     }
-    unsigned char *chunk = map + pos, *body;
+    unsigned char *chunk = map + pos, *body = chunk + CHUNK_HEAD;
     size_t room = (size_t)(self->limit - pos - CHUNK_HEAD), body_len;
     unsigned char small[2048];
     unsigned char *scratch = NULL;
     PyObject *sealed = NULL;
-    int sealing = self->seal && self->seal != Py_None;
+    if (!self->seal || self->seal == Py_None) {
+        /* Copied straight into the mapping. */
+        if (raw > room) {
+            PyErr_SetString(PyExc_ValueError, "the record does not fit the block");
+            goto free;
+        }
+        memcpy(body, head, hn);
+        memcpy(body + hn, tp, tn);
+        body_len = raw;
+        goto framed;
+    }
+    /* Sealed: the plaintext joined in a buffer of our own first, never in the mapping (a
+     * kill there would leave it in the cache file). The nonce is (seq, index): seq from
+     * the session's one counter, index the chunk's place in the block (see
+     * mmaplog/_blocks.py). */
+    unsigned char *plain = raw <= sizeof small ? small : (scratch = PyMem_Malloc(raw));
+    if (!plain) {
+        PyErr_NoMemory();
+        goto free;
+    }
+    memcpy(plain, head, hn);
+    memcpy(plain + hn, tp, tn);
     /* Sealed here when the Sealer's key is here, and was set in this process. */
-    Aead *aead = sealing && self->aead && Py_IS_TYPE(self->aead, &AeadType) &&
+    Aead *aead = self->aead && Py_IS_TYPE(self->aead, &AeadType) &&
                          ((Aead *)self->aead)->ctx &&
                          ((Aead *)self->aead)->generation == fork_generation
                      ? (Aead *)self->aead
                      : NULL;
     if (aead) {
-        /* Straight into the mapping: ciphertext and tag, under the nonce (seq, index):
-         * seq from the session's one counter, index the chunk's place in the block (see
-         * mmaplog/_blocks.py), little-endian as Sealer packs it. */
+        /* Ciphertext and tag straight into the mapping, the nonce little-endian as
+         * Sealer packs it. */
         unsigned char nonce[12];
         put_i64(nonce, (int64_t)self->seq);
         put_u32(nonce + 8, self->count);
@@ -347,53 +367,18 @@ static int write_chunk(Writer *self, const unsigned char *head, size_t hn, PyObj
             PyErr_SetString(PyExc_ValueError, "the sealed chunk does not fit the block");
             goto free;
         }
-        body = chunk + CHUNK_HEAD;
-        /* The plaintext joined in a buffer of our own first (one update costs less than
-         * two), never in the mapping: a kill there would leave it in the cache file. */
-        unsigned char *plain = raw <= sizeof small ? small : (scratch = PyMem_Malloc(raw));
-        if (!plain) {
-            PyErr_NoMemory();
-            goto free;
-        }
-        memcpy(plain, head, hn);
-        memcpy(plain + hn, tp, tn);
-        int sealed_ok = aead_seal(aead, nonce, (const unsigned char *)PyBytes_AS_STRING(self->aad),
-                                  (size_t)PyBytes_GET_SIZE(self->aad), plain, raw, NULL, 0, body);
-        if (sealed_ok < 0) {
+        if (aead_seal(aead, nonce, (const unsigned char *)PyBytes_AS_STRING(self->aad),
+                      (size_t)PyBytes_GET_SIZE(self->aad), plain, raw, NULL, 0, body) < 0) {
             PyErr_SetString(PyExc_RuntimeError, "libcrypto: ChaCha20-Poly1305 failed");
             goto free;
         }
         body_len = raw + TAG_SIZE;
-        /* The tags do not count toward sealing the block (as in the pure path). */
-        self->seal_at += TAG_SIZE;
-        goto framed;
-    }
-    /* Copied straight into the mapping, unless it is to be sealed first. */
-    unsigned char *out = chunk + CHUNK_HEAD;
-    size_t out_size = room;
-    if (sealing) {
-        out_size = raw;
-        out = out_size <= sizeof small ? small : (scratch = PyMem_Malloc(out_size));
-        if (!out) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
-    if (raw > out_size) {
-        PyErr_SetString(PyExc_ValueError, "the record does not fit the block");
-        goto free;
-    }
-    memcpy(out, head, hn);
-    memcpy(out + hn, tp, tn);
-    body_len = raw;
-    body = out;
-    if (sealing) {
-        /* The nonce (seq, index): seq from the session's one counter, index the chunk's
-         * place in the block (see mmaplog/_blocks.py). */
+    } else {
+        /* The session's Sealer: Sealer.seal(seq, index, body, aad). */
         PyObject *args[4];
         args[0] = PyLong_FromUnsignedLongLong(self->seq);
         args[1] = PyLong_FromUnsignedLong(self->count);
-        args[2] = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)body_len);
+        args[2] = PyBytes_FromStringAndSize((const char *)plain, (Py_ssize_t)raw);
         args[3] = self->aad ? self->aad : Py_None;
         if (args[0] && args[1] && args[2])
             sealed = PyObject_Vectorcall(self->seal, args, 4, NULL);
@@ -405,15 +390,11 @@ static int write_chunk(Writer *self, const unsigned char *head, size_t hn, PyObj
             PyErr_SetString(PyExc_ValueError, "the sealed chunk does not fit the block");
             goto free;
         }
-        body = (unsigned char *)PyBytes_AS_STRING(sealed);
         body_len = (size_t)PyBytes_GET_SIZE(sealed);
-        memcpy(chunk + CHUNK_HEAD, body, body_len);
-        /* The tags do not count toward sealing the block (as in the pure path). */
-        self->seal_at += TAG_SIZE;
-    } else if (body_len > room) {
-        PyErr_SetString(PyExc_ValueError, "the record does not fit the block");
-        goto free;
+        memcpy(body, PyBytes_AS_STRING(sealed), body_len);
     }
+    /* The tags do not count toward sealing the block (as in the pure path). */
+    self->seal_at += TAG_SIZE;
 framed:;
     /* Keep the columns the flusher writes before anything is committed: a failure
      * here leaves the block as it was. */
@@ -967,7 +948,7 @@ static PyObject *py_set_formatter(PyObject *self, PyObject *cls) {
 
 static PyMethodDef writer_methods[] = {
     {"reset_stream", (PyCFunction)writer_reset_stream, METH_NOARGS,
-     "Begin a new compressor stream (a new block)."},
+     "Begin a new block (the C path keeps no stream state)."},
     {"write", (PyCFunction)(void (*)(void))writer_write, METH_FASTCALL,
      "write(head, text, time_us): one record's chunk and commit (lock held, room made)."},
     {"append", (PyCFunction)(void (*)(void))writer_append, METH_FASTCALL,
