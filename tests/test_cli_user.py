@@ -34,6 +34,22 @@ def run(
     )
 
 
+def _write_at_once_then_decode(
+    script: str, folder: str, n: int
+) -> tuple[list[subprocess.Popen[bytes]], list[dict[str, object]]]:
+    """Run ``n`` writer processes of ``script`` on ``folder`` at once; return them and
+    what ``decode --format json`` prints of the folder, checked to be in time order."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, folder], env=ENV) for _ in range(n)]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    res = run("decode", "--format", "json", folder)
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    stamps = [e["time"] for e in events]
+    assert stamps == sorted(stamps)
+    return procs, events
+
+
 def write_log(log_dir: str, texts: list[str], prefix: str = "app", **kwargs: object) -> None:
     h = mmaplog.MmapHandler(log_dir, prefix=prefix, **kwargs)  # type: ignore[arg-type]
     h.setFormatter(logging.Formatter("%(message)s"))
@@ -519,19 +535,8 @@ _XLOG_BUSY_WRITER = textwrap.dedent(
 
 def test_an_xlog_folder_of_several_processes_decodes_in_time_order(tmp_path):
     """Two processes writing one xlog file at once decode merged by time, each in its order."""
-    folder = str(tmp_path)
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _XLOG_BUSY_WRITER, folder], env=ENV)
-        for _ in range(2)
-    ]
-    for proc in procs:
-        assert proc.wait(timeout=60) == 0
-    res = run("decode", "--format", "json", folder)
-    assert res.returncode == 0, res.stderr
-    events = [json.loads(line) for line in res.stdout.splitlines()]
+    procs, events = _write_at_once_then_decode(_XLOG_BUSY_WRITER, str(tmp_path), 2)
     assert len(events) == 60
-    stamps = [e["time"] for e in events]
-    assert stamps == sorted(stamps)
     for proc in procs:
         mine = [int(e["message"].rsplit("][", 1)[1]) for e in events if e["pid"] == proc.pid]
         assert mine == list(range(30))
@@ -728,17 +733,8 @@ _BUSY_WRITER = textwrap.dedent(
 
 def test_a_folder_of_several_processes_decodes_in_time_order(log_dir):
     """Three processes logging at once decode in time order, with the pid in JSON and --pid."""
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _BUSY_WRITER, log_dir], env=ENV) for _ in range(3)
-    ]
-    for proc in procs:
-        assert proc.wait(timeout=60) == 0
-    res = run("decode", "--format", "json", log_dir)
-    assert res.returncode == 0, res.stderr
-    events = [json.loads(line) for line in res.stdout.splitlines()]
+    procs, events = _write_at_once_then_decode(_BUSY_WRITER, log_dir, 3)
     assert len(events) == 900
-    stamps = [e["time"] for e in events]
-    assert stamps == sorted(stamps)
     pids = sorted({e["pid"] for e in events})
     assert pids == sorted(p.pid for p in procs)
     for pid in pids:  # each process's records in its own order
